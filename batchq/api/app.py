@@ -1,0 +1,31 @@
+"""The FastAPI application factory. Nothing is configured at import time."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from batchq import __version__
+from batchq.api import errors
+from batchq.api.routes import batches, files
+from batchq.runtime import Runtime, TaskQueue
+from batchq.storage.redis_client import ping
+
+PREFIXES = ("/v1", "/api/v1/llm")
+
+
+def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
+    app = FastAPI(title="batchq", version=__version__)
+    app.state.runtime = runtime
+    app.state.queue = queue
+    for prefix in PREFIXES:
+        app.include_router(files.router, prefix=prefix)
+        app.include_router(batches.router, prefix=prefix)
+    errors.install(app)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        await run_in_threadpool(ping, runtime.redis)
+        return {"status": "ok"}
+
+    return app

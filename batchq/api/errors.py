@@ -1,0 +1,56 @@
+"""The one table that turns exceptions into OpenAI-shaped HTTP error responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from batchq.errors import BatchqError, RateLimited
+
+log = logging.getLogger("batchq.api")
+
+_HTTP_CODES = {404: ("not_found", "invalid_request_error"), 405: ("method_not_allowed", "invalid_request_error")}
+
+
+def envelope(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+async def on_batchq_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BatchqError)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    body = envelope(exc.message, exc.error_type, exc.param, exc.code)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    message = (
+        f"Invalid value for '{param}': {first.get('msg', 'invalid request')}." if param else "Invalid request body."
+    )
+    return JSONResponse(envelope(message, "invalid_request_error", param, "invalid_request"), status_code=400)
+
+
+async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code, type_ = _HTTP_CODES.get(exc.status_code, ("invalid_request", "invalid_request_error"))
+    return JSONResponse(envelope(str(exc.detail), type_, None, code), status_code=exc.status_code)
+
+
+async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(envelope("Internal server error.", "server_error", None, None), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(BatchqError, on_batchq_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

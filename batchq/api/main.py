@@ -1,0 +1,11 @@
+"""The ASGI entry point for uvicorn: ``batchq.api.main:app``, built from the environment."""
+
+from __future__ import annotations
+
+from batchq.api.app import create_app
+from batchq.config import get_settings
+from batchq.runtime import build_runtime
+from workers.tasks import queue
+
+settings = get_settings()
+app = create_app(build_runtime(settings, pool_size=64), queue)

@@ -1,0 +1,52 @@
+"""``/files``: upload (streamed), list, get, download, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from batchq import service
+from batchq.api.deps import OwnerDep, RuntimeDep
+from batchq.api.multipart import receive_upload
+from batchq.domain.models import DeletedFile, FileObject, Page
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+
+@router.post("", response_model=FileObject)
+async def upload_file(request: Request, rt: RuntimeDep, owner: OwnerDep) -> FileObject:
+    temp = rt.files.temp_path()
+    upload = await receive_upload(request, temp, rt.settings.max_file_bytes)
+    purpose = upload.fields.get("purpose")
+    return await run_in_threadpool(service.accept_upload, rt, owner, purpose, upload.filename, temp)
+
+
+@router.get("", response_model=Page[FileObject])
+def list_files(
+    rt: RuntimeDep,
+    owner: OwnerDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+    purpose: str | None = None,
+) -> Page[FileObject]:
+    return rt.files.list(owner, after, limit, purpose, order)
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def get_file(file_id: str, rt: RuntimeDep, owner: OwnerDep) -> FileObject:
+    return rt.files.get(file_id, owner)
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+def file_content(file_id: str, rt: RuntimeDep, owner: OwnerDep) -> FileResponse:
+    meta = rt.files.get(file_id, owner)
+    return FileResponse(rt.files.path(file_id), media_type="application/jsonl", filename=meta.filename)
+
+
+@router.delete("/{file_id}", response_model=DeletedFile)
+def delete_file(file_id: str, rt: RuntimeDep, owner: OwnerDep) -> DeletedFile:
+    return rt.files.delete(file_id, owner)

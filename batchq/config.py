@@ -1,0 +1,76 @@
+"""Typed settings, read from ``BATCHQ_*`` environment variables (or a ``.env`` file).
+
+This is the only module that reads the environment. ``get_settings()`` caches one instance per
+process; tests and the CLI call ``get_settings.cache_clear()`` after changing the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCHQ_", env_file=".env", extra="ignore")
+
+    # Where state lives
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("./batchq-data")
+
+    # Who may call the API: comma-separated keys (managed keys come on top)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # The OpenAI-compatible upstream
+    upstream_url: str = "http://127.0.0.1:9000"
+    upstream_api_key: str | None = None
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_connect_timeout_s: float = Field(default=10.0, gt=0)
+    upstream_max_attempts: int = Field(default=5, ge=1, le=50)
+    upstream_max_retry_time_s: float = Field(default=900.0, gt=0)
+    upstream_backoff_base_s: float = Field(default=0.5, ge=0)
+    upstream_backoff_max_s: float = Field(default=60.0, ge=0)
+
+    # Limits
+    max_file_bytes: int = Field(default=200 * MB, gt=0)
+    max_lines: int = Field(default=50_000, gt=0)
+    max_line_bytes: int = Field(default=4 * MB, gt=0)
+    max_validation_errors: int = Field(default=100, gt=0)
+    file_ttl_days: int = Field(default=30, gt=0)
+
+    # Workers
+    worker_concurrency: int = Field(default=128, ge=1)
+    visibility_timeout_s: int = Field(default=7200, ge=60)
+    line_lease_s: int = Field(default=120, ge=2)
+    cancel_grace_s: float = Field(default=30.0, ge=0)
+    watchdog_interval_s: float = Field(default=15.0, gt=0)
+    max_requeues: int = Field(default=3, ge=0)
+
+    # What POST /batches accepts
+    endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+    )
+    min_completion_window: str = "1h"
+    max_completion_window: str = "7d"
+
+    @field_validator("api_keys", "endpoints", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

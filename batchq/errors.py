@@ -1,0 +1,76 @@
+"""The one exception tree of batchq.
+
+Every error a user can cause or see is a ``BatchqError``; the API maps each class to an
+OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}`` in exactly one table
+(``batchq.api.errors``)::
+
+    BatchqError                      500 server_error
+    ├── InvalidRequest               400 invalid_request_error
+    │   ├── PayloadTooLarge          413
+    │   └── Conflict                 409   (e.g. cancelling a finished batch)
+    ├── AuthenticationFailed         401 authentication_error / invalid_api_key
+    ├── NotFound                     404   (unknown id *or* someone else's: same body)
+    ├── RateLimited                  429   (carries retry_after seconds)
+    └── Unavailable                  503   (Redis unreachable)
+
+Upstream (LLM gateway) failures are not exceptions of this tree: a line's failure is data,
+turned into a result line by ``batchq.execution``.
+"""
+
+from __future__ import annotations
+
+
+class BatchqError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+
+class InvalidRequest(BatchqError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    default_code = "file_too_large"
+
+
+class Conflict(InvalidRequest):
+    status_code = 409
+    default_code = "invalid_state"
+
+
+class AuthenticationFailed(BatchqError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(BatchqError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class RateLimited(BatchqError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class Unavailable(BatchqError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"

@@ -1,0 +1,1 @@
+"""Running batches: the upstream client, the per-line runner, submission and finalization."""

@@ -1,0 +1,145 @@
+"""Finalization: turn a batch's stored result lines into its output and error files, once.
+
+Called by the chord callback, by the watchdog, and after cancel or expiry. Safe to run twice or
+concurrently: a per-batch lock serializes runs, file ids are derived from the batch id (a rerun
+rewrites the same files), and the final status change is a compare-and-set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import orjson
+
+from batchq.domain.models import Batch, Owner
+from batchq.domain.results import CANCELLED, EXPIRED, error_line
+from batchq.domain.status import Status, is_terminal
+from batchq.runtime import Runtime, TaskQueue
+from batchq.storage import keys
+
+log = logging.getLogger("batchq.finalize")
+LOCK_TTL_S = 600
+CLAIM_CHUNK = 500
+
+
+def derived_file_id(batch_id: str, kind: str) -> str:
+    return "file-" + hashlib.blake2b(f"{batch_id}:{kind}".encode(), digest_size=16).hexdigest()
+
+
+@contextmanager
+def batch_lock(rt: Runtime, batch_id: str) -> Iterator[bool]:
+    token = str(time.time_ns())
+    got = bool(rt.redis.set(keys.batch_lock(batch_id), token, nx=True, ex=LOCK_TTL_S))
+    try:
+        yield got
+    finally:
+        if got and rt.redis.get(keys.batch_lock(batch_id)) == token.encode():
+            rt.redis.delete(keys.batch_lock(batch_id))
+
+
+def finalize(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
+    with batch_lock(rt, batch_id) as got:
+        batch = rt.batches.get(batch_id) if got else None
+        if batch is None or is_terminal(batch.status):
+            return
+        _advance(rt, queue, batch)
+
+
+def _advance(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
+    if batch.status is Status.CANCELLING:
+        _finish_cancel(rt, queue, batch)
+    elif batch.expires_at is not None and time.time() >= batch.expires_at:
+        _finish_expired(rt, batch)
+    elif batch.status in (Status.IN_PROGRESS, Status.FINALIZING):
+        _finish_complete(rt, batch)
+
+
+def _finish_complete(rt: Runtime, batch: Batch) -> None:
+    counts = batch.request_counts
+    if counts.completed + counts.failed < counts.total:
+        return  # not done yet: a later line, the chord or the watchdog calls again
+    if batch.status is Status.IN_PROGRESS and not rt.batches.move(batch.id, Status.FINALIZING):
+        return
+    _write_and_move(rt, batch.id, Status.COMPLETED)
+
+
+def _finish_cancel(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
+    started = batch.cancelling_at or int(time.time())
+    if _live_leases(rt, batch.id) and time.time() < started + rt.settings.cancel_grace_s:
+        queue.finalize_batch(batch.id, countdown=1.0)  # lines in flight may finish first
+        return
+    claim_missing(rt, batch, *CANCELLED)
+    _write_and_move(rt, batch.id, Status.CANCELLED)
+
+
+def _finish_expired(rt: Runtime, batch: Batch) -> None:
+    claim_missing(rt, batch, *EXPIRED)
+    _write_and_move(rt, batch.id, Status.EXPIRED)
+
+
+def _live_leases(rt: Runtime, batch_id: str) -> bool:
+    now = time.time()
+    return any(until > now for until in rt.batches.leases(batch_id).values())
+
+
+def missing_lines(rt: Runtime, batch_id: str, total: int) -> list[int]:
+    bitmap = rt.batches.done_bitmap(batch_id)
+    return [i for i in range(total) if not _bit(bitmap, i)]
+
+
+def claim_missing(rt: Runtime, batch: Batch, code: str, message: str) -> int:
+    """Give every line without a result an error line with ``code``; returns how many."""
+    missing = missing_lines(rt, batch.id, batch.request_counts.total)
+    offsets = rt.batches.offsets(batch.id)
+    with open(rt.files.path(batch.input_file_id), "rb") as handle:
+        for start in range(0, len(missing), CLAIM_CHUNK):
+            chunk = missing[start : start + CLAIM_CHUNK]
+            lines = [(i, error_line(_custom_id(handle, offsets[i]), code, message)) for i in chunk]
+            rt.batches.complete_lines(batch.id, lines)
+    return len(missing)
+
+
+def _custom_id(handle: BinaryIO, where: tuple[int, int]) -> str:
+    handle.seek(where[0])
+    return str(orjson.loads(handle.read(where[1]))["custom_id"])
+
+
+def _bit(bitmap: bytes, index: int) -> bool:
+    byte = index >> 3
+    return byte < len(bitmap) and bool(bitmap[byte] & (0x80 >> (index & 7)))
+
+
+def _write_and_move(rt: Runtime, batch_id: str, target: Status) -> None:
+    owner = Owner.from_key(rt.batches.field(batch_id, "owner") or "")
+    output_id, error_id = write_files(rt, batch_id, owner)
+    fields = {"output_file_id": output_id} | ({"error_file_id": error_id} if error_id else {})
+    if rt.batches.move(batch_id, target, **fields):
+        rt.batches.drop_working_keys(batch_id)
+        log.info("batch finished", extra={"batch_id": batch_id, "status": target.value})
+
+
+def write_files(rt: Runtime, batch_id: str, owner: Owner) -> tuple[str, str | None]:
+    """Stream the stored result lines into the output and error files."""
+    seen: set[bytes] = set()
+    errors = 0
+    with rt.files.writer() as (out, out_tmp), rt.files.writer() as (err, err_tmp):
+        for index, value in rt.batches.iter_results(batch_id):
+            if index in seen:
+                continue  # HSCAN may return an entry twice
+            seen.add(index)
+            errors += value[:1] == b"e"
+            (out if value[:1] == b"o" else err).write(value[1:] + b"\n")
+        out.close()
+        err.close()
+        output_id = derived_file_id(batch_id, "output")
+        rt.files.register(output_id, owner, f"{batch_id}_output.jsonl", "batch_output", out_tmp)
+        if not errors:
+            return output_id, None
+        error_id = derived_file_id(batch_id, "error")
+        rt.files.register(error_id, owner, f"{batch_id}_error.jsonl", "batch_output", err_tmp)
+        return output_id, error_id

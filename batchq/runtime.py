@@ -1,0 +1,53 @@
+"""The objects one process needs (Redis client, stores, upstream client), built from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis
+
+from batchq.config import Settings
+from batchq.execution.upstream import Upstream
+from batchq.storage.batches import BatchStore
+from batchq.storage.files import FileStore
+from batchq.storage.redis_client import connect
+
+
+class TaskQueue(Protocol):
+    """How the API and the workers hand work to the workers (Celery, in production)."""
+
+    def submit_batch(self, batch_id: str) -> None: ...
+
+    def finalize_batch(self, batch_id: str, countdown: float = 0) -> None: ...
+
+    def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
+        """One task per (index, offset, length), under a chord that finalizes the batch."""
+
+    def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
+        """Plain tasks for lines whose first task was lost."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    batches: BatchStore
+    files: FileStore
+    _upstream: Upstream | None = field(default=None, repr=False)
+
+    @property
+    def upstream(self) -> Upstream:
+        if self._upstream is None:
+            self._upstream = Upstream(self.settings)
+        return self._upstream
+
+
+def build_runtime(settings: Settings, pool_size: int | None = None) -> Runtime:
+    client = connect(settings.redis_url, max_connections=pool_size or settings.worker_concurrency + 32)
+    return Runtime(
+        settings=settings,
+        redis=client,
+        batches=BatchStore(client),
+        files=FileStore(client, settings.data_dir, settings.file_ttl_days),
+    )

@@ -1,0 +1,55 @@
+"""The operations behind the API and the CLI: create and cancel batches, accept uploads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from batchq.domain.ids import new_batch_id, new_file_id
+from batchq.domain.models import Batch, FileObject, Owner
+from batchq.domain.status import Status, is_cancellable, is_terminal
+from batchq.domain.windows import check_metadata, checked_window
+from batchq.errors import Conflict, InvalidRequest
+from batchq.runtime import Runtime, TaskQueue
+
+UPLOAD_PURPOSES = ("batch",)
+
+
+def accept_upload(rt: Runtime, owner: Owner, purpose: str | None, filename: str, temp: Path) -> FileObject:
+    if purpose not in UPLOAD_PURPOSES:
+        temp.unlink(missing_ok=True)
+        raise InvalidRequest(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}; got {purpose!r}.", param="purpose")
+    return rt.files.register(new_file_id(), owner, filename, purpose, temp)
+
+
+def create_batch(
+    rt: Runtime, queue: TaskQueue, owner: Owner, input_file_id: str, endpoint: str,
+    completion_window: str, metadata: object,
+) -> Batch:  # fmt: skip
+    s = rt.settings
+    if endpoint not in s.endpoints:
+        raise InvalidRequest(f"endpoint must be one of {', '.join(s.endpoints)}; got {endpoint!r}.", param="endpoint")
+    seconds = checked_window(completion_window, s.min_completion_window, s.max_completion_window)
+    meta = check_metadata(metadata)
+    source = rt.files.get(input_file_id, owner)
+    if source.purpose != "batch":
+        raise InvalidRequest("The input file must have purpose 'batch'.", param="input_file_id")
+    now = int(time.time())
+    batch = Batch(
+        id=new_batch_id(), endpoint=endpoint, input_file_id=input_file_id, completion_window=completion_window,
+        status=Status.VALIDATING, created_at=now, expires_at=now + seconds, metadata=meta,
+    )  # fmt: skip
+    rt.batches.create(batch, owner)
+    queue.submit_batch(batch.id)
+    return batch
+
+
+def cancel_batch(rt: Runtime, queue: TaskQueue, owner: Owner, batch_id: str) -> Batch:
+    batch = rt.batches.get_owned(batch_id, owner)
+    if batch.status in (Status.CANCELLING, Status.CANCELLED):
+        return batch  # cancelling twice is harmless
+    if is_terminal(batch.status) or not is_cancellable(batch.status):
+        raise Conflict(f"Cannot cancel a batch with status '{batch.status.value}'.", param="batch_id")
+    if rt.batches.move(batch_id, Status.CANCELLING):
+        queue.finalize_batch(batch_id)
+    return rt.batches.get_owned(batch_id, owner)

@@ -1,0 +1,214 @@
+"""Batch records in Redis: create, read, list, status transitions and per-line bookkeeping."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from batchq.domain.models import Batch, BatchErrors, Owner, Page, RequestCounts, Usage, page_of
+from batchq.domain.results import ResultLine
+from batchq.domain.status import STAMP, Status, is_terminal, sources_of
+from batchq.errors import NotFound
+from batchq.storage import keys, scripts
+
+_OFFSET = struct.Struct("<QI")  # byte offset and length of one request line
+_INT_FIELDS = (
+    "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
+    "expired_at", "cancelling_at", "cancelled_at",
+)  # fmt: skip
+_STR_FIELDS = ("endpoint", "input_file_id", "completion_window", "output_file_id", "error_file_id", "model")
+
+
+@dataclass(frozen=True)
+class LineStart:
+    verdict: str  # go | done | stop | expired
+    input_file_id: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    accepted: bool
+    done: int
+    total: int
+
+    @property
+    def last(self) -> bool:
+        return self.accepted and self.done >= self.total
+
+
+class BatchStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._begin = client.register_script(scripts.BEGIN_LINE)
+        self._complete = client.register_script(scripts.COMPLETE_LINE)
+
+    # --- records -------------------------------------------------------------------------
+
+    def create(self, batch: Batch, owner: Owner) -> None:
+        fields = _to_hash(batch) | {"owner": owner.key}
+        pipe = self.r.pipeline()
+        pipe.hset(keys.batch(batch.id), mapping=fields)
+        pipe.zadd(keys.owner_batches(owner.key), {batch.id: time.time()})
+        pipe.sadd(keys.ACTIVE_BATCHES, batch.id)
+        pipe.execute()
+
+    def get(self, batch_id: str) -> Batch | None:
+        raw = self.r.hgetall(keys.batch(batch_id))
+        return _from_hash(raw) if raw else None
+
+    def get_owned(self, batch_id: str, owner: Owner) -> Batch:
+        raw = self.r.hgetall(keys.batch(batch_id))
+        if not raw or raw.get(b"owner", b"").decode() != owner.key:
+            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        return _from_hash(raw)
+
+    def field(self, batch_id: str, name: str) -> str | None:
+        value = self.r.hget(keys.batch(batch_id), name)
+        return value.decode() if value is not None else None
+
+    def list(self, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
+        ids = _page_ids(self.r, keys.owner_batches(owner.key), after, limit)
+        batches = [b for b in (self.get(i) for i in ids[:limit]) if b is not None]
+        return page_of(batches, len(ids) > limit, lambda b: b.id)
+
+    def active_ids(self) -> list[str]:
+        return [m.decode() for m in self.r.smembers(keys.ACTIVE_BATCHES)]
+
+    # --- status ----------------------------------------------------------------------------
+
+    def move(self, batch_id: str, target: Status, **fields: Any) -> bool:
+        """Atomically enter ``target`` if the current status allows it; stamps its timestamp."""
+        now = int(time.time())
+        sources = [s.value for s in sources_of(target)]
+        pairs = [x for k, v in fields.items() for x in (k, _encode(v))]
+        args = [batch_id, target.value, STAMP.get(target, ""), now, int(is_terminal(target)), len(sources)]
+        keys_ = [keys.batch(batch_id), keys.ACTIVE_BATCHES]
+        return bool(self._transition(keys=keys_, args=[*args, *sources, *pairs]))
+
+    def set_fields(self, batch_id: str, **fields: Any) -> None:
+        self.r.hset(keys.batch(batch_id), mapping={k: _encode(v) for k, v in fields.items()})
+
+    # --- lines -----------------------------------------------------------------------------
+
+    def save_offsets(self, batch_id: str, packed: bytes) -> None:
+        self.r.set(keys.batch_offsets(batch_id), packed, ex=keys.RESULT_TTL_S)
+
+    def offsets(self, batch_id: str) -> list[tuple[int, int]]:
+        packed = self.r.get(keys.batch_offsets(batch_id)) or b""
+        return [_OFFSET.unpack_from(packed, i) for i in range(0, len(packed), _OFFSET.size)]
+
+    def begin_line(self, batch_id: str, index: int, lease_s: float) -> LineStart:
+        now = time.time()
+        keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_leases(batch_id)]
+        verdict, file_id, endpoint = self._begin(keys=keys_, args=[index, now + lease_s, now])
+        return LineStart(verdict.decode(), file_id.decode(), endpoint.decode())
+
+    def renew_lease(self, batch_id: str, index: int, lease_s: float) -> None:
+        self.r.hset(keys.batch_leases(batch_id), str(index), time.time() + lease_s)
+
+    def complete_line(self, batch_id: str, index: int, result: ResultLine) -> Progress:
+        return self._complete_args(None, batch_id, index, result)
+
+    def complete_lines(self, batch_id: str, results: list[tuple[int, ResultLine]]) -> None:
+        """Store many results at once (lines claimed by cancel, expiry or the watchdog)."""
+        pipe = self.r.pipeline(transaction=False)
+        for index, result in results:
+            self._complete_args(pipe, batch_id, index, result)
+        pipe.execute()
+
+    def _complete_args(
+        self, target: redis.client.Pipeline | None, batch_id: str, index: int, result: ResultLine
+    ) -> Progress:
+        u = result.usage
+        keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_results(batch_id)]
+        keys_.append(keys.batch_leases(batch_id))
+        args = [index, int(result.ok), result.data, u.input_tokens, u.output_tokens, u.total_tokens]
+        reply = self._complete(keys=keys_, args=[*args, int(time.time()), keys.RESULT_TTL_S], client=target)
+        if isinstance(reply, list):
+            return Progress(bool(reply[0]), int(reply[1]), int(reply[2]))
+        return Progress(False, 0, 0)
+
+    def done_bitmap(self, batch_id: str) -> bytes:
+        return self.r.get(keys.batch_done(batch_id)) or b""
+
+    def leases(self, batch_id: str) -> dict[int, float]:
+        raw = self.r.hgetall(keys.batch_leases(batch_id))
+        return {int(k): float(v) for k, v in raw.items()}
+
+    def drop_lease(self, batch_id: str, index: int) -> None:
+        self.r.hdel(keys.batch_leases(batch_id), str(index))
+
+    def count_requeue(self, batch_id: str, index: int) -> int:
+        return int(self.r.hincrby(keys.batch_attempts(batch_id), str(index), 1))
+
+    def iter_results(self, batch_id: str) -> Iterator[tuple[bytes, bytes]]:
+        """(line index, b"o"/b"e" + result line); HSCAN may yield an entry twice."""
+        yield from self.r.hscan_iter(keys.batch_results(batch_id), count=1000)
+
+    def drop_working_keys(self, batch_id: str) -> None:
+        working = (keys.batch_results, keys.batch_leases, keys.batch_attempts, keys.batch_offsets, keys.batch_done)
+        self.r.delete(*(k(batch_id) for k in working))
+
+
+def pack_offsets(pairs: list[tuple[int, int]]) -> bytes:
+    return b"".join(_OFFSET.pack(o, n) for o, n in pairs)
+
+
+def _page_ids(client: redis.Redis, zkey: str, after: str | None, limit: int) -> list[str]:
+    start = 0
+    if after:
+        rank = client.zrevrank(zkey, after)
+        if rank is None:
+            return []
+        start = rank + 1
+    return [m.decode() for m in client.zrevrange(zkey, start, start + limit)]
+
+
+def _encode(value: Any) -> str | int | bytes:
+    if isinstance(value, (str, int, bytes)):
+        return value
+    if isinstance(value, Status):
+        return value.value
+    return orjson.dumps(value.model_dump() if hasattr(value, "model_dump") else value)
+
+
+def _to_hash(batch: Batch) -> dict[str, Any]:
+    fields: dict[str, Any] = {"id": batch.id, "status": batch.status.value}
+    fields |= {k: getattr(batch, k) for k in _INT_FIELDS + _STR_FIELDS if getattr(batch, k) is not None}
+    fields |= {"total": batch.request_counts.total, "completed": 0, "failed": 0}
+    if batch.metadata is not None:
+        fields["metadata"] = orjson.dumps(batch.metadata)
+    return fields
+
+
+def _from_hash(raw: dict[bytes, bytes]) -> Batch:
+    h = {k.decode(): v for k, v in raw.items()}
+    data: dict[str, Any] = {k: int(h[k]) for k in _INT_FIELDS if k in h}
+    data |= {k: h[k].decode() for k in _STR_FIELDS if k in h}
+    data["id"] = h["id"].decode()
+    data["status"] = Status(h["status"].decode())
+    data["request_counts"] = RequestCounts(**{k: int(h.get(k, 0)) for k in ("total", "completed", "failed")})
+    if "metadata" in h:
+        data["metadata"] = orjson.loads(h["metadata"])
+    if "errors" in h:
+        data["errors"] = BatchErrors.model_validate_json(h["errors"])
+    data["usage"] = _usage(h)
+    return Batch(**data)
+
+
+def _usage(h: dict[str, bytes]) -> Usage | None:
+    if int(h.get("completed", 0)) == 0:
+        return None
+    return Usage(
+        input_tokens=int(h.get("usage_input", 0)),
+        output_tokens=int(h.get("usage_output", 0)),
+        total_tokens=int(h.get("usage_total", 0)),
+    )

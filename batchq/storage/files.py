@@ -1,0 +1,113 @@
+"""Files: bytes on the local filesystem (``BATCHQ_DATA_DIR``), metadata in Redis.
+
+On a cluster the data directory is a shared volume mounted by the API and every worker.
+A path from a client never touches the filesystem: paths are built from our own ids.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import redis
+
+from batchq.domain.ids import looks_like
+from batchq.domain.models import DeletedFile, FileObject, Owner, Page, page_of
+from batchq.errors import NotFound
+from batchq.storage import keys
+from batchq.storage.batches import _page_ids
+
+
+class FileStore:
+    def __init__(self, client: redis.Redis, data_dir: Path, ttl_days: int = 30) -> None:
+        self.r = client
+        self.root = Path(data_dir)
+        self.ttl_s = ttl_days * 86_400
+        (self.root / "files").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def path(self, file_id: str) -> Path:
+        if not looks_like("file-", file_id):
+            raise NotFound(f"No file found with id '{file_id}'.", param="file_id")
+        return self.root / "files" / file_id
+
+    def temp_path(self) -> Path:
+        return self.root / "tmp" / f"upload-{secrets.token_hex(16)}"
+
+    def register(self, file_id: str, owner: Owner, filename: str, purpose: str, source: Path) -> FileObject:
+        """Move a finished temp file into place and record it (atomic rename)."""
+        target = self.path(file_id)
+        os.replace(source, target)
+        now = int(time.time())
+        obj = FileObject(
+            id=file_id, bytes=target.stat().st_size, created_at=now, filename=filename,
+            purpose=purpose, expires_at=now + self.ttl_s,
+        )  # fmt: skip
+        self._record(obj, owner)
+        return obj
+
+    @contextmanager
+    def writer(self) -> Iterator[tuple[BinaryIO, Path]]:
+        """A temp file to write a generated file into; removed unless registered."""
+        tmp = self.temp_path()
+        try:
+            with open(tmp, "wb") as handle:
+                yield handle, tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get(self, file_id: str, owner: Owner) -> FileObject:
+        raw = self.r.hgetall(keys.file(file_id)) if looks_like("file-", file_id) else {}
+        if not raw or raw.get(b"owner", b"").decode() != owner.key:
+            raise NotFound(f"No file found with id '{file_id}'.", param="file_id")
+        return _from_hash(raw)
+
+    def list(self, owner: Owner, after: str | None, limit: int, purpose: str | None, order: str) -> Page[FileObject]:
+        zkey = keys.owner_files(owner.key)
+        scan = max(limit * 4, 100) if purpose else limit
+        ids = _page_ids(self.r, zkey, after, scan) if order == "desc" else _page_ids_asc(self.r, zkey, after, scan)
+        found = [f for f in (self._load(i) for i in ids) if f and (purpose is None or f.purpose == purpose)]
+        return page_of(found[:limit], len(found) > limit or len(ids) > scan, lambda f: f.id)
+
+    def delete(self, file_id: str, owner: Owner) -> DeletedFile:
+        self.get(file_id, owner)
+        pipe = self.r.pipeline()
+        pipe.delete(keys.file(file_id))
+        pipe.zrem(keys.owner_files(owner.key), file_id)
+        pipe.execute()
+        self.path(file_id).unlink(missing_ok=True)
+        return DeletedFile(id=file_id)
+
+    def _record(self, obj: FileObject, owner: Owner) -> None:
+        fields = obj.model_dump(exclude_none=True, exclude={"object", "status"}) | {"owner": owner.key}
+        pipe = self.r.pipeline()
+        pipe.hset(keys.file(obj.id), mapping={k: str(v) for k, v in fields.items()})
+        pipe.zadd(keys.owner_files(owner.key), {obj.id: time.time()})
+        pipe.execute()
+
+    def _load(self, file_id: str) -> FileObject | None:
+        raw = self.r.hgetall(keys.file(file_id))
+        return _from_hash(raw) if raw else None
+
+
+def _page_ids_asc(client: redis.Redis, zkey: str, after: str | None, limit: int) -> list[str]:
+    start = 0
+    if after:
+        rank = client.zrank(zkey, after)
+        if rank is None:
+            return []
+        start = rank + 1
+    return [m.decode() for m in client.zrange(zkey, start, start + limit)]
+
+
+def _from_hash(raw: dict[bytes, bytes]) -> FileObject:
+    h = {k.decode(): v.decode() for k, v in raw.items()}
+    return FileObject(
+        id=h["id"], bytes=int(h["bytes"]), created_at=int(h["created_at"]), filename=h["filename"],
+        purpose=h["purpose"], expires_at=int(h["expires_at"]) if "expires_at" in h else None,
+    )  # fmt: skip

@@ -1,0 +1,55 @@
+"""Every Redis key batchq writes, in one place. Keys of one batch share a hash tag ``{id}``."""
+
+from __future__ import annotations
+
+PREFIX = "batchq"
+
+ACTIVE_BATCHES = f"{PREFIX}:batches:active"  # set of non-terminal batch ids (the watchdog's work list)
+WATCHDOG_LOCK = f"{PREFIX}:watchdog:lock"
+
+RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{{{batch_id}}}"
+
+
+def batch_done(batch_id: str) -> str:
+    """Bitmap: bit i set once line i has a result (or was claimed as cancelled/expired/lost)."""
+    return f"{batch(batch_id)}:done"
+
+
+def batch_results(batch_id: str) -> str:
+    """Hash: line index -> b"o"/b"e" + the serialized result line."""
+    return f"{batch(batch_id)}:results"
+
+
+def batch_leases(batch_id: str) -> str:
+    """Hash: line index -> unix time until which a worker holds the line."""
+    return f"{batch(batch_id)}:leases"
+
+
+def batch_attempts(batch_id: str) -> str:
+    """Hash: line index -> times the watchdog re-enqueued the line."""
+    return f"{batch(batch_id)}:requeued"
+
+
+def batch_offsets(batch_id: str) -> str:
+    """String: packed (offset, length) pairs of every request line in the input file."""
+    return f"{batch(batch_id)}:offsets"
+
+
+def batch_lock(batch_id: str) -> str:
+    return f"{batch(batch_id)}:lock"
+
+
+def owner_batches(owner_key: str) -> str:
+    return f"{PREFIX}:owner:{owner_key}:batches"
+
+
+def file(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}"
+
+
+def owner_files(owner_key: str) -> str:
+    return f"{PREFIX}:owner:{owner_key}:files"

@@ -1,0 +1,5 @@
+"""Celery transport for batchq: ``celery -A workers worker`` finds ``app`` here."""
+
+from workers.celery_app import app
+
+__all__ = ["app"]

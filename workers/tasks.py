@@ -1,0 +1,97 @@
+"""Thin task shims: parse the message, call one batchq function, return nothing big."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from functools import lru_cache
+
+import redis
+from celery import chord, signals
+from celery.app.task import Task
+
+from batchq.config import get_settings
+from batchq.execution import finalize as finalizing
+from batchq.execution import runner, submit, watchdog
+from batchq.runtime import Runtime, build_runtime
+from batchq.storage import keys
+from workers.celery_app import app
+
+log = logging.getLogger("batchq.worker")
+RETRY_ON = (redis.RedisError, OSError)
+QUEUE = "celery"
+
+
+@lru_cache(maxsize=1)
+def runtime() -> Runtime:
+    return build_runtime(get_settings())
+
+
+class CeleryQueue:
+    """``batchq.runtime.TaskQueue`` over Celery."""
+
+    def submit_batch(self, batch_id: str) -> None:
+        submit_task.delay(batch_id)
+
+    def finalize_batch(self, batch_id: str, countdown: float = 0) -> None:
+        finalize_task.apply_async((batch_id,), countdown=countdown or None)
+
+    def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
+        header = [line_task.s(batch_id, i, o, n) for i, o, n in lines]
+        chord(header)(finalize_task.si(batch_id))
+
+    def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
+        for i, o, n in lines:
+            line_task.delay(batch_id, i, o, n)
+
+
+queue = CeleryQueue()
+
+
+@app.task(name="batchq.submit", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
+def submit_task(batch_id: str) -> None:
+    submit.submit(runtime(), queue, batch_id)
+
+
+@app.task(name="batchq.line", bind=True, autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
+def line_task(self: Task, batch_id: str, index: int, offset: int, length: int) -> None:
+    runner.run_line(runtime(), batch_id, index, offset, length)
+
+
+@app.task(name="batchq.finalize", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=8)
+def finalize_task(batch_id: str) -> None:
+    finalizing.finalize(runtime(), queue, batch_id)
+
+
+def queue_length(client: redis.Redis) -> int:
+    names = [QUEUE, *(f"{QUEUE}\x06\x16{p}" for p in (3, 6, 9))]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    return sum(pipe.execute())
+
+
+def watchdog_loop(stop: threading.Event) -> None:
+    rt = runtime()
+    interval = rt.settings.watchdog_interval_s
+    while not stop.wait(interval):
+        try:
+            if rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9))):
+                watchdog.sweep(rt, queue, queue_length(rt.redis))
+        except Exception:  # keep the watchdog alive through Redis blips
+            log.exception("watchdog sweep failed")
+
+
+_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_watchdog(sender: object = None, **_: object) -> None:
+    print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
+    threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_watchdog(**_: object) -> None:
+    _stop.set()
