@@ -77,20 +77,20 @@ class InputValidator:
 
     def _check(self, line_no: int, raw: bytes) -> ValidLine | None:
         if len(raw) > self.max_line_bytes:
-            return self._error("invalid_request", f"Line is larger than {self.max_line_bytes} bytes.", None, line_no)
+            return self._reject("invalid_request", f"Line is larger than {self.max_line_bytes} bytes.", None, line_no)
         obj = _parse(raw)
         if obj is None:
-            return self._error("invalid_json_line", "Line is not a valid JSON object.", None, line_no)
+            return self._reject("invalid_json_line", "Line is not a valid JSON object.", None, line_no)
         problem = request_problem(obj, self.endpoint)
         if problem is not None:
-            return self._error(*problem, line_no)
+            return self._reject(*problem, line_no)
         return self._accept(line_no, obj)
 
     def _accept(self, line_no: int, obj: dict[str, Any]) -> ValidLine | None:
         digest = hashlib.blake2b(obj["custom_id"].encode(), digest_size=16).digest()
         if digest in self._seen:
             message = f"custom_id {obj['custom_id'][:64]!r} appears more than once in the file."
-            return self._error("duplicate_custom_id", message, "custom_id", line_no)
+            return self._reject("duplicate_custom_id", message, "custom_id", line_no)
         self._seen.add(digest)
         model = obj["body"].get("model")
         self._models.add(model if isinstance(model, str) else None)
@@ -101,6 +101,9 @@ class InputValidator:
         self.error_count += 1
         if len(self.errors) < self.max_errors:
             self.errors.append(BatchErrorItem(code=code, message=message, param=param, line=line_no))
+
+    def _reject(self, code: str, message: str, param: str | None, line_no: int) -> ValidLine | None:
+        self._error(code, message, param, line_no)
         return None
 
 

@@ -9,6 +9,7 @@ for the measurements behind this choice).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
 import time
@@ -117,14 +118,13 @@ class Upstream:
             return self._loop
 
     def _get_client(self) -> httpx2.AsyncClient:
+        s = self.settings
         if self._client is None:
             self._client = httpx2.AsyncClient(
-                timeout=httpx2.Timeout(
-                    self.settings.upstream_timeout_s, connect=self.settings.upstream_connect_timeout_s
-                ),
+                timeout=httpx2.Timeout(s.upstream_timeout_s, connect=s.upstream_connect_timeout_s),
                 limits=httpx2.Limits(
-                    max_connections=self.settings.worker_concurrency,
-                    max_keepalive_connections=self.settings.worker_concurrency,
+                    max_connections=s.worker_concurrency,
+                    max_keepalive_connections=s.worker_concurrency,
                     keepalive_expiry=4.0,
                 ),
             )
@@ -136,9 +136,7 @@ def _retryable(outcome: Outcome) -> bool:
 
 
 def _with_attempts(outcome: Outcome, attempts: int) -> Outcome:
-    return Outcome(
-        outcome.status, outcome.body, outcome.request_id, outcome.error_code, outcome.error_message, attempts
-    )
+    return dataclasses.replace(outcome, attempts=attempts)
 
 
 def _body(content: bytes) -> Any:

@@ -74,7 +74,7 @@ class BatchStore:
         value = self.r.hget(keys.batch(batch_id), name)
         return value.decode() if value is not None else None
 
-    def list(self, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
+    def page(self, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
         ids = _page_ids(self.r, keys.owner_batches(owner.key), after, limit)
         batches = [b for b in (self.get(i) for i in ids[:limit]) if b is not None]
         return page_of(batches, len(ids) > limit, lambda b: b.id)
@@ -130,8 +130,9 @@ class BatchStore:
         u = result.usage
         keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_results(batch_id)]
         keys_.append(keys.batch_leases(batch_id))
-        args = [index, int(result.ok), result.data, u.input_tokens, u.output_tokens, u.total_tokens]
-        reply = self._complete(keys=keys_, args=[*args, int(time.time()), keys.RESULT_TTL_S], client=target)
+        args: list[bytes | int] = [index, int(result.ok), result.data, u.input_tokens, u.output_tokens]
+        args += [u.total_tokens, int(time.time()), keys.RESULT_TTL_S]
+        reply = self._complete(keys=keys_, args=args, client=target)
         if isinstance(reply, list):
             return Progress(bool(reply[0]), int(reply[1]), int(reply[2]))
         return Progress(False, 0, 0)

@@ -67,7 +67,7 @@ class FileStore:
             raise NotFound(f"No file found with id '{file_id}'.", param="file_id")
         return _from_hash(raw)
 
-    def list(self, owner: Owner, after: str | None, limit: int, purpose: str | None, order: str) -> Page[FileObject]:
+    def page(self, owner: Owner, after: str | None, limit: int, purpose: str | None, order: str) -> Page[FileObject]:
         zkey = keys.owner_files(owner.key)
         scan = max(limit * 4, 100) if purpose else limit
         ids = _page_ids(self.r, zkey, after, scan) if order == "desc" else _page_ids_asc(self.r, zkey, after, scan)

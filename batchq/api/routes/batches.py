@@ -35,7 +35,7 @@ def create_batch(body: CreateBatch, rt: RuntimeDep, queue: QueueDep, owner: Owne
 def list_batches(
     rt: RuntimeDep, owner: OwnerDep, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> Page[Batch]:
-    return rt.batches.list(owner, after, limit)
+    return rt.batches.page(owner, after, limit)
 
 
 @router.get("/{batch_id}", response_model=Batch)

@@ -33,7 +33,7 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
 ) -> Page[FileObject]:
-    return rt.files.list(owner, after, limit, purpose, order)
+    return rt.files.page(owner, after, limit, purpose, order)
 
 
 @router.get("/{file_id}", response_model=FileObject)
