@@ -74,8 +74,10 @@ class Stack:
         return self
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                args, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.processes[name] = process
         return process
 
