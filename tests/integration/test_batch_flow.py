@@ -8,6 +8,7 @@ import pytest
 
 from batchq.stack import Stack
 from tests.integration.helpers import (
+    CHAT,
     assert_exactly_once,
     chat_row,
     client,
@@ -178,15 +179,15 @@ def test_gateway_paths_serve_the_same_api(stack: Stack) -> None:
             {"input_file_id": "f", "endpoint": "/v1/chat/completions", "completion_window": "1y"},
             400,
             "completion_window",
-        ),  # fmt: skip
+        ),
         (
             "POST",
             "/v1/batches",
             {"input_file_id": "f", "endpoint": "/v1/chat/completions", "metadata": {"k": "v" * 513}},
             400,
             "metadata",
-        ),  # fmt: skip
-        ("POST", "/v1/batches", {"input_file_id": "file-0", "endpoint": "/v1/chat/completions"}, 404, "file_id"),
+        ),
+        ("POST", "/v1/batches", {"input_file_id": "file-0", "endpoint": CHAT}, 404, "file_id"),
     ],
 )
 def test_bad_requests_get_openai_errors(
