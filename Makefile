@@ -1,0 +1,35 @@
+# One command per check; CI (.ci/run) and the README call these same targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: install demo test pytest lint typecheck bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install          ## a real batch, end to end, on this machine
+	$(BIN)/batchq demo
+
+test: lint typecheck pytest   ## everything CI runs
+
+pytest: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check batchq workers tests bench
+	$(BIN)/ruff format --check batchq workers tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) batchq-demo batchq-data .pytest_cache .mypy_cache .ruff_cache
