@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -22,7 +23,9 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
         return None
     try:
         request = read_request(rt, start.input_file_id, offset, length)
-        outcome = rt.upstream.send(start.endpoint, request["body"])
+        lease = rt.settings.line_lease_s
+        renew = functools.partial(rt.batches.renew_lease, batch_id, index, lease)
+        outcome = rt.upstream.send(start.endpoint, request["body"], heartbeat=renew, every=lease / 3)
         result = result_of(request["custom_id"], outcome)
     except BaseException:
         rt.batches.drop_lease(batch_id, index)  # let the watchdog hand it out again at once

@@ -9,11 +9,12 @@ for the measurements behind this choice).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import random
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -63,8 +64,15 @@ class LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="batchq-upstream", daemon=True)
         self._thread.start()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+    def run(self, coro: Coroutine[Any, Any, T], heartbeat: Callable[[], None] | None = None, every: float = 30) -> T:
+        """Run ``coro`` on the loop and wait for it, calling ``heartbeat`` every ``every`` seconds."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        while True:
+            try:
+                return future.result(timeout=every)
+            except concurrent.futures.TimeoutError:
+                if heartbeat is not None:
+                    heartbeat()
 
 
 class Upstream:
@@ -76,10 +84,10 @@ class Upstream:
         self._client: httpx2.AsyncClient | None = None
         self._lock = threading.Lock()
 
-    def send(self, path: str, body: Any) -> Outcome:
+    def send(self, path: str, body: Any, heartbeat: Callable[[], None] | None = None, every: float = 30) -> Outcome:
         """POST ``body`` to the upstream at ``path``, retrying what should be retried. Blocks."""
         loop = self._ensure_loop()
-        return loop.run(self.send_async(path, orjson.dumps(body)))
+        return loop.run(self.send_async(path, orjson.dumps(body)), heartbeat, every)
 
     async def send_async(self, path: str, payload: bytes) -> Outcome:
         url = join_url(self.settings.upstream_url, path)
