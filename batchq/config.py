@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = Field(default=15.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
 
+    # Webhooks: an event on every terminal status, signed when a secret is set
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=12, ge=1)
+
     # What POST /batches accepts
     endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]

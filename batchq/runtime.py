@@ -24,6 +24,9 @@ class TaskQueue(Protocol):
     def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
         """One task per (index, offset, length), under a chord that finalizes the batch."""
 
+    def notify(self, batch_id: str, event_type: str) -> None:
+        """Deliver a terminal event to the webhook, with retries (no-op without a webhook)."""
+
     def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
         """Plain tasks for lines whose first task was lost."""
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import threading
+import time
 from functools import lru_cache
 
 import redis
@@ -13,7 +15,7 @@ from celery.app.task import Task
 
 from batchq.config import get_settings
 from batchq.execution import finalize as finalizing
-from batchq.execution import runner, submit, watchdog
+from batchq.execution import runner, submit, watchdog, webhooks
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from workers.celery_app import app
@@ -41,6 +43,10 @@ class CeleryQueue:
         header = [line_task.s(batch_id, i, o, n) for i, o, n in lines]
         chord(header)(finalize_task.si(batch_id))
 
+    def notify(self, batch_id: str, event_type: str) -> None:
+        if runtime().settings.webhook_url:
+            webhook_task.delay(batch_id, event_type, int(time.time()))
+
     def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
         for i, o, n in lines:
             line_task.delay(batch_id, i, o, n)
@@ -62,6 +68,22 @@ def line_task(self: Task, batch_id: str, index: int, offset: int, length: int) -
 @app.task(name="batchq.finalize", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=8)
 def finalize_task(batch_id: str) -> None:
     finalizing.finalize(runtime(), queue, batch_id)
+
+
+@app.task(name="batchq.webhook", bind=True, max_retries=None)
+def webhook_task(self: Task, batch_id: str, event_type: str, created_at: int) -> None:
+    settings = runtime().settings
+    try:
+        webhooks.deliver(settings, batch_id, event_type, created_at)
+    except webhooks.DeliveryFailed as exc:
+        if self.request.retries + 1 >= settings.webhook_max_attempts:
+            log.error("webhook given up", extra={"batch_id": batch_id, "event": event_type, "reason": str(exc)})
+            return
+        raise self.retry(exc=exc, countdown=webhook_backoff(self.request.retries)) from exc
+
+
+def webhook_backoff(retries: int) -> float:
+    return min(600.0, 2.0**retries) * random.uniform(0.5, 1.0)
 
 
 def queue_length(client: redis.Redis) -> int:

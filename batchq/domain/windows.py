@@ -16,7 +16,7 @@ MAX_METADATA_VALUE = 512
 
 def window_seconds(window: str) -> int:
     """Seconds in a window like ``"24h"``; raises ``InvalidRequest`` for anything else."""
-    match = _WINDOW.match(window) if isinstance(window, str) else None
+    match = _WINDOW.fullmatch(window) if isinstance(window, str) else None
     if match is None:
         raise InvalidRequest(
             f"Invalid completion_window {window!r}: use a duration such as '24h', '90m' or '2d'.",

@@ -19,6 +19,7 @@ import orjson
 from batchq.domain.models import Batch, Owner
 from batchq.domain.results import CANCELLED, EXPIRED, error_line
 from batchq.domain.status import Status, is_terminal
+from batchq.domain.webhooks import EVENT_TYPES
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
 
@@ -54,18 +55,18 @@ def _advance(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
     if batch.status is Status.CANCELLING:
         _finish_cancel(rt, queue, batch)
     elif batch.expires_at is not None and time.time() >= batch.expires_at:
-        _finish_expired(rt, batch)
+        _finish_expired(rt, queue, batch)
     elif batch.status in (Status.IN_PROGRESS, Status.FINALIZING):
-        _finish_complete(rt, batch)
+        _finish_complete(rt, queue, batch)
 
 
-def _finish_complete(rt: Runtime, batch: Batch) -> None:
+def _finish_complete(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
     counts = batch.request_counts
     if counts.completed + counts.failed < counts.total:
         return  # not done yet: a later line, the chord or the watchdog calls again
     if batch.status is Status.IN_PROGRESS and not rt.batches.move(batch.id, Status.FINALIZING):
         return
-    _write_and_move(rt, batch.id, Status.COMPLETED)
+    _write_and_move(rt, queue, batch.id, Status.COMPLETED)
 
 
 def _finish_cancel(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
@@ -74,12 +75,12 @@ def _finish_cancel(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
         queue.finalize_batch(batch.id, countdown=1.0)  # lines in flight may finish first
         return
     claim_missing(rt, batch, *CANCELLED)
-    _write_and_move(rt, batch.id, Status.CANCELLED)
+    _write_and_move(rt, queue, batch.id, Status.CANCELLED)
 
 
-def _finish_expired(rt: Runtime, batch: Batch) -> None:
+def _finish_expired(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
     claim_missing(rt, batch, *EXPIRED)
-    _write_and_move(rt, batch.id, Status.EXPIRED)
+    _write_and_move(rt, queue, batch.id, Status.EXPIRED)
 
 
 def _live_leases(rt: Runtime, batch_id: str) -> bool:
@@ -114,12 +115,13 @@ def _bit(bitmap: bytes, index: int) -> bool:
     return byte < len(bitmap) and bool(bitmap[byte] & (0x80 >> (index & 7)))
 
 
-def _write_and_move(rt: Runtime, batch_id: str, target: Status) -> None:
+def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status) -> None:
     owner = Owner.from_key(rt.batches.field(batch_id, "owner") or "")
     output_id, error_id = write_files(rt, batch_id, owner)
     fields = {"output_file_id": output_id} | ({"error_file_id": error_id} if error_id else {})
     if rt.batches.move(batch_id, target, **fields):
         rt.batches.drop_working_keys(batch_id)
+        queue.notify(batch_id, EVENT_TYPES[target])
         log.info("batch finished", extra={"batch_id": batch_id, "status": target.value})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from batchq.domain.models import Batch, BatchErrors
 from batchq.domain.status import Status
 from batchq.domain.validation import InputValidator, Report
+from batchq.domain.webhooks import EVENT_TYPES
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage.batches import pack_offsets
 
@@ -41,7 +42,8 @@ def submit(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
     report, offsets = validate(rt, batch)
     if report.error_count:
         errors = BatchErrors(data=report.errors)
-        rt.batches.move(batch_id, Status.FAILED, errors=errors)
+        if rt.batches.move(batch_id, Status.FAILED, errors=errors):
+            queue.notify(batch_id, EVENT_TYPES[Status.FAILED])
         log.info("batch failed validation", extra={"batch_id": batch_id, "errors": report.error_count})
         return
     rt.batches.save_offsets(batch_id, pack_offsets(offsets))

@@ -3,7 +3,10 @@ and Celery workers, started once per session (and per module where a test needs 
 
 from __future__ import annotations
 
+import base64
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -36,9 +39,59 @@ def _dump_logs(workdir: Path) -> None:
         print(f"==== {log.name}\n{log.read_text(errors='replace')[-3000:]}")
 
 
+class Receiver:
+    """A webhook receiver on loopback: records every delivery; answers 500 to each event's first try."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status = receiver.record(dict(self.headers.items()), body)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        return Handler
+
+    def record(self, headers: dict[str, str], body: bytes) -> int:
+        with self._lock:
+            first = headers.get("webhook-id", "") not in self._seen
+            self._seen.add(headers.get("webhook-id", ""))
+            status = 500 if first else 200
+            self.deliveries.append(({k.lower(): v for k, v in headers.items()}, body, status))
+            return status
+
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"test-secret-0123456789").decode()
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.server.shutdown()
+    running.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
-    running = start_stack(workdir, workers=1, concurrency=16)
+    hooks = {"BATCHQ_WEBHOOK_URL": receiver.url, "BATCHQ_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    running = start_stack(workdir, hooks, workers=1, concurrency=16)
     yield running
     running.stop()

@@ -240,3 +240,6 @@ def test_run_prints_bound_address_and_stops_on_sigterm() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -355,7 +355,7 @@ def test_arbitrary_bytes_never_raise_and_errors_are_well_formed(data: bytes, max
     )
 )
 def test_every_request_is_either_valid_or_one_error(lines: list[bytes]) -> None:
-    v, report = run(lines, max_lines=1000)
+    _, report = run(lines, max_lines=1000)
     requests = [raw for raw in lines if raw.strip()]
     last_request = max((n for n, raw in enumerate(lines, start=1) if raw.strip()), default=0)
     middle_blanks = sum(1 for n, raw in enumerate(lines, start=1) if not raw.strip() and n < last_request)

@@ -1,0 +1,186 @@
+"""Unit tests for batchq.execution.upstream (URL joining and the retrying HTTP client)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+
+from batchq.config import Settings
+from batchq.execution.upstream import Outcome, Upstream, join_url
+
+Handler = Callable[[httpx2.Request], httpx2.Response]
+PATH = "/v1/chat/completions"
+PAYLOAD = orjson.dumps({"model": "m", "messages": []})
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "expected"),
+    [
+        ("http://up:9000", PATH, "http://up:9000/v1/chat/completions"),
+        ("http://up:9000/", PATH, "http://up:9000/v1/chat/completions"),
+        ("http://up:9000/v1", PATH, "http://up:9000/v1/chat/completions"),
+        ("http://up:9000/v1/", PATH, "http://up:9000/v1/chat/completions"),
+        ("http://up:9000/v1//", PATH, "http://up:9000/v1/chat/completions"),
+        ("http://up/openai/v1", "/v1/embeddings", "http://up/openai/v1/embeddings"),
+        ("http://up/openai", "/v1/embeddings", "http://up/openai/v1/embeddings"),
+        ("http://up/v1", "/v1", "http://up/v1"),
+        ("http://up/v1", "/v10/x", "http://up/v1/v10/x"),
+        ("http://up/v2", PATH, "http://up/v2/v1/chat/completions"),
+    ],
+)
+def test_join_url(base: str, path: str, expected: str) -> None:
+    assert join_url(base, path) == expected
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "upstream_url": "http://upstream.test/v1",
+        "upstream_backoff_base_s": 0,
+        "upstream_backoff_max_s": 0,
+        "upstream_max_attempts": 3,
+        "upstream_max_retry_time_s": 60,
+        "api_keys": [],
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class Recorder:
+    """A MockTransport handler that replays scripted replies and records the requests."""
+
+    def __init__(self, *replies: httpx2.Response | Exception) -> None:
+        self.replies = list(replies)
+        self.requests: list[httpx2.Request] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def send(handler: Handler, **overrides: Any) -> Outcome:
+    upstream = Upstream(settings(**overrides))
+
+    async def go() -> Outcome:
+        client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+        upstream._client = client
+        try:
+            return await upstream.send_async(PATH, PAYLOAD)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_success_on_first_attempt_returns_body_and_request_id() -> None:
+    handler = Recorder(httpx2.Response(200, json={"ok": True}, headers={"x-request-id": "req_9"}))
+    outcome = send(handler)
+    assert (outcome.status, outcome.body, outcome.request_id, outcome.attempts) == (200, {"ok": True}, "req_9", 1)
+    assert outcome.error_code is None
+
+
+def test_request_goes_to_the_joined_url_with_the_payload() -> None:
+    handler = Recorder(httpx2.Response(200, json={}))
+    send(handler)
+    (request,) = handler.requests
+    assert request.method == "POST"
+    assert str(request.url) == "http://upstream.test/v1/chat/completions"
+    assert request.content == PAYLOAD
+    assert request.headers["content-type"] == "application/json"
+
+
+def test_500_then_200_succeeds_after_two_attempts() -> None:
+    handler = Recorder(httpx2.Response(500, json={"error": "boom"}), httpx2.Response(200, json={"ok": 1}))
+    outcome = send(handler)
+    assert (outcome.status, outcome.body, outcome.attempts) == (200, {"ok": 1}, 2)
+    assert len(handler.requests) == 2
+
+
+def test_400_is_not_retried() -> None:
+    handler = Recorder(httpx2.Response(400, json={"error": "bad"}), httpx2.Response(200, json={}))
+    outcome = send(handler)
+    assert (outcome.status, outcome.body, outcome.attempts) == (400, {"error": "bad"}, 1)
+    assert len(handler.requests) == 1
+
+
+def test_429_with_retry_after_zero_is_retried() -> None:
+    handler = Recorder(httpx2.Response(429, headers={"Retry-After": "0"}), httpx2.Response(200, json={}))
+    outcome = send(handler)
+    assert (outcome.status, outcome.attempts) == (200, 2)
+
+
+def test_persistent_503_returns_the_last_response_after_max_attempts() -> None:
+    handler = Recorder(httpx2.Response(503, text="overloaded"))
+    outcome = send(handler)
+    assert (outcome.status, outcome.body, outcome.attempts) == (503, "overloaded", 3)
+    assert outcome.error_code is None
+    assert len(handler.requests) == 3
+
+
+def test_connection_error_gives_upstream_unreachable_after_max_attempts() -> None:
+    handler = Recorder(httpx2.ConnectError("connection refused"))
+    outcome = send(handler)
+    assert outcome.status is None
+    assert outcome.error_code == "upstream_unreachable"
+    assert outcome.error_message and "ConnectError" in outcome.error_message
+    assert outcome.attempts == 3
+    assert len(handler.requests) == 3
+
+
+def test_timeout_gives_upstream_timeout() -> None:
+    handler = Recorder(httpx2.ReadTimeout("read timed out"))
+    outcome = send(handler)
+    assert (outcome.status, outcome.error_code, outcome.attempts) == (None, "upstream_timeout", 3)
+
+
+def test_connect_timeout_is_a_timeout_not_unreachable() -> None:
+    outcome = send(Recorder(httpx2.ConnectTimeout("slow")))
+    assert outcome.error_code == "upstream_timeout"
+
+
+def test_connection_error_then_success_recovers() -> None:
+    handler = Recorder(httpx2.ConnectError("refused"), httpx2.Response(200, json={"ok": True}))
+    outcome = send(handler)
+    assert (outcome.status, outcome.error_code, outcome.attempts) == (200, None, 2)
+
+
+def test_single_attempt_setting_never_retries() -> None:
+    handler = Recorder(httpx2.Response(500))
+    outcome = send(handler, upstream_max_attempts=1)
+    assert (outcome.status, outcome.attempts) == (500, 1)
+
+
+def test_retry_after_beyond_the_total_time_budget_stops_retrying() -> None:
+    handler = Recorder(httpx2.Response(429, headers={"Retry-After": "30"}), httpx2.Response(200))
+    outcome = send(handler, upstream_backoff_max_s=60, upstream_max_retry_time_s=10)
+    assert (outcome.status, outcome.attempts) == (429, 1)
+
+
+def test_authorization_header_sent_when_upstream_api_key_is_set() -> None:
+    handler = Recorder(httpx2.Response(200, json={}))
+    send(handler, upstream_api_key="sk-up")
+    assert handler.requests[0].headers["authorization"] == "Bearer sk-up"
+
+
+def test_no_authorization_header_without_upstream_api_key() -> None:
+    handler = Recorder(httpx2.Response(200, json={}))
+    send(handler)
+    assert "authorization" not in handler.requests[0].headers
+
+
+def test_request_id_header_fallback() -> None:
+    outcome = send(Recorder(httpx2.Response(200, json={}, headers={"request-id": "r2"})))
+    assert outcome.request_id == "r2"
+
+
+def test_non_json_body_is_kept_as_text() -> None:
+    outcome = send(Recorder(httpx2.Response(404, content=b"not found \xff")))
+    assert outcome.status == 404
+    assert outcome.body == "not found \ufffd"
