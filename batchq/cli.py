@@ -31,6 +31,14 @@ def worker(ctx: typer.Context) -> None:
     celery_app.worker_main(["worker", *ctx.args])
 
 
+@app.command()
+def scheduler() -> None:
+    """Run only the periodic watchdog (expiry, stuck batches, lost lines). Workers run it too."""
+    from workers.tasks import run_scheduler
+
+    run_scheduler()
+
+
 @app.command("mock-upstream", context_settings=PASSTHROUGH)
 def mock_upstream(ctx: typer.Context) -> None:
     """Serve a mock OpenAI-compatible upstream (see --help of python -m batchq.mock_upstream)."""

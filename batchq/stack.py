@@ -73,10 +73,10 @@ class Stack:
             self.start_worker(f"worker{n}", concurrency)
         return self
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                args, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args, env=self.env() | env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.processes[name] = process
         return process
@@ -94,7 +94,7 @@ class Stack:
 
     def start_worker(self, name: str, concurrency: int = 32) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "batchq", "worker", "--concurrency", str(concurrency), "-n", f"{name}@%h"]
-        process = self._spawn(name, [*args, "--loglevel", "WARNING"])
+        process = self._spawn(name, [*args, "--loglevel", "WARNING"], BATCHQ_WORKER_CONCURRENCY=str(concurrency))
         wait_for(lambda: self._worker_ready(name), 60, f"worker {name}")
         return process
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import sys
 import threading
 import time
@@ -106,6 +107,12 @@ def watchdog_loop(stop: threading.Event) -> None:
 
 
 _stop = threading.Event()
+
+
+def run_scheduler() -> None:
+    """The watchdog loop in the foreground, for a dedicated scheduler process."""
+    signal.signal(signal.SIGTERM, lambda *_: _stop.set())
+    watchdog_loop(_stop)
 
 
 @signals.worker_ready.connect
