@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from batchq.domain.routing import Route
+
 MB = 1024 * 1024
 
 
@@ -35,6 +37,10 @@ class Settings(BaseSettings):
     upstream_max_retry_time_s: float = Field(default=900.0, gt=0)
     upstream_backoff_base_s: float = Field(default=0.5, ge=0)
     upstream_backoff_max_s: float = Field(default=60.0, ge=0)
+    upstream_max_in_flight: int = Field(default=256, ge=0)
+    upstream_rpm: int = Field(default=0, ge=0)
+    upstream_adaptive: bool = True
+    upstreams: list[Route] = Field(default_factory=list)
 
     # Limits
     max_file_bytes: int = Field(default=200 * MB, gt=0)
@@ -75,6 +81,16 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    def routes(self) -> list[Route]:
+        """The configured routes, or one route from the ``BATCHQ_UPSTREAM_*`` settings."""
+        if self.upstreams:
+            return self.upstreams
+        default = Route(
+            name="default", url=self.upstream_url, api_key=self.upstream_api_key,
+            max_in_flight=self.upstream_max_in_flight, rpm=self.upstream_rpm,
+        )  # fmt: skip
+        return [default]
 
 
 @lru_cache(maxsize=1)

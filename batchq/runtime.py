@@ -11,6 +11,7 @@ from batchq.config import Settings
 from batchq.execution.upstream import Upstream
 from batchq.storage.batches import BatchStore
 from batchq.storage.files import FileStore
+from batchq.storage.limits import RedisLimiter
 from batchq.storage.redis_client import connect
 
 
@@ -42,7 +43,9 @@ class Runtime:
     @property
     def upstream(self) -> Upstream:
         if self._upstream is None:
-            self._upstream = Upstream(self.settings)
+            s = self.settings
+            limiter = RedisLimiter(s.redis_url, s.upstream_adaptive, slot_ttl_s=s.upstream_timeout_s + 30)
+            self._upstream = Upstream(s, limiter)
         return self._upstream
 
 

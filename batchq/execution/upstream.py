@@ -1,9 +1,10 @@
-"""The HTTP client for the OpenAI-compatible upstream, and the one place its errors are translated.
+"""The HTTP client for the OpenAI-compatible upstreams, and the one place their errors are translated.
 
 Each worker process owns one asyncio event loop, in a daemon thread, with one pooled
-``httpx2.AsyncClient``. Celery's task threads hand their requests to that loop and wait:
-the threads only block, and all sockets are driven by one loop (see docs/architecture.md
-for the measurements behind this choice).
+``httpx2.AsyncClient`` per route. Celery's task threads hand their requests to that loop and
+wait: the threads only block, and all sockets are driven by one loop (docs/performance.md has
+the measurements behind this choice). Before each attempt a request takes a slot from the
+route's distributed limiter (``batchq.storage.limits``) and gives it back after.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx2
 import orjson
 
 from batchq.config import Settings
 from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, parse_retry_after, should_retry
+from batchq.domain.routing import Route, route_for
 
 T = TypeVar("T")
 
@@ -37,6 +39,20 @@ class Outcome:
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 1
+
+
+class Limiter(Protocol):
+    async def acquire(self, route: Route) -> str | None: ...
+
+    async def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None: ...
+
+
+class NoLimiter:
+    async def acquire(self, route: Route) -> str | None:
+        return None
+
+    async def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
+        return None
 
 
 def join_url(base: str, path: str) -> str:
@@ -76,36 +92,56 @@ class LoopThread:
 
 
 class Upstream:
-    def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        limiter: Limiter | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.settings = settings
+        self.routes = settings.routes()
         self.policy = policy_from(settings)
+        self.limiter = limiter or NoLimiter()
         self.rng = rng or random.Random()
+        self._transport = transport
+        self._clients: dict[str, httpx2.AsyncClient] = {}
         self._loop: LoopThread | None = None
-        self._client: httpx2.AsyncClient | None = None
         self._lock = threading.Lock()
 
     def send(self, path: str, body: Any, heartbeat: Callable[[], None] | None = None, every: float = 30) -> Outcome:
-        """POST ``body`` to the upstream at ``path``, retrying what should be retried. Blocks."""
-        loop = self._ensure_loop()
-        return loop.run(self.send_async(path, orjson.dumps(body)), heartbeat, every)
+        """POST ``body`` to the upstream serving ``path``, retrying what should be retried. Blocks."""
+        model = body.get("model") if isinstance(body, dict) else None
+        return self._ensure_loop().run(self.send_async(path, orjson.dumps(body), model), heartbeat, every)
 
-    async def send_async(self, path: str, payload: bytes) -> Outcome:
-        url = join_url(self.settings.upstream_url, path)
+    async def send_async(self, path: str, payload: bytes, model: object = None) -> Outcome:
+        route = route_for(self.routes, path, model)
+        if route is None:
+            return Outcome(None, error_code="no_upstream", error_message=f"No upstream serves {path} for {model!r}.")
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            outcome, retry_after = await self._attempt(url, payload)
+            outcome, retry_after = await self._limited_attempt(route, path, payload)
             if not _retryable(outcome):
-                return _with_attempts(outcome, attempt)
+                return dataclasses.replace(outcome, attempts=attempt)
             wait = backoff_s(self.policy, attempt, retry_after, self.rng)
             if not should_retry(self.policy, attempt, time.monotonic() - started, wait):
-                return _with_attempts(outcome, attempt)
+                return dataclasses.replace(outcome, attempts=attempt)
             await asyncio.sleep(wait)
 
-    async def _attempt(self, url: str, payload: bytes) -> tuple[Outcome, float | None]:
+    async def _limited_attempt(self, route: Route, path: str, payload: bytes) -> tuple[Outcome, float | None]:
+        token = await self.limiter.acquire(route)
+        outcome, retry_after = Outcome(None, error_code="cancelled"), None
         try:
-            response = await self._get_client().post(url, content=payload, headers=self._headers())
+            outcome, retry_after = await self._attempt(route, join_url(route.url, path), payload)
+        finally:
+            await self.limiter.release(route, token, _kind(outcome), retry_after)
+        return outcome, retry_after
+
+    async def _attempt(self, route: Route, url: str, payload: bytes) -> tuple[Outcome, float | None]:
+        try:
+            response = await self._client(route).post(url, content=payload, headers=_headers(route))
         except httpx2.TimeoutException as exc:
             return Outcome(None, error_code="upstream_timeout", error_message=_describe(exc)), None
         except httpx2.TransportError as exc:
@@ -113,38 +149,46 @@ class Upstream:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return Outcome(response.status_code, _body(response.content), _request_id(response)), retry_after
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json"}
-        if self.settings.upstream_api_key:
-            headers["authorization"] = f"Bearer {self.settings.upstream_api_key}"
-        return headers
-
     def _ensure_loop(self) -> LoopThread:
         with self._lock:
             if self._loop is None:
                 self._loop = LoopThread()
             return self._loop
 
-    def _get_client(self) -> httpx2.AsyncClient:
+    def _client(self, route: Route) -> httpx2.AsyncClient:
+        client = self._clients.get(route.name)
+        if client is None:
+            client = self._clients[route.name] = self._new_client(route)
+        return client
+
+    def _new_client(self, route: Route) -> httpx2.AsyncClient:
         s = self.settings
-        if self._client is None:
-            self._client = httpx2.AsyncClient(
-                timeout=httpx2.Timeout(s.upstream_timeout_s, connect=s.upstream_connect_timeout_s),
-                limits=httpx2.Limits(
-                    max_connections=s.worker_concurrency,
-                    max_keepalive_connections=s.worker_concurrency,
-                    keepalive_expiry=4.0,
-                ),
-            )
-        return self._client
+        size = s.worker_concurrency
+        timeout = httpx2.Timeout(route.timeout_s or s.upstream_timeout_s, connect=s.upstream_connect_timeout_s)
+        limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=4.0)
+        return httpx2.AsyncClient(timeout=timeout, limits=limits, transport=self._transport)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+def _kind(outcome: Outcome) -> str:
+    if outcome.status == 429:
+        return "throttled"
+    return "ok" if outcome.status is not None and outcome.status < 500 else "error"
+
+
+def _headers(route: Route) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if route.api_key:
+        headers["authorization"] = f"Bearer {route.api_key}"
+    return headers
 
 
 def _retryable(outcome: Outcome) -> bool:
     return outcome.status is None or is_retryable_status(outcome.status)
-
-
-def _with_attempts(outcome: Outcome, attempts: int) -> Outcome:
-    return dataclasses.replace(outcome, attempts=attempts)
 
 
 def _body(content: bytes) -> Any:

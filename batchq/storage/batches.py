@@ -27,7 +27,7 @@ _STR_FIELDS = ("endpoint", "input_file_id", "completion_window", "output_file_id
 
 @dataclass(frozen=True)
 class LineStart:
-    verdict: str  # go | done | stop | expired
+    verdict: str  # go | done | leased | stop | expired
     input_file_id: str
     endpoint: str
 

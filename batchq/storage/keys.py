@@ -53,3 +53,27 @@ def file(file_id: str) -> str:
 
 def owner_files(owner_key: str) -> str:
     return f"{PREFIX}:owner:{owner_key}:files"
+
+
+def _limit(route: str) -> str:
+    return f"{PREFIX}:limit:{{{route}}}"
+
+
+def limit_inflight(route: str) -> str:
+    """Sorted set: request token -> expiry, one per request in flight to the route."""
+    return f"{_limit(route)}:inflight"
+
+
+def limit_notbefore(route: str) -> str:
+    """Unix time before which no request may start (pushed forward by 429 Retry-After)."""
+    return f"{_limit(route)}:notbefore"
+
+
+def limit_tat(route: str) -> str:
+    """GCRA theoretical arrival time for the route's requests-per-minute limit."""
+    return f"{_limit(route)}:tat"
+
+
+def limit_window(route: str) -> str:
+    """Hash: AIMD congestion window ``w`` and time of its last decrease ``at``."""
+    return f"{_limit(route)}:window"

@@ -21,11 +21,14 @@ return 1
 """
 
 # KEYS: batch, done, leases. ARGV: index, lease_until, now.
-# Returns {verdict, input_file_id, endpoint}; verdict is go | done | stop | expired.
+# Returns {verdict, input_file_id, endpoint}; verdict is go | done | leased | stop | expired.
+# 'leased': another worker runs the line now (a redelivered message); it is not sent twice.
 BEGIN_LINE = """
 local b = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'input_file_id', 'endpoint')
 if b[1] ~= 'in_progress' then return {'stop', '', ''} end
 if redis.call('GETBIT', KEYS[2], ARGV[1]) == 1 then return {'done', '', ''} end
+local held = redis.call('HGET', KEYS[3], ARGV[1])
+if held and tonumber(held) > tonumber(ARGV[3]) then return {'leased', '', ''} end
 if b[2] and tonumber(ARGV[3]) >= tonumber(b[2]) then return {'expired', '', ''} end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return {'go', b[3], b[4]}

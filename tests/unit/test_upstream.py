@@ -66,15 +66,13 @@ class Recorder:
 
 
 def send(handler: Handler, **overrides: Any) -> Outcome:
-    upstream = Upstream(settings(**overrides))
+    upstream = Upstream(settings(**overrides), transport=httpx2.MockTransport(handler))
 
     async def go() -> Outcome:
-        client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
-        upstream._client = client
         try:
             return await upstream.send_async(PATH, PAYLOAD)
         finally:
-            await client.aclose()
+            await upstream.aclose()
 
     return asyncio.run(go())
 

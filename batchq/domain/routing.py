@@ -1,0 +1,40 @@
+"""Which upstream serves a request: by endpoint, and optionally by ``body.model``.
+
+``BATCHQ_UPSTREAMS`` is a JSON list of ``Route`` objects, tried in order; the first whose
+``endpoints`` and ``models`` both match (an empty list matches anything) serves the request.
+Without it there is one route built from ``BATCHQ_UPSTREAM_URL`` and its sibling settings.
+Every route has its own distributed concurrency cap and rate limit, shared by all workers.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class Route(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str
+    api_key: str | None = None
+    endpoints: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    max_in_flight: int = Field(default=256, ge=0)  # 0: no cap
+    rpm: int = Field(default=0, ge=0)  # requests per minute; 0: no limit
+    timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def matches(self, endpoint: str, model: str | None) -> bool:
+        endpoint_ok = not self.endpoints or endpoint in self.endpoints
+        return endpoint_ok and (not self.models or model in self.models)
+
+    @property
+    def limited(self) -> bool:
+        return self.max_in_flight > 0 or self.rpm > 0
+
+
+def route_for(routes: list[Route], endpoint: str, model: object) -> Route | None:
+    name = model if isinstance(model, str) else None
+    return next((r for r in routes if r.matches(endpoint, name)), None)

@@ -1,0 +1,134 @@
+"""A distributed concurrency cap, rate limit and 429 back-off per upstream route, in Redis.
+
+All workers share, per route: a sorted set of in-flight request tokens (each with an expiry, so
+a dead worker's slots come back), a "not before" time pushed forward by any 429 with Retry-After,
+a GCRA rate limiter, and an AIMD congestion window (halved at most once a second on 429s, grown by
+1/window per success) that adapts the effective cap to what the upstream keeps up with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from batchq.domain.routing import Route
+from batchq.storage import keys
+
+# KEYS: inflight, notbefore, tat, window. ARGV: now, token, ttl, cap, rpm, adaptive.
+# Returns "0" (acquired), "-1" (at the cap: poll again) or seconds to wait (string).
+ACQUIRE = """
+local now = tonumber(ARGV[1])
+local nb = tonumber(redis.call('GET', KEYS[2]) or '0')
+if nb > now then return tostring(nb - now) end
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local limit = cap
+  if ARGV[6] == '1' then
+    local w = tonumber(redis.call('HGET', KEYS[4], 'w') or ARGV[4])
+    limit = math.max(1, math.min(cap, math.floor(w)))
+  end
+  if redis.call('ZCARD', KEYS[1]) >= limit then return '-1' end
+end
+local rpm = tonumber(ARGV[5])
+if rpm > 0 then
+  local interval = 60.0 / rpm
+  local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if tat < now then tat = now end
+  if tat - now > 1.0 then return tostring(tat - now - 1.0) end
+  redis.call('SET', KEYS[3], tostring(tat + interval), 'EX', 3600)
+end
+if cap > 0 then redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2]) end
+return '0'
+"""
+
+# KEYS: inflight, notbefore, window. ARGV: token, now, outcome (ok|throttled|error), retry_after, cap, adaptive.
+RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[2])
+local cap = tonumber(ARGV[5])
+if ARGV[3] == 'throttled' then
+  local wait = tonumber(ARGV[4])
+  if wait > 0 then
+    local nb = tonumber(redis.call('GET', KEYS[2]) or '0')
+    if now + wait > nb then redis.call('SET', KEYS[2], tostring(now + wait), 'EX', math.ceil(wait) + 1) end
+  end
+  if ARGV[6] == '1' and cap > 0 then
+    local w = tonumber(redis.call('HGET', KEYS[3], 'w') or cap)
+    local at = tonumber(redis.call('HGET', KEYS[3], 'at') or '0')
+    if now - at >= 1.0 then
+      redis.call('HSET', KEYS[3], 'w', tostring(math.max(1, w / 2)), 'at', tostring(now))
+    end
+  end
+elseif ARGV[3] == 'ok' and ARGV[6] == '1' and cap > 0 then
+  local w = tonumber(redis.call('HGET', KEYS[3], 'w') or cap)
+  if w < cap then redis.call('HSET', KEYS[3], 'w', tostring(math.min(cap, w + 1 / w))) end
+end
+return 1
+"""
+
+POLL_FLOOR_S = 0.005
+POLL_CEILING_S = 0.25
+
+
+class RedisLimiter:
+    """Used from the worker's upstream event loop; the client is created on that loop."""
+
+    def __init__(self, url: str, adaptive: bool, slot_ttl_s: float) -> None:
+        self.url = url
+        self.adaptive = adaptive
+        self.slot_ttl_s = slot_ttl_s
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(self.url, max_connections=512, health_check_interval=30)
+        return self._client
+
+    async def acquire(self, route: Route) -> str | None:
+        """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited)."""
+        if not route.limited:
+            return None
+        token = secrets.token_hex(8)
+        polls = 0
+        while True:
+            wait = float(await self._run(ACQUIRE, _acquire_keys(route.name), self._acquire_args(route, token)))
+            if wait == 0:
+                return token
+            if wait < 0:
+                polls += 1
+                wait = min(POLL_CEILING_S, POLL_FLOOR_S * 2**polls) * random.uniform(0.5, 1.5)
+            await asyncio.sleep(wait)
+
+    async def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
+        if token is None and not (route.limited and outcome == "throttled"):
+            return
+        args = [token or "", time.time(), outcome, retry_after or 0, route.max_in_flight, int(self.adaptive)]
+        await self._run(RELEASE, _release_keys(route.name), args)
+
+    def _acquire_args(self, route: Route, token: str) -> list[object]:
+        return [time.time(), token, self.slot_ttl_s, route.max_in_flight, route.rpm, int(self.adaptive)]
+
+    async def _run(self, script: str, keys_: list[str], args: list[object]) -> bytes:
+        if script not in self._scripts:
+            self._scripts[script] = self._redis().register_script(script)
+        reply: bytes = await self._scripts[script](keys=keys_, args=args)
+        return reply
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def _acquire_keys(name: str) -> list[str]:
+    return [keys.limit_inflight(name), keys.limit_notbefore(name), keys.limit_tat(name), keys.limit_window(name)]
+
+
+def _release_keys(name: str) -> list[str]:
+    return [keys.limit_inflight(name), keys.limit_notbefore(name), keys.limit_window(name)]
