@@ -1,0 +1,310 @@
+"""Static checks of deploy/ (Dockerfile, compose, Kubernetes, systemd): no Docker, no cluster, no network."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batchq.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+SYSTEMD = DEPLOY / "systemd"
+
+PREFIX = "BATCHQ_"
+SETTINGS = {PREFIX + name.upper(): name for name in Settings.model_fields}
+SECRETS = {"BATCHQ_API_KEYS", "BATCHQ_UPSTREAM_API_KEY", "BATCHQ_WEBHOOK_SECRET"}
+MAYBE_SECRET = {"BATCHQ_UPSTREAMS"}  # routes usually carry api keys
+# .env.example values that are deployment choices, not the code defaults.
+DEPLOYMENT_VALUES = {"BATCHQ_REDIS_URL", "BATCHQ_DATA_DIR", "BATCHQ_API_KEYS", "BATCHQ_UPSTREAM_URL"}
+NAME = re.compile(r"(?<![A-Za-z0-9_])BATCHQ_[A-Z][A-Z0-9_]*[A-Z0-9]")
+ENV_LINE = re.compile(r"^(#\s*)?(BATCHQ_[A-Z0-9_]+)=(.*)$")
+
+YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+K8S_FILES = sorted(K8S.glob("*.yaml"))
+UNIT_FILES = sorted(SYSTEMD.glob("*.service"))
+ALL_FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
+DEPLOYED_ROLES = ("api", "worker", "scheduler")
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def docs(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+@cache
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for path in K8S_FILES for doc in docs(path)}
+
+
+@cache
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    return loaded
+
+
+def env_example() -> list[tuple[bool, str, str]]:
+    """(commented, name, value) for every ``BATCHQ_X=`` line of .env.example."""
+    lines = (DEPLOY / ".env.example").read_text(encoding="utf-8").splitlines()
+    return [(bool(m[1]), m[2], m[3]) for m in map(ENV_LINE.match, lines) if m]
+
+
+def settings_from(values: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings from exactly these BATCHQ_* strings, parsed as the environment delivers them."""
+    for name in [n for n in os.environ if n.startswith(PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def default_of(name: str) -> Any:
+    return Settings.model_fields[SETTINGS[name]].get_default(call_default_factory=True)
+
+
+def test_the_deploy_tree_is_there() -> None:
+    expected = {
+        "Dockerfile", "compose.yaml", ".env.example", "README.md", "systemd/README.md",
+        "systemd/batchq-api.service", "systemd/batchq-worker@.service", "systemd/batchq-scheduler.service",
+        "k8s/kustomization.yaml", "k8s/namespace.yaml", "k8s/configmap.yaml", "k8s/secret.example.yaml",
+        "k8s/pvc.yaml", "k8s/redis.yaml", "k8s/api.yaml", "k8s/worker.yaml", "k8s/worker-keda.yaml",
+        "k8s/scheduler.yaml", "k8s/flower.yaml",
+    }  # fmt: skip
+    assert expected <= {str(p.relative_to(DEPLOY)) for p in ALL_FILES}
+
+
+# --- YAML and Kubernetes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=rel)
+def test_yaml_parses(path: Path) -> None:
+    assert docs(path), f"{rel(path)} has no YAML document"
+
+
+@pytest.mark.parametrize("path", K8S_FILES, ids=rel)
+def test_k8s_documents_are_named_objects(path: Path) -> None:
+    for doc in docs(path):
+        assert isinstance(doc, dict)
+        assert doc.get("apiVersion") and doc.get("kind"), f"{rel(path)}: apiVersion/kind missing"
+        assert doc.get("metadata", {}).get("name"), f"{rel(path)}: metadata.name missing in a {doc['kind']}"
+        if doc["kind"] not in ("Namespace", "Kustomization"):
+            assert doc["metadata"].get("namespace") == "batchq", f"{rel(path)}: {doc['kind']} outside batchq"
+
+
+def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+    (kustomization,) = docs(K8S / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    assert "secret.example.yaml" not in listed
+    assert listed == {p.name for p in K8S_FILES} - {"kustomization.yaml", "secret.example.yaml"}
+
+
+def pod_spec(kind: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = k8s_objects()[(kind, name)]["spec"]["template"]["spec"]
+    return spec
+
+
+def test_k8s_config_and_secret_hold_valid_settings_in_the_right_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = k8s_objects()[("ConfigMap", "batchq-config")]["data"]
+    secret = k8s_objects()[("Secret", "batchq-secrets")]["stringData"]
+    assert all(isinstance(v, str) for v in [*config.values(), *secret.values()])
+    assert not (SECRETS | MAYBE_SECRET) & set(config), "secrets belong in the Secret, not the ConfigMap"
+    assert SECRETS <= set(secret) <= SECRETS | MAYBE_SECRET
+    settings_from(config | secret, monkeypatch)
+
+
+def test_k8s_roles_share_one_rwx_volume_at_the_data_dir() -> None:
+    data_dir = k8s_objects()[("ConfigMap", "batchq-config")]["data"]["BATCHQ_DATA_DIR"]
+    pvc = k8s_objects()[("PersistentVolumeClaim", "batchq-data")]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for role in DEPLOYED_ROLES:
+        spec = pod_spec("Deployment", f"batchq-{role}")
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (container,) = spec["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert volumes[mounts[data_dir]]["persistentVolumeClaim"]["claimName"] == "batchq-data", role
+        assert container["args"][0] == role
+        assert {"configMapRef": {"name": "batchq-config"}} in container["envFrom"]
+        assert {"secretRef": {"name": "batchq-secrets"}} in container["envFrom"]
+
+
+def test_k8s_api_probes_health() -> None:
+    (container,) = pod_spec("Deployment", "batchq-api")["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["args"][:5] == ["api", "--host", "0.0.0.0", "--port", "8000"]
+
+
+def test_k8s_worker_concurrency_follows_the_setting_and_drains() -> None:
+    spec = pod_spec("Deployment", "batchq-worker")
+    (container,) = spec["containers"]
+    args = container["args"]
+    assert args[args.index("--concurrency") + 1] == "$(BATCHQ_WORKER_CONCURRENCY)"
+    assert "BATCHQ_WORKER_CONCURRENCY" in k8s_objects()[("ConfigMap", "batchq-config")]["data"]
+    assert spec["terminationGracePeriodSeconds"] > default_of("BATCHQ_UPSTREAM_TIMEOUT_S")
+    assert "replicas" not in k8s_objects()[("Deployment", "batchq-worker")]["spec"], "leave replicas to KEDA"
+
+
+def test_k8s_keda_scales_workers_on_the_celery_queue() -> None:
+    from workers.celery_app import celery_config
+
+    assert "task_default_queue" not in celery_config(Settings(_env_file=None))  # type: ignore[call-arg]
+    scaled = k8s_objects()[("ScaledObject", "batchq-worker")]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "batchq-worker"
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 20)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["listName"] == "celery"  # Celery's default queue; batchq sets no other
+    host = trigger["metadata"]["address"].split(":")[0]
+    assert host in k8s_objects()[("ConfigMap", "batchq-config")]["data"]["BATCHQ_REDIS_URL"]
+
+
+def test_k8s_scheduler_is_single_and_redis_persists() -> None:
+    assert k8s_objects()[("Deployment", "batchq-scheduler")]["spec"]["replicas"] == 1
+    redis = k8s_objects()[("StatefulSet", "redis")]
+    assert redis["spec"]["replicas"] == 1
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert "--appendonly" in container["args"]
+    assert container["args"][container["args"].index("--appendonly") + 1] == "yes"
+
+
+# --- Settings named anywhere in deploy/ ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=rel)
+def test_every_batchq_name_is_a_setting(path: Path) -> None:
+    unknown = set(NAME.findall(path.read_text(encoding="utf-8"))) - set(SETTINGS)
+    assert not unknown, f"{rel(path)} names settings that batchq.config.Settings does not have: {sorted(unknown)}"
+
+
+def test_env_example_lists_every_setting_once() -> None:
+    names = [name for _, name, _ in env_example()]
+    assert len(names) == len(set(names)), "a setting is listed twice"
+    assert set(names) == set(SETTINGS)
+
+
+def test_env_example_comments_out_exactly_the_optional_settings() -> None:
+    for commented, name, value in env_example():
+        assert commented == (default_of(name) is None), name
+        if commented:
+            assert value == "", f"{name}: an optional setting is shown without a value"
+
+
+def test_env_example_values_validate_and_match_the_code_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {name: value for commented, name, value in env_example() if not commented}
+    settings = settings_from(values, monkeypatch)
+    for name in set(values) - DEPLOYMENT_VALUES:
+        assert getattr(settings, SETTINGS[name]) == default_of(name), f"{name} differs from the code default"
+
+
+# --- Compose and the Dockerfile -----------------------------------------------------------------
+
+
+def test_compose_has_every_service_and_healthchecks() -> None:
+    services = compose()["services"]
+    assert {"redis", "api", "worker", "scheduler", "flower"} <= set(services)
+    assert services["api"]["healthcheck"]["test"]
+    assert "/health" in " ".join(services["api"]["healthcheck"]["test"])
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+
+
+def test_compose_roles_share_the_data_volume_and_wait_for_redis() -> None:
+    services = compose()["services"]
+    assert "data" in compose()["volumes"]
+    for role in DEPLOYED_ROLES:
+        service = services[role]
+        assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}, role
+        assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", role
+        assert service["command"][0] == role
+        env = service["environment"]
+        assert f"data:{env['BATCHQ_DATA_DIR']}" in service["volumes"], role
+        for required in ("BATCHQ_API_KEYS", "BATCHQ_UPSTREAM_URL"):
+            assert env[required].startswith("${" + required + ":?"), f"{role}: {required} must be required"
+
+
+def test_compose_worker_concurrency_matches_the_setting() -> None:
+    worker = compose()["services"]["worker"]
+    command = worker["command"]
+    assert command[command.index("--concurrency") + 1] == worker["environment"]["BATCHQ_WORKER_CONCURRENCY"]
+    assert "deploy" not in worker and "container_name" not in worker, "must stay scalable with --scale"
+
+
+def test_compose_flower_runs_celery_flower() -> None:
+    flower = compose()["services"]["flower"]
+    assert flower["entrypoint"] == ["celery"]
+    assert flower["command"][:3] == ["-A", "workers", "flower"]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_runs_batchq_as_non_root() -> None:
+    instructions = dockerfile_instructions()
+    last = {op: arg for op, arg in instructions}  # the final stage's values win
+    assert json.loads(last["ENTRYPOINT"]) == ["batchq"]
+    assert json.loads(last["CMD"]) == ["api", "--host", "0.0.0.0", "--port", "8000"]
+    assert last["USER"].split(":")[0] not in ("root", "0")
+    assert "8000" in last["EXPOSE"].split()
+    assert "/data" in last["VOLUME"]
+    assert "BATCHQ_DATA_DIR=/data" in last["ENV"].split()
+    assert instructions[0] == ("ARG", "PYTHON_VERSION=3.11")
+    assert all(arg.startswith("python:${PYTHON_VERSION}-slim") for op, arg in instructions if op == "FROM")
+    assert any(op == "RUN" and "flower" in arg for op, arg in instructions)
+
+
+def test_dockerfile_copies_only_what_exists() -> None:
+    for op, arg in dockerfile_instructions():
+        if op == "COPY" and not arg.startswith("--from"):
+            *sources, _ = arg.split()
+            for source in sources:
+                assert list(ROOT.glob(source.rstrip("/"))) or "*" in source, f"COPY {source}: missing"
+
+
+# --- systemd --------------------------------------------------------------------------------------
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string(path.read_text(encoding="utf-8"))
+    return parser
+
+
+@pytest.mark.parametrize("path", UNIT_FILES, ids=rel)
+def test_systemd_unit_runs_batchq(path: Path) -> None:
+    parsed = unit(path)
+    assert {"Unit", "Service", "Install"} <= set(parsed.sections())
+    service = parsed["Service"]
+    argv = shlex.split(service["ExecStart"])
+    assert Path(argv[0]).name == "batchq" and argv[1] in ("api", "worker", "scheduler"), argv
+    assert service["User"] == "batchq"
+    assert service["EnvironmentFile"] == "/etc/batchq/batchq.env"
+    assert service["Restart"] in ("on-failure", "always")
+    assert parsed["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_systemd_worker_is_templated_and_drains() -> None:
+    parsed = unit(SYSTEMD / "batchq-worker@.service")
+    argv = shlex.split(parsed["Service"]["ExecStart"])
+    assert argv[1] == "worker"
+    assert argv[argv.index("--concurrency") + 1] == "${BATCHQ_WORKER_CONCURRENCY}"
+    assert "%i" in argv[argv.index("--hostname") + 1], "instances on one host need distinct node names"
+    assert int(parsed["Service"]["TimeoutStopSec"]) > default_of("BATCHQ_UPSTREAM_TIMEOUT_S")
