@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
     upstream_max_in_flight: int = Field(default=256, ge=0)
     upstream_rpm: int = Field(default=0, ge=0)
     upstream_adaptive: bool = True
-    upstreams: list[Route] = Field(default_factory=list)
+    upstreams: Annotated[list[Route], NoDecode] = Field(default_factory=list)  # JSON list of routes
 
     # Limits
     max_file_bytes: int = Field(default=200 * MB, gt=0)
@@ -75,6 +76,13 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _empty_routes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return orjson.loads(value) if value.strip() else []
         return value
 
     @field_validator("upstream_url")

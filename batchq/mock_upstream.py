@@ -14,7 +14,7 @@ per request by a ``"mock"`` object in the JSON body::
 that had already succeeded: the double-execution detector) and ``POST /_reset``
 clears them.
 
-Run standalone: ``python -m batchq.mock_upstream --port 8999 --latency-ms 50``.
+Run standalone: ``python -m batchq.mock_upstream --port 9000 --latency-ms 50``.
 """
 
 from __future__ import annotations
@@ -488,7 +488,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Mock OpenAI-compatible upstream")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8999)
+    parser.add_argument("--port", type=int, default=9000)
     for f in fields(MockConfig):
         kind = int if "int" in str(f.type) else float
         flag = "--" + f.name.replace("_", "-")

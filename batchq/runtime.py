@@ -44,7 +44,7 @@ class Runtime:
     def upstream(self) -> Upstream:
         if self._upstream is None:
             s = self.settings
-            limiter = RedisLimiter(s.redis_url, s.upstream_adaptive, slot_ttl_s=s.upstream_timeout_s + 30)
+            limiter = RedisLimiter(s.redis_url, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s)
             self._upstream = Upstream(s, limiter)
         return self._upstream
 

@@ -79,10 +79,10 @@ POLL_CEILING_S = 0.25
 class RedisLimiter:
     """Used from the worker's upstream event loop; the client is created on that loop."""
 
-    def __init__(self, url: str, adaptive: bool, slot_ttl_s: float) -> None:
+    def __init__(self, url: str, adaptive: bool, default_timeout_s: float) -> None:
         self.url = url
         self.adaptive = adaptive
-        self.slot_ttl_s = slot_ttl_s
+        self.default_timeout_s = default_timeout_s
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
@@ -113,7 +113,8 @@ class RedisLimiter:
         await self._run(RELEASE, _release_keys(route.name), args)
 
     def _acquire_args(self, route: Route, token: str) -> list[object]:
-        return [time.time(), token, self.slot_ttl_s, route.max_in_flight, route.rpm, int(self.adaptive)]
+        slot_ttl_s = (route.timeout_s or self.default_timeout_s) + 30  # a dead worker's slot comes back after
+        return [time.time(), token, slot_ttl_s, route.max_in_flight, route.rpm, int(self.adaptive)]
 
     async def _run(self, script: str, keys_: list[str], args: list[object]) -> bytes:
         if script not in self._scripts:
