@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # Workers
     worker_concurrency: int = Field(default=128, ge=1)
     visibility_timeout_s: int = Field(default=7200, ge=60)
+    task_events: bool = False  # Celery task events from the start (Flower switches them on itself)
     line_lease_s: int = Field(default=120, ge=2)
     cancel_grace_s: float = Field(default=30.0, ge=0)
     watchdog_interval_s: float = Field(default=15.0, gt=0)

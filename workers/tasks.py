@@ -11,7 +11,7 @@ import time
 from functools import lru_cache
 
 import redis
-from celery import chord, signals
+from celery import signals
 from celery.app.task import Task
 
 from batchq.config import get_settings
@@ -20,6 +20,7 @@ from batchq.execution import runner, submit, watchdog, webhooks
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from workers.celery_app import app
+from workers.publish import publish_tasks
 
 log = logging.getLogger("batchq.worker")
 RETRY_ON = (redis.RedisError, OSError)
@@ -41,8 +42,7 @@ class CeleryQueue:
         finalize_task.apply_async((batch_id,), countdown=countdown or None)
 
     def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
-        header = [line_task.s(batch_id, i, o, n) for i, o, n in lines]
-        chord(header)(finalize_task.si(batch_id))
+        publish_tasks(runtime().redis, line_task.name, [(batch_id, i, o, n) for i, o, n in lines], QUEUE)
 
     def notify(self, batch_id: str, event_type: str) -> None:
         if runtime().settings.webhook_url:
@@ -63,7 +63,9 @@ def submit_task(batch_id: str) -> None:
 
 @app.task(name="batchq.line", bind=True, autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
 def line_task(self: Task, batch_id: str, index: int, offset: int, length: int) -> None:
-    runner.run_line(runtime(), batch_id, index, offset, length)
+    progress = runner.run_line(runtime(), batch_id, index, offset, length)
+    if progress is not None and progress.last:
+        queue.finalize_batch(batch_id)  # the batch's completion callback: fired once, by the last line
 
 
 @app.task(name="batchq.finalize", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=8)

@@ -19,12 +19,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import aiohttp
 import httpx2
 import orjson
 
 from batchq.config import Settings
 from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, parse_retry_after, should_retry
 from batchq.domain.routing import Route, route_for
+from batchq.execution.aiohttp_transport import AiohttpTransport
 
 T = TypeVar("T")
 
@@ -105,7 +107,7 @@ class Upstream:
         self.limiter = limiter or NoLimiter()
         self.rng = rng or random.Random()
         self._transport = transport
-        self._clients: dict[str, httpx2.AsyncClient] = {}
+        self._transports: dict[str, httpx2.AsyncBaseTransport] = {}
         self._loop: LoopThread | None = None
         self._lock = threading.Lock()
 
@@ -141,7 +143,7 @@ class Upstream:
 
     async def _attempt(self, route: Route, url: str, payload: bytes) -> tuple[Outcome, float | None]:
         try:
-            response = await self._client(route).post(url, content=payload, headers=_headers(route))
+            response = await self._send(route, url, payload)
         except httpx2.TimeoutException as exc:
             return Outcome(None, error_code="upstream_timeout", error_message=_describe(exc)), None
         except httpx2.TransportError as exc:
@@ -155,23 +157,34 @@ class Upstream:
                 self._loop = LoopThread()
             return self._loop
 
-    def _client(self, route: Route) -> httpx2.AsyncClient:
-        client = self._clients.get(route.name)
-        if client is None:
-            client = self._clients[route.name] = self._new_client(route)
-        return client
-
-    def _new_client(self, route: Route) -> httpx2.AsyncClient:
+    async def _send(self, route: Route, url: str, payload: bytes) -> httpx2.Response:
+        """One request straight through the transport: no redirects, cookies or auth flows to run."""
         s = self.settings
-        size = s.worker_concurrency
         timeout = httpx2.Timeout(route.timeout_s or s.upstream_timeout_s, connect=s.upstream_connect_timeout_s)
-        limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=4.0)
-        return httpx2.AsyncClient(timeout=timeout, limits=limits, transport=self._transport)
+        request = httpx2.Request(
+            "POST", url, content=payload, headers=_headers(route), extensions={"timeout": timeout.as_dict()}
+        )
+        response = await self._transport_for(route).handle_async_request(request)
+        await response.aread()
+        return response
+
+    def _transport_for(self, route: Route) -> httpx2.AsyncBaseTransport:
+        transport = self._transports.get(route.name)
+        if transport is None:
+            transport = self._transport or _aiohttp_transport(self.settings.worker_concurrency)
+            self._transports[route.name] = transport
+        return transport
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for transport in self._transports.values():
+            await transport.aclose()
+        self._transports.clear()
+
+
+def _aiohttp_transport(size: int) -> AiohttpTransport:
+    """aiohttp drives the sockets (measured several times cheaper per request than httpcore2)."""
+    connector = aiohttp.TCPConnector(limit=size, keepalive_timeout=4.0, enable_cleanup_closed=True)
+    return AiohttpTransport(aiohttp.ClientSession(connector=connector, auto_decompress=False))
 
 
 def _kind(outcome: Outcome) -> str:
