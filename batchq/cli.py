@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx2
 import typer
+import typer.core
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from batchq.client import Client, ClientError
+from batchq.domain.models import Batch, FileObject, Page
+from batchq.domain.status import Status, is_terminal
 
 app = typer.Typer(help="batchq: an OpenAI-compatible Batch API on Celery workers over Redis.", no_args_is_help=True)
+batches_app = typer.Typer(help="List, inspect and cancel batches.", no_args_is_help=True)
+files_app = typer.Typer(help="List, inspect, download and delete files.", no_args_is_help=True)
+app.add_typer(batches_app, name="batches")
+app.add_typer(files_app, name="files")
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+OUT = Console()
+ERR = Console(stderr=True)
+
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(envvar="BATCHQ_API_URL", show_default=False, help="API origin, e.g. http://127.0.0.1:8000."),
+]
+ApiKey = Annotated[str | None, typer.Option(envvar="BATCHQ_API_KEY", show_default=False, help="API key (Bearer).")]
+OnBehalfOf = Annotated[
+    str | None,
+    typer.Option(envvar="BATCHQ_ON_BEHALF_OF", show_default=False, help="Act for this end user (X-On-Behalf-Of)."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print plain JSON on stdout (for scripts).")]
 
 
 @app.command()
@@ -20,7 +61,15 @@ def api(
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
-    uvicorn.run("batchq.api.main:app", host=host, port=port, workers=workers, log_level="warning", access_log=False)
+    uvicorn.run(
+        "batchq.api.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        log_config=None,  # uvicorn's loggers propagate to the root logger: JSON like the rest
+    )
 
 
 @app.command(context_settings=PASSTHROUGH)
@@ -58,5 +107,304 @@ def demo(
     raise typer.Exit(run_demo(lines, workdir))
 
 
+# -- client commands: argument parsing here; all HTTP goes through batchq.client.Client ------------
+
+
+class _UsageErrorExitsOne(typer.core.TyperCommand):
+    """For ``submit``, whose exit code 2 means partial failure: a usage error exits 1, not click's 2."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except Exception as error:  # click's UsageError (typer vendors its own click)
+            if getattr(error, "exit_code", None) == 2:
+                error.exit_code = 1  # type: ignore[attr-defined]
+            raise
+
+
+@app.command(cls=_UsageErrorExitsOne)
+def submit(
+    source: Annotated[Path, typer.Argument(help="JSONL file of requests.", show_default=False)],
+    endpoint: Annotated[str, typer.Option(help="Endpoint every line targets.")] = "/v1/chat/completions",
+    window: Annotated[str, typer.Option(help="Completion window (<n>s|m|h|d).")] = "24h",
+    metadata: Annotated[list[str] | None, typer.Option(help="k=v; repeatable.", show_default=False)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends, then download.")] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="Output file (default: <batch>_output.jsonl).", show_default=False)
+    ] = None,
+    errors: Annotated[
+        Path | None, typer.Option(help="Error file (default: <batch>_errors.jsonl).", show_default=False)
+    ] = None,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between status polls.")] = 1.0,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Upload SOURCE and create a batch from it; with --wait, follow it and download its results.
+
+    --output/--errors imply --wait. Exit codes:
+
+    0: created (without --wait), or completed with no failed line;
+    2: partial failure: completed with some failed lines,
+       or cancelled/expired with some lines done;
+    1: failure: validation failed, cancelled/expired with no line done,
+       or an error (bad arguments, HTTP, I/O);
+    130: interrupted while waiting (the batch keeps running).
+    """
+    pairs = _metadata(metadata or [])
+    with _client(api_url, api_key, on_behalf_of) as client:
+        batch = client.submit(source, endpoint=endpoint, completion_window=window, metadata=pairs)
+        ERR.print(f"Created {batch.id} from {source}.")
+        if wait or output or errors:
+            batch = _follow(client, batch.id, poll_interval)
+            _save_results(client, batch, output, errors)
+        _show(batch, as_json, _batch_summary)
+    raise typer.Exit(outcome_code(batch) if is_terminal(batch.status) else 0)
+
+
+@batches_app.command("list")
+def batches_list(
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Batches per page.")] = 20,
+    after: Annotated[str | None, typer.Option(help="Page after this batch id.", show_default=False)] = None,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """List batches, newest first."""
+    with _client(api_url, api_key, on_behalf_of) as client:
+        _show(client.list(limit=limit, after=after), as_json, _batch_table)
+
+
+@batches_app.command("get")
+def batches_get(
+    batch_id: str,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Show one batch: status, request counts, files, timestamps."""
+    with _client(api_url, api_key, on_behalf_of) as client:
+        _show(client.get(batch_id), as_json, _batch_summary)
+
+
+@batches_app.command("cancel")
+def batches_cancel(
+    batch_id: str,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Cancel a batch (it moves to cancelling, then cancelled with partial results)."""
+    with _client(api_url, api_key, on_behalf_of) as client:
+        _show(client.cancel(batch_id), as_json, _batch_summary)
+
+
+@files_app.command("list")
+def files_list(
+    purpose: Annotated[str | None, typer.Option(help="Only files of this purpose.", show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Files per page.", show_default=False)] = None,
+    order: Annotated[str, typer.Option(help="asc or desc (by creation).")] = "desc",
+    after: Annotated[str | None, typer.Option(help="Page after this file id.", show_default=False)] = None,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """List files."""
+    with _client(api_url, api_key, on_behalf_of) as client:
+        page = client.list_files(purpose=purpose, limit=limit, order=order, after=after)
+        _show(page, as_json, _file_table)
+
+
+@files_app.command("get")
+def files_get(
+    file_id: str,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Show one file's metadata."""
+    with _client(api_url, api_key, on_behalf_of) as client:
+        _show(client.get_file(file_id), as_json, _fields_table)
+
+
+@files_app.command("download")
+def files_download(
+    file_id: str,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write ('-': stdout; default: <file_id>.jsonl).", show_default=False
+        ),
+    ] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Download a file's content (streamed)."""
+    with _client(api_url, api_key, on_behalf_of) as client:
+        if str(output) == "-":
+            for chunk in client.iter_content(file_id):
+                sys.stdout.buffer.write(chunk)
+            return
+        target = client.download(file_id, output or Path(f"{file_id}.jsonl"))
+        ERR.print(f"Wrote {target}")
+
+
+@files_app.command("delete")
+def files_delete(
+    file_id: str,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Delete a file."""
+    with _client(api_url, api_key, on_behalf_of) as client:
+        _show(client.delete_file(file_id), as_json, _fields_table)
+
+
 def main() -> None:
     app()
+
+
+# -- presentation -----------------------------------------------------------------------------------
+
+
+def outcome_code(batch: Batch) -> int:
+    """0 completed with no failed line; 2 completed with some, or cancelled/expired with some lines done; else 1."""
+    counts = batch.request_counts
+    if batch.status == Status.COMPLETED:
+        return 2 if counts.failed else 0
+    if batch.status in (Status.CANCELLED, Status.EXPIRED) and counts.completed:
+        return 2
+    return 1
+
+
+@contextmanager
+def _client(api_url: str | None, api_key: str | None, on_behalf_of: str | None) -> Iterator[Client]:
+    """A ``Client``; any client, HTTP or I/O error is printed and exits 1."""
+    try:
+        with Client(api_url, api_key, on_behalf_of) as client:
+            yield client
+    except (ClientError, httpx2.HTTPError, OSError) as error:
+        ERR.print(Text.assemble(("error: ", "bold red"), f"{error or type(error).__name__}"))
+        raise typer.Exit(1) from None
+
+
+def _metadata(pairs: list[str]) -> dict[str, str] | None:
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        ERR.print(Text.assemble(("error: ", "bold red"), f"--metadata takes k=v, got {bad[0]!r}"))
+        raise typer.Exit(1)
+    return dict(pair.split("=", 1) for pair in pairs) or None
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text(f"{speed:.1f} req/s" if speed else "- req/s", style="progress.data.speed")
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[Batch], None]]:
+    columns = (
+        TextColumn("{task.description:>11}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=ERR) as bar:
+        task = bar.add_task("validating", total=None, failed=0)
+
+        def update(batch: Batch) -> None:
+            counts = batch.request_counts
+            done, total = counts.completed + counts.failed, counts.total or None
+            bar.update(task, description=batch.status.value, completed=done, total=total, failed=counts.failed)
+
+        yield update
+
+
+def _follow(client: Client, batch_id: str, poll_interval: float) -> Batch:
+    try:
+        with _progress_bar() as update:
+            return client.wait(batch_id, poll_interval=poll_interval, progress=update)
+    except KeyboardInterrupt:
+        ERR.print(f"Stopped waiting; {batch_id} keeps running (batchq batches get|cancel {batch_id}).")
+        raise typer.Exit(130) from None
+
+
+def _save_results(client: Client, batch: Batch, output: Path | None, errors: Path | None) -> None:
+    if batch.status == Status.FAILED:  # validation failed: nothing ran; the summary shows why
+        return
+    wanted = ((batch.output_file_id, output, "output"), (batch.error_file_id, errors, "errors"))
+    for file_id, explicit, label in wanted:
+        target = explicit or Path(f"{batch.id}_{label}.jsonl")
+        if file_id:
+            ERR.print(f"Wrote {client.download(file_id, target)}")
+        elif explicit:  # asked for by name: an empty file says "no such lines"
+            explicit.write_bytes(b"")
+
+
+def _show(model: BaseModel, as_json: bool, render: Callable[[Any], Table]) -> None:
+    if as_json:
+        sys.stdout.write(model.model_dump_json(indent=2) + "\n")
+    else:
+        OUT.print(render(model))
+
+
+def _when(timestamp: int | None) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
+
+
+def _batch_table(page: Page[Batch]) -> Table:
+    table = Table("id", "status", "endpoint", "done/total", "failed", "created", title="batches")
+    table.columns[0].no_wrap = True
+    for batch in page.data:
+        counts = batch.request_counts
+        done = f"{counts.completed + counts.failed}/{counts.total}"
+        cells = (batch.id, batch.status.value, batch.endpoint, done, str(counts.failed), _when(batch.created_at))
+        table.add_row(*map(Text, cells))
+    return _paged(table, page)
+
+
+def _file_table(page: Page[FileObject]) -> Table:
+    table = Table("id", "filename", "purpose", "bytes", "created", title="files")
+    table.columns[0].no_wrap = True
+    for item in page.data:
+        cells = (item.id, item.filename, item.purpose, f"{item.bytes:,}", _when(item.created_at))
+        table.add_row(*map(Text, cells))
+    return _paged(table, page)
+
+
+def _paged(table: Table, page: Page[Any]) -> Table:
+    if page.has_more:
+        table.caption = f"more: --after {page.last_id}"
+    return table
+
+
+def _fields_table(model: BaseModel, exclude: set[str] | None = None) -> Table:
+    table = Table.grid(padding=(0, 2))
+    for name, value in model.model_dump(exclude_none=True, exclude=exclude).items():
+        shown = _when(value) if name.endswith("_at") else str(value)
+        table.add_row(Text(name, style="bold"), Text(shown))
+    return table
+
+
+def _batch_summary(batch: Batch) -> Table:
+    table = _fields_table(batch, exclude={"errors", "request_counts", "usage"})
+    counts = batch.request_counts
+    requests = f"{counts.completed} completed, {counts.failed} failed, {counts.total} total"
+    table.add_row(Text("requests", style="bold"), Text(requests))
+    for item in batch.errors.data if batch.errors else []:
+        table.add_row(Text("error", style="bold red"), Text(f"line {item.line}: {item.code}: {item.message}"))
+    return table

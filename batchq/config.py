@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=12, ge=1)
 
+    # Operations
+    log_level: str = "INFO"
+    log_json: bool = True  # one JSON object per line on stdout; false: plain text
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)  # each worker's /metrics; 0: off
+
     # What POST /batches accepts
     endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]

@@ -9,6 +9,7 @@ import redis
 
 from batchq.config import Settings
 from batchq.execution.upstream import Upstream
+from batchq.observability.metrics import worker_metrics
 from batchq.storage.batches import BatchStore
 from batchq.storage.files import FileStore
 from batchq.storage.limits import RedisLimiter
@@ -44,8 +45,8 @@ class Runtime:
     def upstream(self) -> Upstream:
         if self._upstream is None:
             s = self.settings
-            limiter = RedisLimiter(s.redis_url, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s)
-            self._upstream = Upstream(s, limiter)
+            limiter = RedisLimiter(self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s)
+            self._upstream = Upstream(s, limiter, metrics=worker_metrics())
         return self._upstream
 
 

@@ -157,7 +157,10 @@ def report(result: Result) -> None:
 def cases(quick: bool) -> dict[str, list[Case]]:
     k = 5 if quick else 1
     return {
-        "latency": [Case("latency-500ms", 2000 // k, 500)],
+        "latency": [
+            Case("latency-500ms-1-worker", 2000 // k, 500),
+            Case("latency-500ms-2-workers", 2000 // k, 500, workers=2, concurrency=64),
+        ],
         "overhead": [Case("overhead-0ms", 10_000 // k, 0)],
         "memory": [Case("memory-50k", 50_000 // k, 50)],
         "scaling": [

@@ -17,6 +17,8 @@ from celery.app.task import Task
 from batchq.config import get_settings
 from batchq.execution import finalize as finalizing
 from batchq.execution import runner, submit, watchdog, webhooks
+from batchq.observability.logs import configure_logging
+from batchq.observability.metrics import start_worker_metrics_server
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from workers.celery_app import app
@@ -115,6 +117,18 @@ def run_scheduler() -> None:
     """The watchdog loop in the foreground, for a dedicated scheduler process."""
     signal.signal(signal.SIGTERM, lambda *_: _stop.set())
     watchdog_loop(_stop)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    """Connected, so Celery leaves logging (and stdout) to batchq."""
+    s = get_settings()
+    configure_logging(s.log_level, json=s.log_json)
+
+
+@signals.worker_init.connect
+def _start_metrics(**_: object) -> None:
+    start_worker_metrics_server(get_settings().worker_metrics_port)
 
 
 @signals.worker_ready.connect

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
 
 from batchq import __version__
 from batchq.api import errors
 from batchq.api.routes import batches, files
+from batchq.observability.metrics import api_registry, render_api_metrics
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage.redis_client import ping
 
@@ -27,5 +28,12 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
     async def health() -> dict[str, str]:
         await run_in_threadpool(ping, runtime.redis)
         return {"status": "ok"}
+
+    registry = api_registry(runtime.redis, [route.name for route in runtime.settings.routes()])
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = await run_in_threadpool(render_api_metrics, registry)
+        return Response(body, media_type=content_type)
 
     return app

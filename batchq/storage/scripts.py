@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# KEYS: batch, active-set. ARGV: batch_id, target, stamp field ('' for none), now, terminal (0/1),
+# KEYS: batch, active-set, stats. ARGV: batch_id, target, stamp field ('' for none), now, terminal (0/1),
 # n, source statuses x n, then field/value pairs to set.
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -16,7 +16,10 @@ if not allowed then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], ARGV[3], ARGV[4]) end
 for i = 7 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[5] == '1' then redis.call('SREM', KEYS[2], ARGV[1]) end
+if ARGV[5] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], 'batches_' .. ARGV[2], 1)
+end
 return 1
 """
 
@@ -34,7 +37,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return {'go', b[3], b[4]}
 """
 
-# KEYS: batch, done, results, leases. ARGV: index, ok (1/0), data, in, out, total tokens, now, ttl.
+# KEYS: batch, done, results, leases, stats. ARGV: index, ok (1/0), data, in, out, total tokens, now, ttl.
 # Stores a line's result once. Returns {accepted (1/0), completed + failed, total}.
 COMPLETE_LINE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -51,8 +54,10 @@ if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'usage_input', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'usage_output', ARGV[5])
   redis.call('HINCRBY', KEYS[1], 'usage_total', ARGV[6])
+  redis.call('HINCRBY', KEYS[5], 'lines_completed', 1)
 else
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
+  redis.call('HINCRBY', KEYS[5], 'lines_failed', 1)
 end
 redis.call('HSET', KEYS[1], 'progress_at', ARGV[7])
 redis.call('EXPIRE', KEYS[2], ARGV[8])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -67,14 +66,10 @@ class Recorder:
 
 def send(handler: Handler, **overrides: Any) -> Outcome:
     upstream = Upstream(settings(**overrides), transport=httpx2.MockTransport(handler))
-
-    async def go() -> Outcome:
-        try:
-            return await upstream.send_async(PATH, PAYLOAD)
-        finally:
-            await upstream.aclose()
-
-    return asyncio.run(go())
+    try:
+        return upstream.send(PATH, PAYLOAD)
+    finally:
+        upstream.close()
 
 
 def test_success_on_first_attempt_returns_body_and_request_id() -> None:

@@ -1,0 +1,482 @@
+"""A small typed client for batchq (or any OpenAI-compatible Batch API), sync and async.
+
+::
+
+    from batchq.client import Client
+
+    with Client() as client:  # BATCHQ_API_URL, BATCHQ_API_KEY (and BATCHQ_ON_BEHALF_OF)
+        batch = client.submit(rows, endpoint="/v1/chat/completions")
+        batch = client.wait(batch.id)
+        for line in client.results(batch):  # output lines, then error lines
+            print(line["custom_id"], line["response"] or line["error"])
+
+Uploads stream from disk (rows are written to a temporary JSONL file first) and downloads stream
+to disk or line by line, so no file is ever held whole in memory. Every non-2xx answer raises
+``APIError`` with the fields of the OpenAI error envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import IO, Any, TypeAlias
+
+import httpx2
+import orjson
+from pydantic import BaseModel
+
+from batchq.domain.models import Batch, DeletedFile, FileObject, Page
+from batchq.domain.status import is_terminal
+
+__all__ = ["DEFAULT_API_URL", "APIError", "AsyncClient", "Batch", "Client", "ClientError", "FileObject", "Page"]
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 60.0
+MAX_POLL_FAILURES = 5  # consecutive transient failures ``wait`` rides out before giving up
+Row: TypeAlias = Mapping[str, Any]
+Rows: TypeAlias = Iterable[Row] | str | os.PathLike[str]
+Progress: TypeAlias = Callable[[Batch], None]
+
+
+class ClientError(Exception):
+    """Anything the client itself refuses (e.g. no API key); the base of ``APIError``."""
+
+
+class APIError(ClientError):
+    """A non-2xx answer; carries the HTTP status and the OpenAI error envelope's fields."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(f"{status_code} {code or 'error'}: {message}")
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    @classmethod
+    def from_response(cls, response: httpx2.Response) -> APIError:
+        try:
+            error = response.json()["error"]
+            return cls(response.status_code, str(error["message"]), **_envelope_fields(error))
+        except (ValueError, KeyError, TypeError):
+            return cls(response.status_code, response.text[:500] or response.reason_phrase)
+
+    @property
+    def transient(self) -> bool:
+        return self.status_code in (408, 429) or self.status_code >= 500
+
+
+def _envelope_fields(error: dict[str, Any]) -> dict[str, str | None]:
+    return {name: None if error.get(name) is None else str(error[name]) for name in ("type", "param", "code")}
+
+
+def _raise_for_status(response: httpx2.Response) -> None:
+    if response.is_error:
+        raise APIError.from_response(response)
+
+
+def api_base(api_url: str | None) -> str:
+    """``http://host:8000`` → ``http://host:8000/v1``; a URL with a path (``.../v1``, ``.../api/v1/llm``) is kept."""
+    url = (api_url or os.environ.get("BATCHQ_API_URL") or DEFAULT_API_URL).rstrip("/")
+    return url if httpx2.URL(url).path not in ("", "/") else url + "/v1"
+
+
+def _headers(api_key: str | None, on_behalf_of: str | None) -> dict[str, str]:
+    key = api_key or os.environ.get("BATCHQ_API_KEY")
+    if not key:
+        raise ClientError("No API key: pass api_key= (--api-key) or set BATCHQ_API_KEY.")
+    headers = {"Authorization": f"Bearer {key}"}
+    user = on_behalf_of or os.environ.get("BATCHQ_ON_BEHALF_OF")
+    if user:
+        headers["X-On-Behalf-Of"] = user
+    return headers
+
+
+def _create_body(input_file_id: str, endpoint: str, window: str, metadata: Mapping[str, str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": window}
+    if metadata:
+        body["metadata"] = dict(metadata)
+    return body
+
+
+def _params(**values: object) -> dict[str, str | int]:
+    return {name: value for name, value in values.items() if isinstance(value, str | int)}
+
+
+@contextmanager
+def _opened(rows: Rows) -> Iterator[IO[bytes]]:
+    """The input as a readable file: a path is opened; rows are written to a temporary JSONL file."""
+    if isinstance(rows, str | os.PathLike):
+        with open(rows, "rb") as source:
+            yield source
+        return
+    with tempfile.TemporaryFile(suffix=".jsonl") as spool:
+        for row in rows:
+            spool.write(orjson.dumps(row if isinstance(row, dict) else dict(row)) + b"\n")
+        spool.seek(0)
+        yield spool
+
+
+def _upload_name(rows: Rows) -> str:
+    return Path(rows).name if isinstance(rows, str | os.PathLike) else "input.jsonl"
+
+
+class _Lines:
+    """Parse JSONL from byte chunks, splitting on ``\\n`` only.
+
+    ``Response.iter_lines`` is not used: it splits like ``str.splitlines`` (also on U+2028,
+    U+0085, ...), which JSON strings may hold unescaped.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []  # the unfinished line's chunks (a line may span many)
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        if b"\n" not in chunk:
+            self.pending.append(chunk)
+            return []
+        first, *lines, last = chunk.split(b"\n")
+        lines.insert(0, b"".join([*self.pending, first]))
+        self.pending = [last]
+        return [orjson.loads(line) for line in lines if line.strip()]
+
+    def finish(self) -> list[dict[str, Any]]:
+        rest = b"".join(self.pending)
+        return [orjson.loads(rest)] if rest.strip() else []
+
+
+def _jsonl(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    lines = _Lines()
+    for chunk in chunks:
+        yield from lines.feed(chunk)
+    yield from lines.finish()
+
+
+def _result_files(batch: Batch) -> list[str]:
+    return [file_id for file_id in (batch.output_file_id, batch.error_file_id) if file_id]
+
+
+class _Deadline:
+    def __init__(self, timeout: float | None) -> None:
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    def check(self, batch: Batch) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            counts = batch.request_counts
+            raise TimeoutError(f"{batch.id} still {batch.status} ({counts.completed + counts.failed}/{counts.total})")
+
+
+class _Poll:
+    """Counts consecutive transient failures while waiting; re-raises once there are too many."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def failed(self, error: Exception) -> None:
+        transient = isinstance(error, httpx2.TransportError) or (isinstance(error, APIError) and error.transient)
+        self.failures += 1
+        if not transient or self.failures >= MAX_POLL_FAILURES:
+            raise error
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+class Client:
+    """Synchronous client. ``api_url``/``api_key``/``on_behalf_of`` default to ``BATCHQ_API_URL``,
+    ``BATCHQ_API_KEY`` and ``BATCHQ_ON_BEHALF_OF``; ``timeout`` is per request, in seconds."""
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        on_behalf_of: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> None:
+        headers = _headers(api_key, on_behalf_of)
+        self.base_url = api_base(api_url)
+        self._http = httpx2.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        _raise_for_status(response)
+        return response.json()
+
+    def _model(self, model: type[BaseModel], method: str, path: str, **kwargs: Any) -> Any:
+        return model.model_validate(self._send(method, path, **kwargs))
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        rows_or_path: Rows,
+        endpoint: str = "/v1/chat/completions",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Batch:
+        """Upload the input (rows: an iterable of dicts, or a JSONL path) and create a batch from it."""
+        uploaded = self.upload(rows_or_path)
+        return self.create(uploaded.id, endpoint, completion_window, metadata)
+
+    def create(
+        self,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Batch:
+        body = _create_body(input_file_id, endpoint, completion_window, metadata)
+        batch: Batch = self._model(Batch, "POST", "/batches", json=body)
+        return batch
+
+    def get(self, batch_id: str) -> Batch:
+        batch: Batch = self._model(Batch, "GET", f"/batches/{batch_id}")
+        return batch
+
+    def list(self, limit: int = 20, after: str | None = None) -> Page[Batch]:
+        """One page of the caller's batches, newest first."""
+        page: Page[Batch] = self._model(Page[Batch], "GET", "/batches", params=_params(limit=limit, after=after))
+        return page
+
+    def cancel(self, batch_id: str) -> Batch:
+        """Ask to cancel; a batch that already finished raises ``APIError`` (409)."""
+        batch: Batch = self._model(Batch, "POST", f"/batches/{batch_id}/cancel")
+        return batch
+
+    def wait(
+        self, batch_id: str, poll_interval: float = 1.0, timeout: float | None = None, progress: Progress | None = None
+    ) -> Batch:
+        """Poll until the batch is completed, failed, expired or cancelled (``TimeoutError`` after ``timeout`` s).
+
+        ``progress`` is called with every polled ``Batch``. Up to ``MAX_POLL_FAILURES`` consecutive
+        transient errors (connection errors, 408, 429, 5xx) are ridden out.
+        """
+        deadline, poll = _Deadline(timeout), _Poll()
+        while True:
+            try:
+                batch = self.get(batch_id)
+            except (httpx2.TransportError, APIError) as error:
+                poll.failed(error)
+                time.sleep(poll_interval)
+                continue
+            poll.succeeded()
+            if progress is not None:
+                progress(batch)
+            if is_terminal(batch.status):
+                return batch
+            deadline.check(batch)
+            time.sleep(poll_interval)
+
+    def results(self, batch: str | Batch) -> Iterator[dict[str, Any]]:
+        """Every result line of a batch, parsed: the output file's lines, then the error file's."""
+        found = self.get(batch) if isinstance(batch, str) else batch
+        for file_id in _result_files(found):
+            yield from _jsonl(self.iter_content(file_id))
+
+    # -- files -----------------------------------------------------------------------------
+
+    def upload(self, rows_or_path: Rows, purpose: str = "batch") -> FileObject:
+        """Upload a JSONL file (a path, or rows written to a temporary file), streamed."""
+        with _opened(rows_or_path) as source:
+            files = {"file": (_upload_name(rows_or_path), source, "application/jsonl")}
+            uploaded: FileObject = self._model(FileObject, "POST", "/files", files=files, data={"purpose": purpose})
+        return uploaded
+
+    def list_files(
+        self, purpose: str | None = None, limit: int | None = None, order: str = "desc", after: str | None = None
+    ) -> Page[FileObject]:
+        params = _params(purpose=purpose, limit=limit, order=order, after=after)
+        page: Page[FileObject] = self._model(Page[FileObject], "GET", "/files", params=params)
+        return page
+
+    def get_file(self, file_id: str) -> FileObject:
+        found: FileObject = self._model(FileObject, "GET", f"/files/{file_id}")
+        return found
+
+    def delete_file(self, file_id: str) -> DeletedFile:
+        deleted: DeletedFile = self._model(DeletedFile, "DELETE", f"/files/{file_id}")
+        return deleted
+
+    def iter_content(self, file_id: str) -> Iterator[bytes]:
+        """A file's bytes, streamed in chunks."""
+        with self._http.stream("GET", f"/files/{file_id}/content") as response:
+            if response.is_error:
+                response.read()
+                _raise_for_status(response)
+            yield from response.iter_bytes()
+
+    def download(self, file_id: str, path: str | os.PathLike[str]) -> Path:
+        """Stream a file's content to ``path`` (written whole or not at all); returns the path."""
+        target = Path(path)
+        with _atomic_writer(target) as sink:
+            for chunk in self.iter_content(file_id):
+                sink.write(chunk)
+        return target
+
+
+@contextmanager
+def _atomic_writer(target: Path) -> Iterator[IO[bytes]]:
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with open(partial, "wb") as sink:
+            yield sink
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client``: the same methods, awaited (``results`` is an async iterator)."""
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        on_behalf_of: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = _headers(api_key, on_behalf_of)
+        self.base_url = api_base(api_url)
+        self._http = httpx2.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def _model(self, model: type[BaseModel], method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._http.request(method, path, **kwargs)
+        _raise_for_status(response)
+        return model.model_validate(response.json())
+
+    async def submit(
+        self,
+        rows_or_path: Rows,
+        endpoint: str = "/v1/chat/completions",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Batch:
+        uploaded = await self.upload(rows_or_path)
+        return await self.create(uploaded.id, endpoint, completion_window, metadata)
+
+    async def create(
+        self,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Batch:
+        body = _create_body(input_file_id, endpoint, completion_window, metadata)
+        batch: Batch = await self._model(Batch, "POST", "/batches", json=body)
+        return batch
+
+    async def get(self, batch_id: str) -> Batch:
+        batch: Batch = await self._model(Batch, "GET", f"/batches/{batch_id}")
+        return batch
+
+    async def list(self, limit: int = 20, after: str | None = None) -> Page[Batch]:
+        page: Page[Batch] = await self._model(Page[Batch], "GET", "/batches", params=_params(limit=limit, after=after))
+        return page
+
+    async def cancel(self, batch_id: str) -> Batch:
+        batch: Batch = await self._model(Batch, "POST", f"/batches/{batch_id}/cancel")
+        return batch
+
+    async def wait(
+        self, batch_id: str, poll_interval: float = 1.0, timeout: float | None = None, progress: Progress | None = None
+    ) -> Batch:
+        deadline, poll = _Deadline(timeout), _Poll()
+        while True:
+            try:
+                batch = await self.get(batch_id)
+            except (httpx2.TransportError, APIError) as error:
+                poll.failed(error)
+                await asyncio.sleep(poll_interval)
+                continue
+            poll.succeeded()
+            if progress is not None:
+                progress(batch)
+            if is_terminal(batch.status):
+                return batch
+            deadline.check(batch)
+            await asyncio.sleep(poll_interval)
+
+    async def results(self, batch: str | Batch) -> AsyncIterator[dict[str, Any]]:
+        found = await self.get(batch) if isinstance(batch, str) else batch
+        for file_id in _result_files(found):
+            async with self._content(file_id) as response:
+                lines = _Lines()
+                async for chunk in response.aiter_bytes():
+                    for line in lines.feed(chunk):
+                        yield line
+                for line in lines.finish():
+                    yield line
+
+    async def upload(self, rows_or_path: Rows, purpose: str = "batch") -> FileObject:
+        with _opened(rows_or_path) as source:
+            files = {"file": (_upload_name(rows_or_path), source, "application/jsonl")}
+            uploaded: FileObject = await self._model(
+                FileObject, "POST", "/files", files=files, data={"purpose": purpose}
+            )
+        return uploaded
+
+    async def list_files(
+        self, purpose: str | None = None, limit: int | None = None, order: str = "desc", after: str | None = None
+    ) -> Page[FileObject]:
+        params = _params(purpose=purpose, limit=limit, order=order, after=after)
+        page: Page[FileObject] = await self._model(Page[FileObject], "GET", "/files", params=params)
+        return page
+
+    async def get_file(self, file_id: str) -> FileObject:
+        found: FileObject = await self._model(FileObject, "GET", f"/files/{file_id}")
+        return found
+
+    async def delete_file(self, file_id: str) -> DeletedFile:
+        deleted: DeletedFile = await self._model(DeletedFile, "DELETE", f"/files/{file_id}")
+        return deleted
+
+    @asynccontextmanager
+    async def _content(self, file_id: str) -> AsyncIterator[httpx2.Response]:
+        async with self._http.stream("GET", f"/files/{file_id}/content") as response:
+            if response.is_error:
+                await response.aread()
+                _raise_for_status(response)
+            yield response
+
+    async def download(self, file_id: str, path: str | os.PathLike[str]) -> Path:
+        target = Path(path)
+        async with self._content(file_id) as response:
+            with _atomic_writer(target) as sink:
+                async for chunk in response.aiter_bytes():
+                    sink.write(chunk)
+        return target

@@ -1,0 +1,351 @@
+"""Prometheus metrics, from two sides.
+
+Worker side: each worker is one process with many threads, so a plain per-process
+``CollectorRegistry`` is exact. ``WorkerMetrics`` holds the engine's counters, and
+``start_worker_metrics_server`` serves them on the worker's own port.
+
+API side: ``RedisStateCollector`` reads the shared state in Redis at scrape time (batches by
+status, global counters, queue depth, per-route limiter state), so the numbers are the same
+whichever API process answers and however many workers run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
+from wsgiref.simple_server import WSGIServer
+
+import redis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+
+from batchq.domain.status import TERMINAL, Status
+from batchq.storage import keys
+
+log = logging.getLogger("batchq.metrics")
+M = TypeVar("M", Counter, Gauge)
+
+# --- the global counters the Lua scripts keep in one Redis hash --------------------------------
+
+STATS_KEY: str = getattr(keys, "STATS", f"{keys.PREFIX}:stats")
+STAT_LINES_COMPLETED = "lines_completed"  # +1 per line stored with a response (batch 'completed' count)
+STAT_LINES_FAILED = "lines_failed"  # +1 per line stored as an error (batch 'failed' count)
+STAT_BATCHES_PREFIX = "batches_"  # + terminal status: +1 when a batch enters that status
+
+
+def stat_batches(status: Status | str) -> str:
+    """The stats field counting batches that entered ``status``: ``batches_completed`` and so on."""
+    return STAT_BATCHES_PREFIX + Status(status).value
+
+
+TERMINAL_ORDER: tuple[Status, ...] = tuple(s for s in Status if s in TERMINAL)
+STAT_FIELDS: tuple[str, ...] = (
+    STAT_LINES_COMPLETED,
+    STAT_LINES_FAILED,
+    *(stat_batches(s) for s in TERMINAL_ORDER),
+)
+
+# --- worker side ---------------------------------------------------------------------------------
+
+OUTCOMES = ("ok", "http_error", "throttled", "timeout", "unreachable")
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+def attempt_outcome(status: int | None, error_code: str | None = None) -> str:
+    """Classify one upstream attempt: an HTTP status, or no response and an error code."""
+    if status is None:
+        return "timeout" if error_code == "upstream_timeout" else "unreachable"
+    if status == 429:
+        return "throttled"
+    return "ok" if status < 400 else "http_error"
+
+
+class EngineMetrics(Protocol):
+    """What the engine calls; ``WorkerMetrics`` and ``NULL`` both provide it."""
+
+    def observe_attempt(self, route: str, outcome: str, seconds: float) -> None: ...
+
+    def retried(self, route: str) -> None: ...
+
+    def in_flight(self, route: str, delta: int) -> None: ...
+
+    def line_stored(self, ok: bool) -> None: ...
+
+
+class WorkerMetrics:
+    """One worker process's metrics, in a registry of its own. Thread-safe; every method is cheap."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "batchq_upstream_request_seconds",
+            "Duration of one upstream attempt (limiter wait excluded), by route and outcome.",
+            ("route", "outcome"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter("batchq_upstream_retries_total", "Upstream attempts retried.", ("route",), registry=r)
+        self.throttled = Counter(
+            "batchq_upstream_throttled_total", "Upstream attempts answered 429.", ("route",), registry=r
+        )
+        self.requests_in_flight = Gauge(
+            "batchq_upstream_in_flight", "Upstream requests this worker has open.", ("route",), registry=r
+        )
+        self.lines = Counter("batchq_lines_total", "Lines this worker stored, by outcome.", ("outcome",), registry=r)
+        self._lines_ok = self.lines.labels("completed")
+        self._lines_failed = self.lines.labels("failed")
+        # prometheus_client's labels() takes a lock and builds a tuple: children are cached here.
+        self._attempts: dict[tuple[str, str], Histogram] = {}
+        self._throttles: dict[str, Counter] = {}
+        self._retried: dict[str, Counter] = {}
+        self._open: dict[str, Gauge] = {}
+
+    def observe_attempt(self, route: str, outcome: str, seconds: float) -> None:
+        child = self._attempts.get((route, outcome))
+        if child is None:
+            child = self._attempts.setdefault((route, outcome), self.request_seconds.labels(route, outcome))
+        child.observe(seconds)
+        if outcome == "throttled":
+            _child(self._throttles, self.throttled, route).inc()
+
+    def retried(self, route: str) -> None:
+        _child(self._retried, self.retries, route).inc()
+
+    def in_flight(self, route: str, delta: int) -> None:
+        _child(self._open, self.requests_in_flight, route).inc(delta)
+
+    def line_stored(self, ok: bool) -> None:
+        (self._lines_ok if ok else self._lines_failed).inc()
+
+
+def _child(cache: dict[str, M], metric: M, route: str) -> M:
+    child = cache.get(route)
+    if child is None:
+        child = cache.setdefault(route, metric.labels(route))
+    return child
+
+
+class NullMetrics:
+    """Does nothing: for tests, and when metrics are off."""
+
+    def observe_attempt(self, route: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def retried(self, route: str) -> None:
+        return None
+
+    def in_flight(self, route: str, delta: int) -> None:
+        return None
+
+    def line_stored(self, ok: bool) -> None:
+        return None
+
+
+NULL = NullMetrics()
+
+
+@functools.cache
+def worker_metrics() -> WorkerMetrics:
+    """This process's worker metrics (created on first use)."""
+    return WorkerMetrics()
+
+
+_servers: dict[int, tuple[WSGIServer, threading.Thread]] = {}
+_servers_lock = threading.Lock()
+
+
+def start_worker_metrics_server(port: int, addr: str = "0.0.0.0", metrics: WorkerMetrics | None = None) -> None:
+    """Serve ``metrics`` (default: this process's) on ``addr:port`` in a daemon thread; port 0: off.
+
+    Starting the same port twice is a no-op. A port already taken is logged, not raised: a worker
+    without its metrics endpoint is better than no worker.
+    """
+    if port <= 0:
+        return
+    registry = (metrics or worker_metrics()).registry
+    with _servers_lock:
+        if port in _servers:
+            return
+        try:
+            _servers[port] = start_http_server(port, addr=addr, registry=registry)
+        except OSError as exc:
+            log.error("metrics server not started", extra={"port": port, "reason": str(exc)})
+            return
+    log.info("metrics server started", extra={"port": port})
+
+
+def stop_worker_metrics_servers() -> None:
+    """Shut down every metrics server this process started (tests, orderly shutdown)."""
+    with _servers_lock:
+        servers = list(_servers.values())
+        _servers.clear()
+    for httpd, thread in servers:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def running_metrics_ports() -> list[int]:
+    with _servers_lock:
+        return sorted(_servers)
+
+
+# --- API side ------------------------------------------------------------------------------------
+
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
+STATUS_CHUNK = 1000  # HGETs per pipeline round trip when reading active batches' statuses
+
+
+class RedisPipeline(Protocol):
+    def smembers(self, name: str) -> Any: ...
+
+    def hget(self, name: str, key: str) -> Any: ...
+
+    def hgetall(self, name: str) -> Any: ...
+
+    def llen(self, name: str) -> Any: ...
+
+    def zcount(self, name: str, min: float | str, max: float | str) -> Any: ...
+
+    def get(self, name: str) -> Any: ...
+
+    def execute(self) -> list[Any]: ...
+
+
+class RedisLike(Protocol):
+    def pipeline(self, transaction: bool = ...) -> Any: ...
+
+
+class RedisStateCollector:
+    """A custom collector: reads the shared state in Redis at every scrape.
+
+    Two round trips (three or more with over ``STATUS_CHUNK`` active batches). A Redis error
+    yields ``batchq_up 0`` and nothing else, never an exception.
+    """
+
+    def __init__(self, client: RedisLike, routes: Sequence[str] = (), queues: Sequence[str] = ("celery",)) -> None:
+        self.client = client
+        self.routes = tuple(routes)
+        self.queues = tuple(queues)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self._families())
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics scrape failed", extra={"reason": str(exc)})
+            yield GaugeMetricFamily("batchq_up", "1 when the last scrape could read Redis.", value=0)
+            return
+        yield GaugeMetricFamily("batchq_up", "1 when the last scrape could read Redis.", value=1)
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        now = time.time()
+        pipe: RedisPipeline = self.client.pipeline(transaction=False)
+        pipe.smembers(keys.ACTIVE_BATCHES)
+        pipe.hgetall(STATS_KEY)
+        for queue in self.queues:
+            for suffix in PRIORITY_SUFFIXES:
+                pipe.llen(queue + suffix)
+        for route in self.routes:
+            pipe.zcount(keys.limit_inflight(route), now, "+inf")  # unexpired tokens: a dead worker's do not count
+            pipe.get(keys.limit_notbefore(route))
+        replies = iter(pipe.execute())
+        active = next(replies)
+        stats = {_text(k): _number(v) for k, v in (next(replies) or {}).items()}
+        depths = [sum(int(next(replies) or 0) for _ in PRIORITY_SUFFIXES) for _ in self.queues]
+        limits = [(int(next(replies) or 0), _number(next(replies))) for _ in self.routes]
+
+        yield from _batch_families(self._active_statuses(active), stats)
+        yield from _line_families(stats)
+        yield _gauge(
+            "batchq_queue_depth", "Tasks waiting in the Celery queue.", "queue", zip(self.queues, depths, strict=True)
+        )
+        yield _gauge(
+            "batchq_upstream_in_flight",
+            "Requests in flight to the route, all workers together.",
+            "route",
+            ((route, n) for route, (n, _) in zip(self.routes, limits, strict=True)),
+        )
+        yield _gauge(
+            "batchq_upstream_throttled_until",
+            "Unix time before which no request may start on the route (429 back-off); 0: none.",
+            "route",
+            ((route, t) for route, (_, t) in zip(self.routes, limits, strict=True)),
+        )
+
+    def _active_statuses(self, active: Iterable[bytes | str] | None) -> dict[str, int]:
+        ids = sorted(_text(m) for m in (active or ()))
+        counts: dict[str, int] = {}
+        for start in range(0, len(ids), STATUS_CHUNK):
+            pipe: RedisPipeline = self.client.pipeline(transaction=False)
+            for batch_id in ids[start : start + STATUS_CHUNK]:
+                pipe.hget(keys.batch(batch_id), "status")
+            for status in pipe.execute():
+                if status is not None:
+                    counts[_text(status)] = counts.get(_text(status), 0) + 1
+        return counts
+
+
+def _batch_families(active: dict[str, int], stats: dict[str, float]) -> Iterator[Metric]:
+    gauge = GaugeMetricFamily(
+        "batchq_batches", "Batches by status: live ones now, terminal ones since the stats began.", labels=["status"]
+    )
+    for status in Status:
+        value = stats.get(stat_batches(status), 0.0) if status in TERMINAL else float(active.get(status.value, 0))
+        gauge.add_metric([status.value], value)
+    yield gauge
+    finished = CounterMetricFamily(
+        "batchq_batches_finished_total", "Batches that reached a terminal status.", labels=["status"]
+    )
+    for status in TERMINAL_ORDER:
+        finished.add_metric([status.value], stats.get(stat_batches(status), 0.0))
+    yield finished
+
+
+def _line_families(stats: dict[str, float]) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "batchq_lines_completed_total", "Lines stored with a response.", value=stats.get(STAT_LINES_COMPLETED, 0.0)
+    )
+    yield CounterMetricFamily(
+        "batchq_lines_failed_total", "Lines stored as an error.", value=stats.get(STAT_LINES_FAILED, 0.0)
+    )
+
+
+def _gauge(name: str, doc: str, label: str, values: Iterable[tuple[str, float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for key, value in values:
+        family.add_metric([key], float(value))
+    return family
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _number(value: bytes | str | float | None) -> float:
+    if value is None:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
+
+
+def api_registry(
+    client: RedisLike, routes: Sequence[str] = (), queues: Sequence[str] = ("celery",)
+) -> CollectorRegistry:
+    """A registry holding only the Redis state collector (what the API's ``/metrics`` serves)."""
+    registry = CollectorRegistry()
+    registry.register(RedisStateCollector(client, routes, queues))
+    return registry
+
+
+def render_api_metrics(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The exposition body and its content type. Blocking (reads Redis): call it off the event loop."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,183 @@
+"""``batchq.client`` against an in-process mock transport: URLs, errors, uploads, waiting, result lines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+
+from batchq import client as mod
+from batchq.cli import outcome_code
+from batchq.client import APIError, AsyncClient, Batch, Client, ClientError
+
+Handler = Callable[[httpx2.Request], httpx2.Response]
+
+
+def batch_json(status: str = "completed", **fields: Any) -> dict[str, Any]:
+    base = {"id": "batch_1", "endpoint": "/v1/chat/completions", "input_file_id": "file-in"}
+    return base | {"completion_window": "24h", "status": status, "created_at": 1} | fields
+
+
+def file_json(file_id: str = "file-in") -> dict[str, Any]:
+    return {"id": file_id, "bytes": 1, "created_at": 1, "filename": "input.jsonl", "purpose": "batch"}
+
+
+def make(handler: Handler) -> Client:
+    return Client("http://api.test", "sk-x", on_behalf_of="u1", transport=httpx2.MockTransport(handler))
+
+
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [
+        ("http://h:8000", "http://h:8000/v1"),
+        ("http://h:8000/", "http://h:8000/v1"),
+        ("http://h:8000/v1/", "http://h:8000/v1"),
+        ("https://gw/api/v1/llm", "https://gw/api/v1/llm"),
+    ],
+)
+def test_api_base(given: str, base: str) -> None:
+    assert mod.api_base(given) == base
+
+
+def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCHQ_API_KEY", raising=False)
+    with pytest.raises(ClientError, match="BATCHQ_API_KEY"):
+        Client("http://h")
+    monkeypatch.setenv("BATCHQ_API_KEY", "sk-env")
+    monkeypatch.setenv("BATCHQ_API_URL", "http://env:1")
+    monkeypatch.setenv("BATCHQ_ON_BEHALF_OF", "someone")
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return httpx2.Response(200, json=batch_json())
+
+    with Client(transport=httpx2.MockTransport(handler)) as c:
+        c.get("batch_1")
+    assert str(seen[0].url) == "http://env:1/v1/batches/batch_1"
+    assert seen[0].headers["authorization"] == "Bearer sk-env" and seen[0].headers["x-on-behalf-of"] == "someone"
+
+
+def test_errors_carry_the_envelope() -> None:
+    envelope = {"error": {"message": "nope", "type": "invalid_request_error", "param": None, "code": "invalid_state"}}
+    with make(lambda _: httpx2.Response(409, json=envelope)) as c, pytest.raises(APIError) as raised:
+        c.cancel("batch_1")
+    error = raised.value
+    assert (error.status_code, error.message, error.type, error.param, error.code) == (
+        409,
+        "nope",
+        "invalid_request_error",
+        None,
+        "invalid_state",
+    )
+    with make(lambda _: httpx2.Response(502, text="bad gateway")) as c, pytest.raises(APIError) as raised:
+        c.get("batch_1")
+    assert raised.value.status_code == 502 and raised.value.message == "bad gateway" and raised.value.transient
+
+
+def test_submit_rows_uploads_them_as_jsonl_then_creates() -> None:
+    bodies: list[bytes] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        bodies.append(request.read())
+        return httpx2.Response(200, json=file_json() if request.url.path == "/v1/files" else batch_json("validating"))
+
+    with make(handler) as c:
+        batch = c.submit(({"custom_id": f"r{i}"} for i in range(3)), metadata={"k": "v"})
+    assert batch.status == "validating"
+    assert b'{"custom_id":"r0"}\n{"custom_id":"r1"}\n{"custom_id":"r2"}\n' in bodies[0]
+    assert b'name="purpose"' in bodies[0] and b'filename="input.jsonl"' in bodies[0]
+    assert orjson.loads(bodies[1]) == {
+        "input_file_id": "file-in",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"k": "v"},
+    }
+
+
+def test_wait_reports_progress_and_rides_out_transient_errors() -> None:
+    answers = [httpx2.Response(503, json={}), httpx2.Response(200, json=batch_json("in_progress"))]
+    answers += [httpx2.Response(200, json=batch_json("completed"))]
+    seen: list[Batch] = []
+    with make(lambda _: answers.pop(0)) as c:
+        assert c.wait("batch_1", poll_interval=0, progress=seen.append).status == "completed"
+    assert [b.status for b in seen] == ["in_progress", "completed"]
+
+
+def test_wait_gives_up_on_a_timeout_and_on_persistent_errors() -> None:
+    with make(lambda _: httpx2.Response(200, json=batch_json("in_progress"))) as c, pytest.raises(TimeoutError):
+        c.wait("batch_1", poll_interval=0, timeout=0)
+    with make(lambda _: httpx2.Response(503, json={})) as c, pytest.raises(APIError):
+        c.wait("batch_1", poll_interval=0)
+    with make(lambda _: httpx2.Response(404, json={})) as c, pytest.raises(APIError):
+        c.wait("batch_1", poll_interval=0)
+
+
+def result_server(output: bytes, errors: bytes) -> Handler:
+    contents = {"/v1/files/file-out/content": output, "/v1/files/file-err/content": errors}
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path in contents:
+            return httpx2.Response(200, content=contents[request.url.path])
+        return httpx2.Response(200, json=batch_json(output_file_id="file-out", error_file_id="file-err"))
+
+    return handler
+
+
+OUTPUT = b'{"custom_id":"a","text":"x\xe2\x80\xa8y\xc2\x85z"}\n\n{"custom_id":"b"}\n'
+ERRORS = b'{"custom_id":"c"}'  # no trailing newline
+
+
+def test_results_yield_output_then_error_lines_split_on_newlines_only() -> None:
+    with make(result_server(OUTPUT, ERRORS)) as c:
+        lines = list(c.results("batch_1"))
+    assert [line["custom_id"] for line in lines] == ["a", "b", "c"]
+    assert lines[0]["text"] == "x\u2028y\u0085z"
+
+
+def test_lines_survive_any_chunking() -> None:
+    data = OUTPUT + ERRORS
+    for size in (1, 2, 7, len(data)):
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        assert [line["custom_id"] for line in mod._jsonl(chunks)] == ["a", "b", "c"]
+
+
+def test_download_writes_the_whole_file_or_nothing(tmp_path: Path) -> None:
+    with make(result_server(OUTPUT, ERRORS)) as c:
+        assert c.download("file-out", tmp_path / "o.jsonl").read_bytes() == OUTPUT
+    with make(lambda _: httpx2.Response(404, json={"error": {"message": "gone"}})) as c, pytest.raises(APIError):
+        c.download("file-out", tmp_path / "missing.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
+
+
+def test_async_client_mirrors_the_sync_one(tmp_path: Path) -> None:
+    async def run() -> list[str]:
+        transport = httpx2.MockTransport(result_server(OUTPUT, ERRORS))
+        async with AsyncClient("http://api.test", "sk-x", transport=transport) as c:
+            batch = await c.wait("batch_1", poll_interval=0)
+            await c.download("file-err", tmp_path / "e.jsonl")
+            return [line["custom_id"] async for line in c.results(batch)]
+
+    assert asyncio.run(run()) == ["a", "b", "c"]
+    assert (tmp_path / "e.jsonl").read_bytes() == ERRORS
+
+
+@pytest.mark.parametrize(
+    ("status", "completed", "failed", "code"),
+    [
+        ("completed", 3, 0, 0),
+        ("completed", 2, 1, 2),
+        ("completed", 0, 3, 2),
+        ("cancelled", 1, 2, 2),
+        ("expired", 0, 3, 1),
+        ("failed", 0, 0, 1),
+    ],
+)
+def test_cli_outcome_codes(status: str, completed: int, failed: int, code: int) -> None:
+    counts = {"total": completed + failed, "completed": completed, "failed": failed}
+    assert outcome_code(Batch.model_validate(batch_json(status, request_counts=counts))) == code
