@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx2
+import orjson
 import typer
 import typer.core
 from pydantic import BaseModel
@@ -30,12 +31,15 @@ from rich.text import Text
 from batchq.client import Client, ClientError
 from batchq.domain.models import Batch, FileObject, Page
 from batchq.domain.status import Status, is_terminal
+from batchq.storage.apikeys import ApiKeyStore
 
 app = typer.Typer(help="batchq: an OpenAI-compatible Batch API on Celery workers over Redis.", no_args_is_help=True)
 batches_app = typer.Typer(help="List, inspect and cancel batches.", no_args_is_help=True)
 files_app = typer.Typer(help="List, inspect, download and delete files.", no_args_is_help=True)
 app.add_typer(batches_app, name="batches")
 app.add_typer(files_app, name="files")
+keys_app = typer.Typer(help="Manage API keys (talks to Redis directly).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 OUT = Console()
 ERR = Console(stderr=True)
@@ -267,6 +271,43 @@ def files_delete(
     """Delete a file."""
     with _client(api_url, api_key, on_behalf_of) as client:
         _show(client.delete_file(file_id), as_json, _fields_table)
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Option(help="A label for the key, e.g. the team using it.")]) -> None:
+    """Create an API key and print it once; only its SHA-256 is stored."""
+    record, secret = _key_store().create(name)
+    ERR.print(f"Created {record.id} ({record.name}). Store the key now: it is not shown again.")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(as_json: AsJson = False) -> None:
+    """List managed API keys (ids, names and key prefixes; never the keys)."""
+    records = _key_store().list()
+    if as_json:
+        typer.echo(orjson.dumps([r.model_dump() for r in records]).decode())
+        return
+    table = Table("id", "name", "prefix", "created")
+    for r in records:
+        table.add_row(r.id, r.name, r.prefix + "…", _when(r.created_at))
+    OUT.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a managed API key: requests with it get 401 from now on."""
+    if not _key_store().revoke(key_id):
+        ERR.print(f"error: no key with id {key_id}")
+        raise typer.Exit(1)
+    ERR.print(f"Revoked {key_id}.")
+
+
+def _key_store() -> ApiKeyStore:
+    from batchq.config import get_settings
+    from batchq.storage.redis_client import connect
+
+    return ApiKeyStore(connect(get_settings().redis_url, max_connections=4))
 
 
 def main() -> None:

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     max_validation_errors: int = Field(default=100, gt=0)
     file_ttl_days: int = Field(default=30, gt=0)
 
+    # Per API key (0: no limit)
+    api_rpm_per_key: int = Field(default=600, ge=0)
+    max_active_batches_per_key: int = Field(default=100, ge=0)
+    max_enqueued_lines_per_key: int = Field(default=1_000_000, ge=0)
+
     # Workers
     worker_concurrency: int = Field(default=128, ge=1)
     visibility_timeout_s: int = Field(default=7200, ge=60)

@@ -10,9 +10,11 @@ import redis
 from batchq.config import Settings
 from batchq.execution.upstream import Upstream
 from batchq.observability.metrics import worker_metrics
+from batchq.storage.apikeys import ApiKeyStore
 from batchq.storage.batches import BatchStore
 from batchq.storage.files import FileStore
 from batchq.storage.limits import RedisLimiter
+from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
 
 
@@ -39,6 +41,8 @@ class Runtime:
     redis: redis.Redis
     batches: BatchStore
     files: FileStore
+    apikeys: ApiKeyStore
+    quotas: Quotas
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -57,4 +61,8 @@ def build_runtime(settings: Settings, pool_size: int | None = None) -> Runtime:
         redis=client,
         batches=BatchStore(client),
         files=FileStore(client, settings.data_dir, settings.file_ttl_days),
+        apikeys=ApiKeyStore(client),
+        quotas=Quotas(
+            client, settings.api_rpm_per_key, settings.max_active_batches_per_key, settings.max_enqueued_lines_per_key
+        ),
     )

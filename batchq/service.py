@@ -34,12 +34,25 @@ def create_batch(
     source = rt.files.get(input_file_id, owner)
     if source.purpose != "batch":
         raise InvalidRequest("The input file must have purpose 'batch'.", param="input_file_id")
+    lines = rt.files.line_count(input_file_id)
+    rt.quotas.reserve(owner.account, lines)
+    try:
+        return _create(rt, queue, owner, input_file_id, endpoint, completion_window, seconds, meta, lines)
+    except BaseException:
+        rt.quotas.release(owner.account, lines)
+        raise
+
+
+def _create(
+    rt: Runtime, queue: TaskQueue, owner: Owner, input_file_id: str, endpoint: str,
+    completion_window: str, seconds: int, meta: dict[str, str] | None, lines: int,
+) -> Batch:  # fmt: skip
     now = int(time.time())
     batch = Batch(
         id=new_batch_id(), endpoint=endpoint, input_file_id=input_file_id, completion_window=completion_window,
         status=Status.VALIDATING, created_at=now, expires_at=now + seconds, metadata=meta,
     )  # fmt: skip
-    rt.batches.create(batch, owner)
+    rt.batches.create(batch, owner, reserved_lines=lines)
     queue.submit_batch(batch.id)
     return batch
 

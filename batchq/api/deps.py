@@ -13,6 +13,7 @@ from batchq.errors import AuthenticationFailed, InvalidRequest
 from batchq.runtime import Runtime, TaskQueue
 
 MAX_USER_CHARS = 150
+MAX_KEY_CHARS = 256
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -30,18 +31,26 @@ def account_of(key: str) -> str:
 
 
 def authenticate(rt: Runtime, authorization: str | None) -> str:
-    """The account of a valid ``Bearer`` key; compares in constant time against every key."""
+    """The account of a valid ``Bearer`` key: a configured key (compared in constant time against
+    every one) or a managed key (looked up by its SHA-256)."""
     scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'.")
+    if _configured(rt.settings.api_keys, key):
+        return account_of(key)
+    managed = rt.apikeys.lookup(key) if len(key) <= MAX_KEY_CHARS else None
+    if managed is None:
+        raise AuthenticationFailed("Incorrect API key provided.")
+    return managed.account
+
+
+def _configured(known_keys: list[str], key: str) -> bool:
     given = hashlib.sha256(key.encode()).digest()
     matched = False
-    for known in rt.settings.api_keys:
+    for known in known_keys:
         matched |= hmac.compare_digest(hashlib.sha256(known.encode()).digest(), given)
-    if not matched:
-        raise AuthenticationFailed("Incorrect API key provided.")
-    return account_of(key)
+    return matched
 
 
 def check_user(value: str | None) -> str | None:
@@ -62,7 +71,10 @@ def get_owner(
     authorization: Annotated[str | None, Header()] = None,
     x_on_behalf_of: Annotated[str | None, Header()] = None,
 ) -> Owner:
-    return Owner(authenticate(rt, authorization), check_user(x_on_behalf_of))
+    account = authenticate(rt, authorization)
+    owner = Owner(account, check_user(x_on_behalf_of))
+    rt.quotas.count_request(account)
+    return owner
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -8,11 +8,39 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from batchq.errors import BatchqError, RateLimited
 
 log = logging.getLogger("batchq.api")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error response: OpenAI's shape."""
+
+    error: ErrorBody
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": text}
+    for status, text in {
+        400: "Invalid request (the field is named in `param`).",
+        401: "Missing or unknown API key.",
+        404: "Unknown id, or not the caller's.",
+        409: "Not possible in the resource's current state.",
+        413: "Request or upload too large.",
+        429: "Over a per-key limit; see the Retry-After header.",
+        503: "Redis unreachable.",
+    }.items()
+}
 
 _HTTP_CODES = {404: ("not_found", "invalid_request_error"), 405: ("method_not_allowed", "invalid_request_error")}
 
@@ -29,9 +57,12 @@ async def on_batchq_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    """FastAPI's own validation (query, path: loc starts with where) and pydantic's (a body model)."""
+    assert isinstance(exc, (RequestValidationError, ValidationError))
+    errors = list(exc.errors())
+    first: dict[str, Any] = dict(errors[0]) if errors else {}
+    loc = tuple(first.get("loc", ()))
+    param = ".".join(str(p) for p in (loc[1:] if isinstance(exc, RequestValidationError) else loc)) or None
     message = (
         f"Invalid value for '{param}': {first.get('msg', 'invalid request')}." if param else "Invalid request body."
     )
@@ -52,5 +83,6 @@ async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(BatchqError, on_batchq_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -52,8 +52,10 @@ class BatchStore:
 
     # --- records -------------------------------------------------------------------------
 
-    def create(self, batch: Batch, owner: Owner) -> None:
-        fields = _to_hash(batch) | {"owner": owner.key}
+    def create(self, batch: Batch, owner: Owner, reserved_lines: int | None = None) -> None:
+        fields = _to_hash(batch) | {"owner": owner.key, "account": owner.account}
+        if reserved_lines is not None:
+            fields["reserved_lines"] = reserved_lines
         pipe = self.r.pipeline()
         pipe.hset(keys.batch(batch.id), mapping=fields)
         pipe.zadd(keys.owner_batches(owner.key), {batch.id: time.time()})
@@ -91,6 +93,9 @@ class BatchStore:
         pairs = [x for k, v in fields.items() for x in (k, _encode(v))]
         args = [batch_id, target.value, STAMP.get(target, ""), now, int(is_terminal(target)), len(sources)]
         keys_ = [keys.batch(batch_id), keys.ACTIVE_BATCHES, keys.STATS]
+        account = self.field(batch_id, "account") if is_terminal(target) else None
+        if account:
+            keys_.append(keys.usage(account))  # the batch's reservation is given back with its end
         return bool(self._transition(keys=keys_, args=[*args, *sources, *pairs]))
 
     def set_fields(self, batch_id: str, **fields: Any) -> None:

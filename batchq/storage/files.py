@@ -48,8 +48,12 @@ class FileStore:
             id=file_id, bytes=target.stat().st_size, created_at=now, filename=filename,
             purpose=purpose, expires_at=now + self.ttl_s,
         )  # fmt: skip
-        self._record(obj, owner)
+        self._record(obj, owner, count_lines(target) if purpose == "batch" else 0)
         return obj
+
+    def line_count(self, file_id: str) -> int:
+        """Lines in an uploaded input file (counted once, at upload)."""
+        return int(self.r.hget(keys.file(file_id), "lines") or 0)
 
     @contextmanager
     def writer(self) -> Iterator[tuple[BinaryIO, Path]]:
@@ -83,8 +87,8 @@ class FileStore:
         self.path(file_id).unlink(missing_ok=True)
         return DeletedFile(id=file_id)
 
-    def _record(self, obj: FileObject, owner: Owner) -> None:
-        fields = obj.model_dump(exclude_none=True, exclude={"object", "status"}) | {"owner": owner.key}
+    def _record(self, obj: FileObject, owner: Owner, lines: int) -> None:
+        fields = obj.model_dump(exclude_none=True, exclude={"object", "status"}) | {"owner": owner.key, "lines": lines}
         pipe = self.r.pipeline()
         pipe.hset(keys.file(obj.id), mapping={k: str(v) for k, v in fields.items()})
         pipe.zadd(keys.owner_files(owner.key), {obj.id: time.time()})
@@ -93,6 +97,16 @@ class FileStore:
     def _load(self, file_id: str) -> FileObject | None:
         raw = self.r.hgetall(keys.file(file_id))
         return _from_hash(raw) if raw else None
+
+
+def count_lines(path: Path) -> int:
+    """Non-empty lines, read in 1 MiB chunks (an upper bound on the file's requests)."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
 
 
 def _page_ids_asc(client: redis.Redis, zkey: str, after: str | None, limit: int) -> list[str]:

@@ -78,3 +78,20 @@ def limit_tat(route: str) -> str:
 def limit_window(route: str) -> str:
     """Hash: AIMD congestion window ``w`` and time of its last decrease ``at``."""
     return f"{_limit(route)}:window"
+
+
+API_KEY_INDEX = f"{PREFIX}:apikeys"  # hash: key id -> record with the key's digest
+
+
+def api_key(digest: str) -> str:
+    """String: the record of the managed key whose SHA-256 is ``digest``."""
+    return f"{PREFIX}:apikey:{digest}"
+
+
+def usage(account: str) -> str:
+    """Hash: an account's batches in flight (``batches``) and their lines (``lines``)."""
+    return f"{PREFIX}:usage:{account}"
+
+
+def api_rate(account: str, minute: int) -> str:
+    return f"{PREFIX}:rate:{account}:{minute}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-# KEYS: batch, active-set, stats. ARGV: batch_id, target, stamp field ('' for none), now, terminal (0/1),
-# n, source statuses x n, then field/value pairs to set.
+# KEYS: batch, active-set, stats, [usage of the batch's account, on terminal moves].
+# ARGV: batch_id, target, stamp field ('' for none), now, terminal (0/1), n, source statuses x n,
+# then field/value pairs to set.
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
@@ -19,6 +20,11 @@ for i = 7 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[5] == '1' then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('HINCRBY', KEYS[3], 'batches_' .. ARGV[2], 1)
+  local reserved = redis.call('HGET', KEYS[1], 'reserved_lines')
+  if reserved and KEYS[4] then
+    redis.call('HINCRBY', KEYS[4], 'batches', -1)
+    redis.call('HINCRBY', KEYS[4], 'lines', -tonumber(reserved))
+  end
 end
 return 1
 """

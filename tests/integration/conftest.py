@@ -21,6 +21,7 @@ FAST = {
     "BATCHQ_WATCHDOG_INTERVAL_S": "1",
     "BATCHQ_MIN_COMPLETION_WINDOW": "1s",
     "BATCHQ_CANCEL_GRACE_S": "10",
+    "BATCHQ_API_RPM_PER_KEY": "0",  # the tests poll fast; the limit has its own test
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from batchq.api.deps import account_of, authenticate, check_user
 from batchq.errors import AuthenticationFailed, InvalidRequest
+from batchq.storage.apikeys import ApiKey
 
 
 @dataclass
@@ -17,8 +18,19 @@ class FakeSettings:
 
 
 @dataclass
+class FakeKeys:
+    """In-memory stand-in for the managed-key store."""
+
+    known: dict[str, ApiKey] = field(default_factory=dict)
+
+    def lookup(self, secret: str) -> ApiKey | None:
+        return self.known.get(secret)
+
+
+@dataclass
 class FakeRuntime:
     settings: FakeSettings = field(default_factory=FakeSettings)
+    apikeys: FakeKeys = field(default_factory=FakeKeys)
 
 
 def auth(header: str | None, keys: list[str] | None = None) -> str:
@@ -104,3 +116,11 @@ def test_check_user_rejects_with_param_x_on_behalf_of(value: str) -> None:
         check_user(value)
     assert info.value.param == "X-On-Behalf-Of"
     assert info.value.status_code == 400
+
+
+def test_a_managed_key_authenticates_as_its_own_account() -> None:
+    record = ApiKey(id="key_0123456789abcdef", name="ci", created_at=0, prefix="sk-abcd")
+    rt: Any = FakeRuntime(apikeys=FakeKeys({"sk-managed": record}))
+    assert authenticate(rt, "Bearer sk-managed") == "acct_0123456789abcdef"
+    with pytest.raises(AuthenticationFailed):
+        authenticate(rt, "Bearer sk-unknown")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchq import service
+from batchq.api.body import read_json
 from batchq.api.deps import OwnerDep, QueueDep, RuntimeDep
+from batchq.api.errors import ERROR_RESPONSES
 from batchq.domain.models import Batch, Page
 
-router = APIRouter(prefix="/batches", tags=["batches"])
+router = APIRouter(prefix="/batches", tags=["batches"], responses=ERROR_RESPONSES)
+MAX_JSON_BYTES = 1 << 20
 
 
 class CreateBatch(BaseModel):
@@ -24,11 +28,14 @@ class CreateBatch(BaseModel):
     output_expires_after: dict[str, Any] | None = None
 
 
-@router.post("", response_model=Batch)
-def create_batch(body: CreateBatch, rt: RuntimeDep, queue: QueueDep, owner: OwnerDep) -> Batch:
-    return service.create_batch(
-        rt, queue, owner, body.input_file_id, body.endpoint, body.completion_window, body.metadata
-    )
+CREATE_BODY = {"required": True, "content": {"application/json": {"schema": CreateBatch.model_json_schema()}}}
+
+
+@router.post("", response_model=Batch, openapi_extra={"requestBody": CREATE_BODY})
+async def create_batch(request: Request, rt: RuntimeDep, queue: QueueDep, owner: OwnerDep) -> Batch:
+    body = CreateBatch.model_validate(await read_json(request, MAX_JSON_BYTES))
+    args = (body.input_file_id, body.endpoint, body.completion_window, body.metadata)
+    return await run_in_threadpool(service.create_batch, rt, queue, owner, *args)
 
 
 @router.get("", response_model=Page[Batch])

@@ -10,13 +10,30 @@ from fastapi.responses import FileResponse
 
 from batchq import service
 from batchq.api.deps import OwnerDep, RuntimeDep
+from batchq.api.errors import ERROR_RESPONSES
 from batchq.api.multipart import receive_upload
 from batchq.domain.models import DeletedFile, FileObject, Page
 
-router = APIRouter(prefix="/files", tags=["files"])
+router = APIRouter(prefix="/files", tags=["files"], responses=ERROR_RESPONSES)
+
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "purpose": {"type": "string", "enum": ["batch"]},
+                },
+                "required": ["file", "purpose"],
+            }
+        }
+    },
+}
 
 
-@router.post("", response_model=FileObject)
+@router.post("", response_model=FileObject, openapi_extra={"requestBody": UPLOAD_BODY})
 async def upload_file(request: Request, rt: RuntimeDep, owner: OwnerDep) -> FileObject:
     temp = rt.files.temp_path()
     upload = await receive_upload(request, temp, rt.settings.max_file_bytes)

@@ -1,0 +1,69 @@
+"""Managed API keys: only a SHA-256 digest of each key is stored, never the key itself.
+
+A key is ``sk-`` followed by 43 URL-safe characters (256 random bits). It is looked up by its
+digest, so checking a presented key is one O(1) Redis read whose timing says nothing about the
+stored keys; revoking deletes the digest, so the next request with it gets 401.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+import orjson
+import redis
+from pydantic import BaseModel
+
+from batchq.storage import keys
+
+
+class ApiKey(BaseModel):
+    id: str
+    name: str
+    created_at: int
+    prefix: str  # the first characters of the key, to recognise it in a list
+
+    @property
+    def account(self) -> str:
+        return "acct_" + self.id.removeprefix("key_")
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiKeyStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    def create(self, name: str) -> tuple[ApiKey, str]:
+        """A new key: returns its record and the key itself, which is shown once and not kept."""
+        secret = "sk-" + secrets.token_urlsafe(32)
+        record = ApiKey(id="key_" + secrets.token_hex(8), name=name, created_at=int(time.time()), prefix=secret[:7])
+        pipe = self.r.pipeline()
+        pipe.set(keys.api_key(digest(secret)), record.model_dump_json())
+        pipe.hset(keys.API_KEY_INDEX, record.id, orjson.dumps({"digest": digest(secret)} | record.model_dump()))
+        pipe.execute()
+        return record, secret
+
+    def lookup(self, secret: str) -> ApiKey | None:
+        raw = self.r.get(keys.api_key(digest(secret)))
+        return ApiKey.model_validate_json(raw) if raw else None
+
+    def list(self) -> list[ApiKey]:
+        return sorted((ApiKey.model_validate_json(v) for v in self.r.hvals(keys.API_KEY_INDEX)), key=_created)
+
+    def revoke(self, key_id: str) -> bool:
+        raw = self.r.hget(keys.API_KEY_INDEX, key_id)
+        if raw is None:
+            return False
+        pipe = self.r.pipeline()
+        pipe.delete(keys.api_key(orjson.loads(raw)["digest"]))
+        pipe.hdel(keys.API_KEY_INDEX, key_id)
+        pipe.execute()
+        return True
+
+
+def _created(key: ApiKey) -> int:
+    return key.created_at
