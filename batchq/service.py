@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -13,13 +14,16 @@ from batchq.errors import Conflict, InvalidRequest
 from batchq.runtime import Runtime, TaskQueue
 
 UPLOAD_PURPOSES = ("batch",)
+log = logging.getLogger("batchq.service")
 
 
 def accept_upload(rt: Runtime, owner: Owner, purpose: str | None, filename: str, temp: Path) -> FileObject:
     if purpose not in UPLOAD_PURPOSES:
         temp.unlink(missing_ok=True)
         raise InvalidRequest(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}; got {purpose!r}.", param="purpose")
-    return rt.files.register(new_file_id(), owner, filename, purpose, temp)
+    stored = rt.files.register(new_file_id(), owner, filename, purpose, temp)
+    log.info("file uploaded", extra={"file_id": stored.id, "owner": owner.key, "bytes": stored.bytes})
+    return stored
 
 
 def create_batch(
@@ -54,6 +58,7 @@ def _create(
     )  # fmt: skip
     rt.batches.create(batch, owner, reserved_lines=lines)
     queue.submit_batch(batch.id)
+    log.info("batch created", extra={"batch_id": batch.id, "owner": owner.key, "lines": lines})
     return batch
 
 
@@ -65,4 +70,5 @@ def cancel_batch(rt: Runtime, queue: TaskQueue, owner: Owner, batch_id: str) -> 
         raise Conflict(f"Cannot cancel a batch with status '{batch.status.value}'.", param="batch_id")
     if rt.batches.move(batch_id, Status.CANCELLING):
         queue.finalize_batch(batch_id)
+        log.info("batch cancelling", extra={"batch_id": batch_id, "owner": owner.key})
     return rt.batches.get_owned(batch_id, owner)

@@ -23,19 +23,31 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
         return None
     try:
         request = read_request(rt, start.input_file_id, offset, length)
-        lease = rt.settings.line_lease_s
-        renew = functools.partial(rt.batches.renew_lease, batch_id, index, lease)
-        body = request["body"]
-        payload = orjson.dumps(body)
-        outcome = rt.upstream.send(start.endpoint, payload, body.get("model"), heartbeat=renew, every=lease / 3)
-        result = result_of(request["custom_id"], outcome)
+        outcome = _send(rt, batch_id, index, start.endpoint, request["body"])
     except BaseException:
         rt.batches.drop_lease(batch_id, index)  # let the watchdog hand it out again at once
         raise
+    result = result_of(request["custom_id"], outcome)
     progress = rt.batches.complete_line(batch_id, index, result)
     if progress.accepted:
         rt.upstream.metrics.line_stored(result.ok)
+        if not result.ok:
+            log.info("line failed", extra=_failure(batch_id, index, request["custom_id"], outcome))
     return progress
+
+
+def _send(rt: Runtime, batch_id: str, index: int, endpoint: str, body: dict[str, Any]) -> Outcome:
+    lease = rt.settings.line_lease_s
+    renew = functools.partial(rt.batches.renew_lease, batch_id, index, lease)
+    return rt.upstream.send(endpoint, orjson.dumps(body), body.get("model"), heartbeat=renew, every=lease / 3)
+
+
+def _failure(batch_id: str, index: int, custom_id: str, outcome: Outcome) -> dict[str, object]:
+    """What a log may say about a failed line: ids and codes, never the request or the answer."""
+    return {
+        "batch_id": batch_id, "line": index + 1, "custom_id": custom_id, "status_code": outcome.status,
+        "reason": outcome.error_code, "attempts": outcome.attempts,
+    }  # fmt: skip
 
 
 def read_request(rt: Runtime, file_id: str, offset: int, length: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from batchq.embedded import free_port
 from batchq.stack import Stack
 
 FAST = {
@@ -93,6 +94,7 @@ def receiver() -> Iterator[Receiver]:
 def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     hooks = {"BATCHQ_WEBHOOK_URL": receiver.url, "BATCHQ_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    hooks["BATCHQ_WORKER_METRICS_PORT"] = str(free_port())
     running = start_stack(workdir, hooks, workers=1, concurrency=16)
     yield running
     running.stop()

@@ -1,0 +1,59 @@
+"""What operators see: Prometheus metrics from the API and the workers, and JSON logs."""
+
+from __future__ import annotations
+
+import re
+
+import httpx2
+import orjson
+import pytest
+
+from batchq.stack import Stack
+from tests.integration.helpers import chat_row, client, submit, wait
+
+pytestmark = pytest.mark.integration
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name}{labels} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_a_finished_batch(stack: Stack) -> None:
+    before = httpx2.get(stack.api_url + "/metrics").text
+    sdk = client(stack, user="metrics")
+    rows = [chat_row(f"m{i}") for i in range(4)] + [chat_row("bad", status=400)]
+    batch = wait(sdk, submit(sdk, rows).id)
+    assert batch.status == "completed"
+    after = httpx2.get(stack.api_url + "/metrics")
+    assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain")
+    text = after.text
+    assert sample(text, "batchq_lines_completed_total") - sample(before, "batchq_lines_completed_total") == 4
+    assert sample(text, "batchq_lines_failed_total") - sample(before, "batchq_lines_failed_total") == 1
+    finished = "batchq_batches_finished_total"
+    assert sample(text, finished, '{status="completed"}') >= sample(before, finished, '{status="completed"}') + 1
+    assert sample(text, "batchq_up") == 1
+    assert "batchq_queue_depth" in text
+
+
+def test_worker_exports_upstream_latency_and_line_counts(stack: Stack) -> None:
+    port = stack.env_overrides["BATCHQ_WORKER_METRICS_PORT"]
+    sdk = client(stack, user="worker-metrics")
+    wait(sdk, submit(sdk, [chat_row("w")]).id)
+    text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+    count = sample(text, "batchq_upstream_request_seconds_count", '{outcome="ok",route="default"}')
+    assert count >= 1
+    assert sample(text, "batchq_lines_total", '{outcome="completed"}') >= 1
+
+
+def test_worker_logs_are_json_lines_with_ids_and_no_content(stack: Stack) -> None:
+    sdk = client(stack, user="logs")
+    secret = "a prompt nobody may log"
+    batch = wait(sdk, submit(sdk, [chat_row("logged-failure", secret, status=400)]).id)
+    log = (stack.workdir / "worker0.log").read_text()
+    events = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e.get("message") == "line failed" and e.get("batch_id") == batch.id]
+    assert failed and failed[0]["custom_id"] == "logged-failure" and failed[0]["status_code"] == 400
+    assert {"ts", "level", "logger"} <= set(failed[0])
+    assert secret not in log
