@@ -55,6 +55,9 @@ def plan(f: Facts, lease_s: float) -> str:
 
 
 def sweep(rt: Runtime, queue: TaskQueue, queue_length: int) -> None:
+    deleted = rt.files.delete_expired()
+    if deleted:
+        log.info("expired files deleted", extra={"count": deleted})
     for batch_id in rt.batches.active_ids():
         try:
             check(rt, queue, batch_id, queue_length == 0)

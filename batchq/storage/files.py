@@ -6,6 +6,7 @@ A path from a client never touches the filesystem: paths are built from our own 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -80,18 +81,39 @@ class FileStore:
 
     def delete(self, file_id: str, owner: Owner) -> DeletedFile:
         self.get(file_id, owner)
+        self._remove(file_id, owner.key)
+        return DeletedFile(id=file_id)
+
+    def delete_expired(self, now: float | None = None, limit: int = 1000) -> int:
+        """Delete files past ``expires_at`` (and upload leftovers older than a day); returns how many."""
+        now = time.time() if now is None else now
+        expired = [m.decode() for m in self.r.zrangebyscore(keys.FILE_EXPIRY, "-inf", now, start=0, num=limit)]
+        for file_id in expired:
+            owner = self.r.hget(keys.file(file_id), "owner")
+            self._remove(file_id, owner.decode() if owner else "")
+        self._sweep_tmp(now - 86_400)
+        return len(expired)
+
+    def _remove(self, file_id: str, owner_key: str) -> None:
         pipe = self.r.pipeline()
         pipe.delete(keys.file(file_id))
-        pipe.zrem(keys.owner_files(owner.key), file_id)
+        pipe.zrem(keys.owner_files(owner_key), file_id)
+        pipe.zrem(keys.FILE_EXPIRY, file_id)
         pipe.execute()
         self.path(file_id).unlink(missing_ok=True)
-        return DeletedFile(id=file_id)
+
+    def _sweep_tmp(self, older_than: float) -> None:
+        for leftover in (self.root / "tmp").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.stat().st_mtime < older_than:
+                    leftover.unlink()
 
     def _record(self, obj: FileObject, owner: Owner, lines: int) -> None:
         fields = obj.model_dump(exclude_none=True, exclude={"object", "status"}) | {"owner": owner.key, "lines": lines}
         pipe = self.r.pipeline()
         pipe.hset(keys.file(obj.id), mapping={k: str(v) for k, v in fields.items()})
         pipe.zadd(keys.owner_files(owner.key), {obj.id: time.time()})
+        pipe.zadd(keys.FILE_EXPIRY, {obj.id: obj.expires_at or 0})
         pipe.execute()
 
     def _load(self, file_id: str) -> FileObject | None:

@@ -6,6 +6,7 @@ PREFIX = "batchq"
 
 ACTIVE_BATCHES = f"{PREFIX}:batches:active"  # set of non-terminal batch ids (the watchdog's work list)
 WATCHDOG_LOCK = f"{PREFIX}:watchdog:lock"
+FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window

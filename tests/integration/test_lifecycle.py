@@ -82,3 +82,15 @@ def test_watchdog_finalizes_a_batch_whose_callback_never_ran(stack: Stack) -> No
 def _done(sdk: object, batch_id: str) -> int:
     counts = sdk.batches.retrieve(batch_id).request_counts  # type: ignore[attr-defined]
     return 0 if counts is None else counts.completed + counts.failed
+
+
+def test_expired_files_are_deleted_with_their_bytes(stack: Stack) -> None:
+    rt = build_runtime(Settings(redis_url=stack.redis_url or "", data_dir=stack.workdir / "data"), pool_size=2)
+    sdk = client(stack, user="expiring")
+    uploaded = sdk.files.create(file=("old.jsonl", jsonl([chat_row("a")])), purpose="batch")
+    path = rt.files.path(uploaded.id)
+    assert path.exists()
+    assert rt.files.delete_expired(now=time.time() + 400 * 86_400) >= 1
+    assert not path.exists()
+    assert uploaded.id not in [f.id for f in sdk.files.list()]
+    rt.redis.close()
