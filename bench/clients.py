@@ -15,7 +15,7 @@ Modes:
 * ``loop-httpx2``: one asyncio loop in a daemon thread with one ``httpx2.AsyncClient``;
   threads hand requests over with ``run_coroutine_threadsafe`` (batchq's current design).
 * ``loop-aiohttp-transport``: the same, the ``AsyncClient`` on an aiohttp transport
-  (``bench/_aiohttp_transport.py``).
+  (``batchq/execution/aiohttp_transport.py``).
 * ``loop-aiohttp-raw``: the same loop, plain ``aiohttp.ClientSession.post``.
 * ``gevent``: a subprocess, monkey-patched first, ``gevent.pool.Pool(C)`` greenlets
   (one per request, as Celery's gevent pool spawns them) and one sync ``httpx2.Client``.
@@ -55,7 +55,7 @@ import aiohttp
 import httpx2
 import orjson
 
-from bench._aiohttp_transport import AiohttpTransport
+from batchq.execution.aiohttp_transport import AiohttpTransport
 
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]

@@ -81,6 +81,19 @@ def rows(count: int) -> bytes:
     )
 
 
+def _mark(marks: dict[str, float], batch: dict[str, object], elapsed: float) -> None:
+    """When the batch was first seen in_progress, with a first line done, all lines done."""
+    counts = batch["request_counts"]
+    assert isinstance(counts, dict)
+    done = counts["completed"] + counts["failed"]
+    if batch["status"] != "validating":
+        marks.setdefault("in_progress", elapsed)
+    if done:
+        marks.setdefault("first_line", elapsed)
+    if counts["total"] and done >= counts["total"]:
+        marks.setdefault("last_line", elapsed)
+
+
 def measured_pids(stack: Stack) -> dict[str, int]:
     return {name: p.pid for name, p in stack.processes.items() if name != "upstream"}
 
@@ -95,15 +108,18 @@ def run_batchq(stack: Stack, case: Case, data: bytes) -> Result:
     uploaded = api.post("/files", data={"purpose": "batch"}, files={"file": ("bench.jsonl", data)}).json()
     started = time.monotonic()
     batch = api.post("/batches", json={"input_file_id": uploaded["id"], "endpoint": CHAT}).json()
+    marks: dict[str, float] = {}
     while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
-        time.sleep(0.2)
+        time.sleep(0.05)
         batch = api.get(f"/batches/{batch['id']}").json()
+        _mark(marks, batch, time.monotonic() - started)
     seconds = time.monotonic() - started
     cpu = {name: (cpu_seconds(pid) - before[name]) * 1000 / case.lines for name, pid in pids.items()}
     stats = httpx2.get(stack.upstream_url + "/_stats").json()
     redis_peak = redis.Redis.from_url(stack.redis_url or "").info("memory")["used_memory_peak"] / 2**20
     result = Result(case, seconds, stats["peak_in_flight"], cpu, {n: rss_mb(p) for n, p in pids.items()}, redis_peak)
     result.notes.append(f"status {batch['status']}, counts {batch['request_counts']}")
+    result.notes.append("timeline (s after create): " + ", ".join(f"{k} {v:.2f}" for k, v in marks.items()))
     result.notes.append(f"API RSS {api_rss_before:.0f} MB before upload, {rss_mb(pids['api'], 'VmRSS'):.0f} MB after")
     return result
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 
 from batchq import __version__
 from batchq.api import errors
@@ -15,6 +19,18 @@ from batchq.storage.redis_client import ping
 PREFIXES = ("/v1", "/api/v1/llm")
 
 
+def openapi_without_422(app: FastAPI) -> dict[str, Any]:
+    """FastAPI documents a 422 on every operation; batchq answers validation errors with 400."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
     app = FastAPI(title="batchq", version=__version__)
     app.state.runtime = runtime
@@ -23,6 +39,7 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
         app.include_router(files.router, prefix=prefix)
         app.include_router(batches.router, prefix=prefix)
     errors.install(app)
+    app.openapi = functools.partial(openapi_without_422, app)  # type: ignore[method-assign]
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:

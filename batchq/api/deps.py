@@ -7,6 +7,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from batchq.domain.models import Owner
 from batchq.errors import AuthenticationFailed, InvalidRequest
@@ -66,12 +67,16 @@ def check_user(value: str | None) -> str | None:
     return value
 
 
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sk-…`.")
+
+
 def get_owner(
     rt: Annotated[Runtime, Depends(get_runtime)],
-    authorization: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     x_on_behalf_of: Annotated[str | None, Header()] = None,
 ) -> Owner:
-    account = authenticate(rt, authorization)
+    header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
+    account = authenticate(rt, header)
     owner = Owner(account, check_user(x_on_behalf_of))
     rt.quotas.count_request(account)
     return owner

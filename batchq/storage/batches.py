@@ -77,7 +77,7 @@ class BatchStore:
         return value.decode() if value is not None else None
 
     def page(self, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
-        ids = _page_ids(self.r, keys.owner_batches(owner.key), after, limit)
+        ids = page_ids(self.r, keys.owner_batches(owner.key), after, limit)
         batches = [b for b in (self.get(i) for i in ids[:limit]) if b is not None]
         return page_of(batches, len(ids) > limit, lambda b: b.id)
 
@@ -168,14 +168,16 @@ def pack_offsets(pairs: list[tuple[int, int]]) -> bytes:
     return b"".join(_OFFSET.pack(o, n) for o, n in pairs)
 
 
-def _page_ids(client: redis.Redis, zkey: str, after: str | None, limit: int) -> list[str]:
+def page_ids(client: redis.Redis, zkey: str, after: str | None, limit: int, newest_first: bool = True) -> list[str]:
+    """Up to ``limit + 1`` members after ``after`` (the extra one tells whether there are more)."""
     start = 0
     if after:
-        rank = client.zrevrank(zkey, after)
+        rank = client.zrevrank(zkey, after) if newest_first else client.zrank(zkey, after)
         if rank is None:
             return []
         start = rank + 1
-    return [m.decode() for m in client.zrevrange(zkey, start, start + limit)]
+    members = client.zrange(zkey, start, start + limit, desc=newest_first)
+    return [m.decode() for m in members]
 
 
 def _encode(value: Any) -> str | int | bytes:

@@ -21,7 +21,7 @@ from batchq.domain.ids import looks_like
 from batchq.domain.models import DeletedFile, FileObject, Owner, Page, page_of
 from batchq.errors import NotFound
 from batchq.storage import keys
-from batchq.storage.batches import _page_ids
+from batchq.storage.batches import page_ids
 
 
 class FileStore:
@@ -75,7 +75,7 @@ class FileStore:
     def page(self, owner: Owner, after: str | None, limit: int, purpose: str | None, order: str) -> Page[FileObject]:
         zkey = keys.owner_files(owner.key)
         scan = max(limit * 4, 100) if purpose else limit
-        ids = _page_ids(self.r, zkey, after, scan) if order == "desc" else _page_ids_asc(self.r, zkey, after, scan)
+        ids = page_ids(self.r, zkey, after, scan, newest_first=order == "desc")
         found = [f for f in (self._load(i) for i in ids) if f and (purpose is None or f.purpose == purpose)]
         return page_of(found[:limit], len(found) > limit or len(ids) > scan, lambda f: f.id)
 
@@ -129,16 +129,6 @@ def count_lines(path: Path) -> int:
             count += chunk.count(b"\n")
             last = chunk[-1:]
     return count + (last != b"\n")
-
-
-def _page_ids_asc(client: redis.Redis, zkey: str, after: str | None, limit: int) -> list[str]:
-    start = 0
-    if after:
-        rank = client.zrank(zkey, after)
-        if rank is None:
-            return []
-        start = rank + 1
-    return [m.decode() for m in client.zrange(zkey, start, start + limit)]
 
 
 def _from_hash(raw: dict[bytes, bytes]) -> FileObject:

@@ -76,6 +76,11 @@ def limit_tat(route: str) -> str:
     return f"{_limit(route)}:tat"
 
 
+def limit_freed(route: str) -> str:
+    """List: one entry per slot just given back; workers waiting at the cap block on it."""
+    return f"{_limit(route)}:freed"
+
+
 def limit_window(route: str) -> str:
     """Hash: AIMD congestion window ``w`` and time of its last decrease ``at``."""
     return f"{_limit(route)}:window"

@@ -45,11 +45,15 @@ if cap > 0 then redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2]) en
 return '0'
 """
 
-# KEYS: inflight, notbefore, window. ARGV: token, now, outcome (ok|throttled|error), retry_after, cap, adaptive.
+# KEYS: inflight, notbefore, window, freed. ARGV: token, now, outcome (ok|throttled|error), retry_after, cap, adaptive.
 RELEASE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
 local now = tonumber(ARGV[2])
 local cap = tonumber(ARGV[5])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and cap > 0 then
+  redis.call('LPUSH', KEYS[4], '1')  -- wake one worker waiting for a slot
+  redis.call('LTRIM', KEYS[4], 0, cap - 1)
+  redis.call('EXPIRE', KEYS[4], 60)
+end
 if ARGV[3] == 'throttled' then
   local wait = tonumber(ARGV[4])
   if wait > 0 then
@@ -70,8 +74,7 @@ end
 return 1
 """
 
-POLL_FLOOR_S = 0.005
-POLL_CEILING_S = 0.25
+FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
 
 
 class RedisLimiter:
@@ -84,6 +87,7 @@ class RedisLimiter:
     def __init__(self, client: redis.Redis, adaptive: bool, default_timeout_s: float) -> None:
         self.adaptive = adaptive
         self.default_timeout_s = default_timeout_s
+        self._client = client
         self._acquire = client.register_script(ACQUIRE)
         self._release = client.register_script(RELEASE)
 
@@ -92,15 +96,14 @@ class RedisLimiter:
         if not route.limited:
             return None
         token = secrets.token_hex(8)
-        polls = 0
         while True:
             wait = float(self._acquire(keys=_acquire_keys(route.name), args=self._acquire_args(route, token)))
             if wait == 0:
                 return token
-            if wait < 0:
-                polls += 1
-                wait = min(POLL_CEILING_S, POLL_FLOOR_S * 2**polls) * random.uniform(0.5, 1.5)
-            time.sleep(wait)
+            if wait < 0:  # at the cap: sleep until some worker frees a slot (or a short timeout)
+                self._client.blpop([keys.limit_freed(route.name)], timeout=random.uniform(0.05, FREED_WAIT_S))
+            else:
+                time.sleep(wait)
 
     def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
         if token is None and not (route.limited and outcome == "throttled"):
@@ -118,4 +121,4 @@ def _acquire_keys(name: str) -> list[str]:
 
 
 def _release_keys(name: str) -> list[str]:
-    return [keys.limit_inflight(name), keys.limit_notbefore(name), keys.limit_window(name)]
+    return [keys.limit_inflight(name), keys.limit_notbefore(name), keys.limit_window(name), keys.limit_freed(name)]
