@@ -110,7 +110,7 @@ def run_batchq(stack: Stack, case: Case, data: bytes) -> Result:
     batch = api.post("/batches", json={"input_file_id": uploaded["id"], "endpoint": CHAT}).json()
     marks: dict[str, float] = {}
     while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
-        time.sleep(0.05)
+        time.sleep(0.1)
         batch = api.get(f"/batches/{batch['id']}").json()
         _mark(marks, batch, time.monotonic() - started)
     seconds = time.monotonic() - started
