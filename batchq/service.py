@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from batchq.domain.ids import new_batch_id, new_file_id
-from batchq.domain.models import Batch, FileObject, Owner
+from batchq.domain.models import Batch, DeletedFile, FileObject, Owner
 from batchq.domain.status import Status, is_cancellable, is_terminal
 from batchq.domain.windows import check_metadata, checked_window
 from batchq.errors import Conflict, InvalidRequest
@@ -24,6 +24,15 @@ def accept_upload(rt: Runtime, owner: Owner, purpose: str | None, filename: str,
     stored = rt.files.register(new_file_id(), owner, filename, purpose, temp)
     log.info("file uploaded", extra={"file_id": stored.id, "owner": owner.key, "bytes": stored.bytes})
     return stored
+
+
+def delete_file(rt: Runtime, owner: Owner, file_id: str) -> DeletedFile:
+    """Delete a file, unless an unfinished batch still reads it (its lines would be lost)."""
+    rt.files.get(file_id, owner)
+    user = rt.batches.active_using(file_id)
+    if user is not None:
+        raise Conflict(f"File '{file_id}' is the input of batch '{user}', which has not finished.", param="file_id")
+    return rt.files.delete(file_id, owner)
 
 
 def create_batch(

@@ -84,6 +84,14 @@ class BatchStore:
     def active_ids(self) -> list[str]:
         return [m.decode() for m in self.r.smembers(keys.ACTIVE_BATCHES)]
 
+    def active_using(self, file_id: str) -> str | None:
+        """An unfinished batch reading ``file_id`` as its input, if any."""
+        ids = self.active_ids()
+        pipe = self.r.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hget(keys.batch(batch_id), "input_file_id")
+        return next((b for b, f in zip(ids, pipe.execute(), strict=True) if f and f.decode() == file_id), None)
+
     # --- status ----------------------------------------------------------------------------
 
     def move(self, batch_id: str, target: Status, **fields: Any) -> bool:

@@ -219,3 +219,12 @@ def test_output_file_content_is_downloadable_by_its_owner_only(stack: Stack) -> 
     assert len(lines_of(sdk, batch.output_file_id)) == 1
     with pytest.raises(openai.NotFoundError):
         client(stack, user="thief").files.content(batch.output_file_id or "")
+
+
+def test_an_input_file_cannot_be_deleted_while_its_batch_runs(stack: Stack) -> None:
+    sdk = client(stack, user="deleter")
+    batch = submit(sdk, [chat_row("slow", latency_ms=1500)])
+    with pytest.raises(openai.ConflictError):
+        sdk.files.delete(batch.input_file_id)
+    wait(sdk, batch.id)
+    assert sdk.files.delete(batch.input_file_id).deleted

@@ -66,4 +66,4 @@ def file_content(file_id: str, rt: RuntimeDep, owner: OwnerDep) -> FileResponse:
 
 @router.delete("/{file_id}", response_model=DeletedFile)
 def delete_file(file_id: str, rt: RuntimeDep, owner: OwnerDep) -> DeletedFile:
-    return rt.files.delete(file_id, owner)
+    return service.delete_file(rt, owner, file_id)
