@@ -26,7 +26,7 @@ class TaskQueue(Protocol):
     def finalize_batch(self, batch_id: str, countdown: float = 0) -> None: ...
 
     def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
-        """One task per (index, offset, length), under a chord that finalizes the batch."""
+        """One task per (index, offset, length); the task storing the last line finalizes the batch."""
 
     def notify(self, batch_id: str, event_type: str) -> None:
         """Deliver a terminal event to the webhook, with retries (no-op without a webhook)."""

@@ -1,8 +1,9 @@
 """Finalization: turn a batch's stored result lines into its output and error files, once.
 
-Called by the chord callback, by the watchdog, and after cancel or expiry. Safe to run twice or
-concurrently: a per-batch lock serializes runs, file ids are derived from the batch id (a rerun
-rewrites the same files), and the final status change is a compare-and-set.
+Called by the completion callback (the task that stores the last line), by the watchdog, and
+after cancel or expiry. Safe to run twice or concurrently: a per-batch lock serializes runs, file
+ids are derived from the batch id (a rerun rewrites the same files), and the final status change
+is a compare-and-set.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _advance(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
 def _finish_complete(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
     counts = batch.request_counts
     if counts.completed + counts.failed < counts.total:
-        return  # not done yet: a later line, the chord or the watchdog calls again
+        return  # not done yet: the last line or the watchdog calls again
     if batch.status is Status.IN_PROGRESS and not rt.batches.move(batch.id, Status.FINALIZING):
         return
     _write_and_move(rt, queue, batch.id, Status.COMPLETED)

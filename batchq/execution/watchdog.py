@@ -4,7 +4,7 @@ One sweep runs every ``BATCHQ_WATCHDOG_INTERVAL_S`` on whichever worker holds th
 Per active batch it decides (``plan``, pure) and then acts:
 
 - past ``expires_at`` or ``cancelling``            -> finalize (expire / cancel with partial results)
-- ``in_progress`` with every line done             -> finalize (a chord callback that never ran)
+- ``in_progress`` with every line done             -> finalize (a completion callback that never ran)
 - ``finalizing`` with no progress for a lease       -> finalize again (idempotent)
 - ``validating`` for longer than a lease            -> submit again (idempotent)
 - lines whose worker lease ran out (worker killed)  -> re-enqueue them, or past the requeue budget,
