@@ -63,8 +63,8 @@ def submit_task(batch_id: str) -> None:
     submit.submit(runtime(), queue, batch_id)
 
 
-@app.task(name="batchq.line", bind=True, autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
-def line_task(self: Task, batch_id: str, index: int, offset: int, length: int) -> None:
+@app.task(name="batchq.line", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
+def line_task(batch_id: str, index: int, offset: int, length: int) -> None:
     progress = runner.run_line(runtime(), batch_id, index, offset, length)
     if progress is not None and progress.last:
         queue.finalize_batch(batch_id)  # the batch's completion callback: fired once, by the last line

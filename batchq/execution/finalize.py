@@ -97,13 +97,18 @@ def missing_lines(rt: Runtime, batch_id: str, total: int) -> list[int]:
 def claim_missing(rt: Runtime, batch: Batch, code: str, message: str) -> int:
     """Give every line without a result an error line with ``code``; returns how many."""
     missing = missing_lines(rt, batch.id, batch.request_counts.total)
+    claim_lines(rt, batch, missing, code, message)
+    return len(missing)
+
+
+def claim_lines(rt: Runtime, batch: Batch, indices: list[int], code: str, message: str) -> None:
+    """Store an error line with ``code`` for each of ``indices`` that has no result yet."""
     offsets = rt.batches.offsets(batch.id)
     with open(rt.files.path(batch.input_file_id), "rb") as handle:
-        for start in range(0, len(missing), CLAIM_CHUNK):
-            chunk = missing[start : start + CLAIM_CHUNK]
+        for start in range(0, len(indices), CLAIM_CHUNK):
+            chunk = indices[start : start + CLAIM_CHUNK]
             lines = [(i, error_line(_custom_id(handle, offsets[i]), code, message)) for i in chunk]
             rt.batches.complete_lines(batch.id, lines)
-    return len(missing)
 
 
 def _custom_id(handle: BinaryIO, where: tuple[int, int]) -> str:

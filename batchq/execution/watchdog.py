@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 
 from batchq.domain.models import Batch
-from batchq.domain.results import LOST, error_line
+from batchq.domain.results import LOST
 from batchq.domain.status import Status, is_terminal
-from batchq.execution.finalize import _custom_id, missing_lines
+from batchq.execution.finalize import claim_lines, missing_lines
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
 
@@ -111,6 +111,5 @@ def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> 
     if again:
         queue.requeue_lines(batch.id, again)
     if lost:
-        with open(rt.files.path(batch.input_file_id), "rb") as handle:
-            rt.batches.complete_lines(batch.id, [(i, error_line(_custom_id(handle, offsets[i]), *LOST)) for i in lost])
+        claim_lines(rt, batch, lost, *LOST)
     rt.batches.set_fields(batch.id, progress_at=int(time.time()))
