@@ -8,6 +8,8 @@ Every route has its own distributed concurrency cap and rate limit, shared by al
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, Field, field_validator
 
 
@@ -38,3 +40,13 @@ class Route(BaseModel):
 def route_for(routes: list[Route], endpoint: str, model: object) -> Route | None:
     name = model if isinstance(model, str) else None
     return next((r for r in routes if r.matches(endpoint, name)), None)
+
+
+@dataclass(frozen=True)
+class Release:
+    """How an attempt that held a slot on ``route`` ended, for the route's limiter."""
+
+    route: Route
+    token: str | None
+    outcome: str  # ok | throttled | error
+    retry_after: float | None = None

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 
 from batchq.domain.results import ResultLine, error_line, response_line
-from batchq.execution.upstream import Outcome
+from batchq.domain.routing import Release, Route
+from batchq.execution.upstream import Outcome, no_upstream
 from batchq.runtime import Runtime
 from batchq.storage.batches import Progress
 
@@ -17,18 +18,28 @@ log = logging.getLogger("batchq.runner")
 
 
 def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -> Progress | None:
-    """Returns the batch's progress after this line, or None when the line was not run."""
-    start = rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s)
+    """Returns the batch's progress after this line, or None when the line was not run.
+
+    Two Redis round trips in the common case: one leases the line and takes its first limiter
+    slot, one stores the result and gives the last slot back.
+    """
+    source = rt.batches.line_source(batch_id)
+    if source is None:
+        return None  # the batch is gone
+    request = read_request(rt, source.input_file_id, offset, length)
+    body = request["body"]
+    route = rt.upstream.route(source.endpoint, body.get("model"))
+    ask = rt.upstream.limiter.acquire_call(route) if route is not None else None
+    start = rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s, ask[1] if ask else None)
     if start.verdict != "go":
         return None
     try:
-        request = read_request(rt, start.input_file_id, offset, length)
-        outcome = _send(rt, batch_id, index, start.endpoint, request["body"])
+        outcome, done = _send(rt, batch_id, index, route, source.endpoint, body, ask[0] if ask and start.slot else None)
     except BaseException:
         rt.batches.drop_lease(batch_id, index)  # let the watchdog hand it out again at once
         raise
     result = result_of(request["custom_id"], outcome)
-    progress = rt.batches.complete_line(batch_id, index, result)
+    progress = _complete(rt, batch_id, index, result, done)
     if progress.accepted:
         rt.upstream.metrics.line_stored(result.ok)
         if not result.ok:
@@ -36,10 +47,24 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
     return progress
 
 
-def _send(rt: Runtime, batch_id: str, index: int, endpoint: str, body: dict[str, Any]) -> Outcome:
+def _send(
+    rt: Runtime, batch_id: str, index: int, route: Route | None, endpoint: str, body: dict[str, Any], held: str | None
+) -> tuple[Outcome, Release | None]:
+    if route is None:
+        return no_upstream(endpoint, body.get("model")), None
     lease = rt.settings.line_lease_s
     renew = functools.partial(rt.batches.renew_lease, batch_id, index, lease)
-    return rt.upstream.send(endpoint, orjson.dumps(body), body.get("model"), heartbeat=renew, every=lease / 3)
+    return rt.upstream.send_on(route, endpoint, orjson.dumps(body), held, heartbeat=renew, every=lease / 3)
+
+
+def _complete(rt: Runtime, batch_id: str, index: int, result: ResultLine, done: Release | None) -> Progress:
+    release = rt.upstream.limiter.release_call(done) if done is not None else None
+    try:
+        return rt.batches.complete_line(batch_id, index, result, release)
+    except BaseException:
+        if done is not None:
+            rt.upstream.limiter.release(done)  # best effort; else the slot expires on its own
+        raise
 
 
 def _failure(batch_id: str, index: int, custom_id: str, outcome: Outcome) -> dict[str, object]:

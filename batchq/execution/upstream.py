@@ -25,9 +25,10 @@ import orjson
 
 from batchq.config import Settings
 from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, parse_retry_after, should_retry
-from batchq.domain.routing import Route, route_for
+from batchq.domain.routing import Release, Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
 from batchq.observability.metrics import NULL, EngineMetrics, attempt_outcome
+from batchq.storage.scripts import Call
 
 T = TypeVar("T")
 Heartbeat = Callable[[], None] | None
@@ -48,14 +49,26 @@ class Outcome:
 class Limiter(Protocol):
     def acquire(self, route: Route) -> str | None: ...
 
-    def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None: ...
+    def release(self, done: Release) -> None: ...
+
+    def acquire_call(self, route: Route) -> tuple[str, Call] | None:
+        """A token and the script call that would take a slot for it, to fold into another script."""
+
+    def release_call(self, done: Release) -> Call | None:
+        """The script call that would give ``done``'s slot back, to fold into another script."""
 
 
 class NoLimiter:
     def acquire(self, route: Route) -> str | None:
         return None
 
-    def release(self, route: Route, token: str | None, outcome: str, retry_after: float | None) -> None:
+    def release(self, done: Release) -> None:
+        return None
+
+    def acquire_call(self, route: Route) -> tuple[str, Call] | None:
+        return None
+
+    def release_call(self, done: Release) -> Call | None:
         return None
 
 
@@ -124,46 +137,68 @@ class Upstream:
         self._loop: LoopThread | None = None
         self._lock = threading.Lock()
 
+    def route(self, path: str, model: object) -> Route | None:
+        return route_for(self.routes, path, model)
+
     def send(
         self, path: str, payload: bytes, model: object = None, heartbeat: Heartbeat = None, every: float = 30
     ) -> Outcome:
-        """POST ``payload`` to the upstream serving ``path``, retrying what should be retried.
+        """POST ``payload`` to the upstream serving ``path``, retrying what should be retried."""
+        route = self.route(path, model)
+        if route is None:
+            return no_upstream(path, model)
+        outcome, done = self.send_on(route, path, payload, heartbeat=heartbeat, every=every)
+        self.limiter.release(done)
+        return outcome
+
+    def send_on(
+        self,
+        route: Route,
+        path: str,
+        payload: bytes,
+        held: str | None = None,
+        heartbeat: Heartbeat = None,
+        every: float = 30,
+    ) -> tuple[Outcome, Release]:
+        """Send through ``route``; the first attempt uses the slot ``held`` when given.
 
         Blocks the calling thread: the limiter and the back-off run here, each HTTP attempt on the
-        process's event loop. ``heartbeat`` is called every ``every`` seconds while waiting.
+        process's event loop. ``heartbeat`` is called every ``every`` seconds while waiting. The
+        last attempt's slot is not given back: the caller hands the returned ``Release`` to the
+        limiter (or folds it into its own Redis call). If this raises, every slot is given back.
         """
-        route = route_for(self.routes, path, model)
-        if route is None:
-            return Outcome(None, error_code="no_upstream", error_message=f"No upstream serves {path} for {model!r}.")
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            outcome, retry_after = self._limited_attempt(route, path, payload, heartbeat, every)
+            token = held if attempt == 1 and held is not None else self.limiter.acquire(route)
+            outcome, done = self._attempt_holding(route, token, path, payload, heartbeat, every)
+            outcome = dataclasses.replace(outcome, attempts=attempt)
             if not _retryable(outcome):
-                return dataclasses.replace(outcome, attempts=attempt)
-            wait = backoff_s(self.policy, attempt, retry_after, self.rng)
+                return outcome, done
+            wait = backoff_s(self.policy, attempt, done.retry_after, self.rng)
             if not should_retry(self.policy, attempt, time.monotonic() - started, wait):
-                return dataclasses.replace(outcome, attempts=attempt)
+                return outcome, done
+            self.limiter.release(done)
             self.metrics.retried(route.name)
             _sleep(wait, heartbeat, every)
 
-    def _limited_attempt(
-        self, route: Route, path: str, payload: bytes, heartbeat: Heartbeat, every: float
-    ) -> tuple[Outcome, float | None]:
-        token = self.limiter.acquire(route)
-        outcome, retry_after = Outcome(None, error_code="cancelled"), None
+    def _attempt_holding(
+        self, route: Route, token: str | None, path: str, payload: bytes, heartbeat: Heartbeat, every: float
+    ) -> tuple[Outcome, Release]:
         self.metrics.in_flight(route.name, 1)
         started = time.perf_counter()
         try:
             attempt = self._attempt(route, join_url(route.url, path), payload)
             outcome, retry_after = self._ensure_loop().run(attempt, heartbeat, every)
+        except BaseException:
+            self.limiter.release(Release(route, token, "error"))
+            raise
         finally:
             self.metrics.in_flight(route.name, -1)
-            self.limiter.release(route, token, _kind(outcome), retry_after)
         seconds = time.perf_counter() - started
         self.metrics.observe_attempt(route.name, attempt_outcome(outcome.status, outcome.error_code), seconds)
-        return outcome, retry_after
+        return outcome, Release(route, token, _kind(outcome), retry_after)
 
     async def _attempt(self, route: Route, url: str, payload: bytes) -> tuple[Outcome, float | None]:
         try:
@@ -213,6 +248,10 @@ def _aiohttp_transport(size: int) -> AiohttpTransport:
     """aiohttp drives the sockets (measured several times cheaper per request than httpcore2)."""
     connector = aiohttp.TCPConnector(limit=size, keepalive_timeout=4.0, enable_cleanup_closed=True)
     return AiohttpTransport(aiohttp.ClientSession(connector=connector, auto_decompress=False))
+
+
+def no_upstream(path: str, model: object) -> Outcome:
+    return Outcome(None, error_code="no_upstream", error_message=f"No upstream serves {path} for {model!r}.")
 
 
 def _sleep(seconds: float, heartbeat: Heartbeat, every: float) -> None:

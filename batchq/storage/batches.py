@@ -16,6 +16,7 @@ from batchq.domain.results import ResultLine
 from batchq.domain.status import STAMP, Status, is_terminal, sources_of
 from batchq.errors import NotFound
 from batchq.storage import keys, scripts
+from batchq.storage.scripts import Call
 
 _OFFSET = struct.Struct("<QI")  # byte offset and length of one request line
 _INT_FIELDS = (
@@ -28,6 +29,13 @@ _STR_FIELDS = ("endpoint", "input_file_id", "completion_window", "output_file_id
 @dataclass(frozen=True)
 class LineStart:
     verdict: str  # go | done | leased | stop | expired
+    slot: bool = False  # the limiter slot asked for with the line was granted
+
+
+@dataclass(frozen=True)
+class LineSource:
+    """Where a batch's lines come from and go to: fixed when the batch is created."""
+
     input_file_id: str
     endpoint: str
 
@@ -48,7 +56,10 @@ class BatchStore:
         self.r = client
         self._transition = client.register_script(scripts.TRANSITION)
         self._begin = client.register_script(scripts.BEGIN_LINE)
+        self._begin_acquire = client.register_script(scripts.BEGIN_LINE_ACQUIRE)
         self._complete = client.register_script(scripts.COMPLETE_LINE)
+        self._complete_release = client.register_script(scripts.COMPLETE_LINE_RELEASE)
+        self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
 
@@ -118,37 +129,46 @@ class BatchStore:
         packed = self.r.get(keys.batch_offsets(batch_id)) or b""
         return [_OFFSET.unpack_from(packed, i) for i in range(0, len(packed), _OFFSET.size)]
 
-    def begin_line(self, batch_id: str, index: int, lease_s: float) -> LineStart:
+    def line_source(self, batch_id: str) -> LineSource | None:
+        source = self._sources.get(batch_id)
+        if source is None:
+            file_id, endpoint = self.r.hmget(keys.batch(batch_id), ["input_file_id", "endpoint"])
+            if file_id is None or endpoint is None:
+                return None
+            if len(self._sources) >= 4096:
+                self._sources.clear()
+            source = self._sources[batch_id] = LineSource(file_id.decode(), endpoint.decode())
+        return source
+
+    def begin_line(self, batch_id: str, index: int, lease_s: float, slot: Call | None = None) -> LineStart:
+        """Lease line ``index`` if it may run; with ``slot``, also take that limiter slot if it does."""
         now = time.time()
         keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_leases(batch_id)]
-        verdict, file_id, endpoint = self._begin(keys=keys_, args=[index, now + lease_s, now])
-        return LineStart(verdict.decode(), file_id.decode(), endpoint.decode())
+        args: list[Any] = [index, now + lease_s, now]
+        if slot is None:
+            return LineStart(self._begin(keys=keys_, args=args).decode())
+        verdict, granted = self._begin_acquire(keys=keys_ + slot.keys, args=args + slot.args)
+        return LineStart(verdict.decode(), granted == b"0")
 
     def renew_lease(self, batch_id: str, index: int, lease_s: float) -> None:
         self.r.hset(keys.batch_leases(batch_id), str(index), time.time() + lease_s)
 
-    def complete_line(self, batch_id: str, index: int, result: ResultLine) -> Progress:
-        return self._complete_args(None, batch_id, index, result)
+    def complete_line(self, batch_id: str, index: int, result: ResultLine, release: Call | None = None) -> Progress:
+        """Store the line's result once; with ``release``, also give back that limiter slot."""
+        keys_, args = _complete_call(batch_id, index, result)
+        if release is None:
+            reply = self._complete(keys=keys_, args=args)
+        else:
+            reply = self._complete_release(keys=keys_ + release.keys, args=args + release.args)
+        return Progress(bool(reply[0]), int(reply[1]), int(reply[2]))
 
     def complete_lines(self, batch_id: str, results: list[tuple[int, ResultLine]]) -> None:
         """Store many results at once (lines claimed by cancel, expiry or the watchdog)."""
         pipe = self.r.pipeline(transaction=False)
         for index, result in results:
-            self._complete_args(pipe, batch_id, index, result)
+            keys_, args = _complete_call(batch_id, index, result)
+            self._complete(keys=keys_, args=args, client=pipe)
         pipe.execute()
-
-    def _complete_args(
-        self, target: redis.client.Pipeline | None, batch_id: str, index: int, result: ResultLine
-    ) -> Progress:
-        u = result.usage
-        keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_results(batch_id)]
-        keys_ += [keys.batch_leases(batch_id), keys.STATS]
-        args: list[bytes | int] = [index, int(result.ok), result.data, u.input_tokens, u.output_tokens]
-        args += [u.total_tokens, int(time.time()), keys.RESULT_TTL_S]
-        reply = self._complete(keys=keys_, args=args, client=target)
-        if isinstance(reply, list):
-            return Progress(bool(reply[0]), int(reply[1]), int(reply[2]))
-        return Progress(False, 0, 0)
 
     def done_bitmap(self, batch_id: str) -> bytes:
         return self.r.get(keys.batch_done(batch_id)) or b""
@@ -170,6 +190,15 @@ class BatchStore:
     def drop_working_keys(self, batch_id: str) -> None:
         working = (keys.batch_results, keys.batch_leases, keys.batch_attempts, keys.batch_offsets, keys.batch_done)
         self.r.delete(*(k(batch_id) for k in working))
+
+
+def _complete_call(batch_id: str, index: int, result: ResultLine) -> tuple[list[str], list[Any]]:
+    u = result.usage
+    keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_results(batch_id)]
+    keys_ += [keys.batch_leases(batch_id), keys.STATS]
+    args: list[Any] = [index, int(result.ok), result.data, u.input_tokens, u.output_tokens]
+    args += [u.total_tokens, int(time.time()), keys.RESULT_TTL_S]
+    return keys_, args
 
 
 def pack_offsets(pairs: list[tuple[int, int]]) -> bytes:
