@@ -1,0 +1,92 @@
+"""The combined line scripts on a real Redis: a line and its limiter slot move together."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from batchq.domain.results import response_line
+from batchq.domain.routing import Release, Route
+from batchq.embedded import free_port, start_redis
+from batchq.storage import keys
+from batchq.storage.batches import BatchStore
+from batchq.storage.limits import RedisLimiter
+
+pytestmark = pytest.mark.integration
+ROUTE = Route(name="solo", url="http://upstream.test", max_in_flight=1)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    port = free_port()
+    server = start_redis(port, Path(tmp_path_factory.mktemp("redis")))
+    try:
+        yield redis.Redis(port=port)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> BatchStore:
+    client.flushdb()  # a private server: this module's own
+    client.hset(keys.batch("b1"), mapping={"status": "in_progress", "total": 3, "expires_at": int(time.time()) + 60})
+    return BatchStore(client)
+
+
+def in_flight(client: redis.Redis) -> int:
+    return int(client.zcard(keys.limit_inflight(ROUTE.name)))
+
+
+def test_a_line_that_may_run_takes_its_slot_in_the_same_call(client: redis.Redis, store: BatchStore) -> None:
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10)
+    first = limiter.acquire_call(ROUTE)
+    second = limiter.acquire_call(ROUTE)
+    assert first is not None and second is not None
+    assert store.begin_line("b1", 0, 30, first[1]).slot is True
+    start = store.begin_line("b1", 1, 30, second[1])
+    assert (start.verdict, start.slot) == ("go", False)  # leased, but the cap of 1 is taken
+    assert in_flight(client) == 1
+
+
+def test_a_line_that_may_not_run_takes_no_slot(client: redis.Redis, store: BatchStore) -> None:
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10)
+    ask = limiter.acquire_call(ROUTE)
+    assert ask is not None
+    client.setbit(keys.batch_done("b1"), 2, 1)
+    assert store.begin_line("b1", 2, 30, ask[1]).verdict == "done"
+    client.hset(keys.batch("b1"), "status", "cancelling")
+    assert store.begin_line("b1", 0, 30, ask[1]).verdict == "stop"
+    assert in_flight(client) == 0
+
+
+def test_completing_gives_the_slot_back_once_and_stores_the_result_once(client: redis.Redis, store: BatchStore) -> None:
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10)
+    ask = limiter.acquire_call(ROUTE)
+    assert ask is not None and store.begin_line("b1", 0, 30, ask[1]).slot
+    result = response_line("c0", 200, "req", {"usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+    release = limiter.release_call(Release(ROUTE, ask[0], "ok"))
+    progress = store.complete_line("b1", 0, result, release)
+    assert (progress.accepted, progress.done, progress.total) == (True, 1, 3)
+    assert in_flight(client) == 0
+    assert client.llen(keys.limit_freed(ROUTE.name)) == 1  # a waiting worker is woken
+    again = store.complete_line("b1", 0, result, release)
+    assert again.accepted is False
+    assert client.llen(keys.limit_freed(ROUTE.name)) == 1  # a slot is given back once
+    assert int(client.hget(keys.batch("b1"), "completed") or 0) == 1
+
+
+def test_a_throttled_last_attempt_pushes_the_shared_not_before_time(client: redis.Redis, store: BatchStore) -> None:
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10)
+    ask = limiter.acquire_call(ROUTE)
+    assert ask is not None and store.begin_line("b1", 0, 30, ask[1]).slot
+    result = response_line("c0", 429, "req", {"error": {"message": "slow down"}})
+    store.complete_line("b1", 0, result, limiter.release_call(Release(ROUTE, ask[0], "throttled", 5.0)))
+    not_before = float(client.get(keys.limit_notbefore(ROUTE.name)) or 0)
+    assert not_before > time.time() + 4
+    later = limiter.acquire_call(ROUTE)
+    assert later is not None and store.begin_line("b1", 1, 30, later[1]).slot is False
