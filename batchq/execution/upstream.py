@@ -1,10 +1,11 @@
 """The HTTP client for the OpenAI-compatible upstreams, and the one place their errors are translated.
 
-Each worker process owns one asyncio event loop, in a daemon thread, with one pooled
-``httpx2.AsyncClient`` per route. Celery's task threads hand their requests to that loop and
+Each worker process owns one asyncio event loop, in a daemon thread, with one pooled httpx2
+transport (driven by aiohttp) per route. Celery's task threads hand their requests to that loop and
 wait: the threads only block, and all sockets are driven by one loop (docs/performance.md has
 the measurements behind this choice). Before each attempt a request takes a slot from the
-route's distributed limiter (``batchq.storage.limits``) and gives it back after.
+route's distributed limiter (``batchq.storage.limits``) and gives it back after; ``send_on``
+lets the line runner fold the first take and the last give-back into its own Redis calls.
 """
 
 from __future__ import annotations
