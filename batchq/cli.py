@@ -207,6 +207,44 @@ def batches_cancel(
         _show(client.cancel(batch_id), as_json, _batch_summary)
 
 
+@batches_app.command("retry", cls=_UsageErrorExitsOne)
+def batches_retry(
+    batch_id: str,
+    window: Annotated[
+        str | None, typer.Option(help="Completion window (default: the original's).", show_default=False)
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends, then download.")] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="Output file (default: <batch>_output.jsonl).", show_default=False)
+    ] = None,
+    errors: Annotated[
+        Path | None, typer.Option(help="Error file (default: <batch>_errors.jsonl).", show_default=False)
+    ] = None,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between status polls.")] = 1.0,
+    as_json: AsJson = False,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Run again only the lines of an ended batch that did not succeed, as a new batch.
+
+    Those are the lines in its error file (upstream errors; cancelled, expired or lost lines),
+    taken from the original input. The new batch's metadata names the old one (retry_of).
+    Exit codes as for submit; 0 with nothing created when every line succeeded.
+    """
+    with _client(api_url, api_key, on_behalf_of) as client:
+        batch = client.retry(batch_id, completion_window=window)
+        if batch is None:
+            ERR.print(f"Every line of {batch_id} succeeded: nothing to retry.")
+            raise typer.Exit(0)
+        ERR.print(f"Created {batch.id} from the lines of {batch_id} that did not succeed.")
+        if wait or output or errors:
+            batch = _follow(client, batch.id, poll_interval)
+            _save_results(client, batch, output, errors)
+        _show(batch, as_json, _batch_summary)
+    raise typer.Exit(outcome_code(batch) if is_terminal(batch.status) else 0)
+
+
 @files_app.command("list")
 def files_list(
     purpose: Annotated[str | None, typer.Option(help="Only files of this purpose.", show_default=False)] = None,

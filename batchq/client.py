@@ -31,12 +31,13 @@ import orjson
 from pydantic import BaseModel
 
 from batchq.domain.models import Batch, DeletedFile, FileObject, Page
-from batchq.domain.status import is_terminal
+from batchq.domain.status import Status, is_terminal
 
 __all__ = ["DEFAULT_API_URL", "APIError", "AsyncClient", "Batch", "Client", "ClientError", "FileObject", "Page"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 60.0
+MAX_METADATA_PAIRS = 16  # the OpenAI Batch API's limit
 MAX_POLL_FAILURES = 5  # consecutive transient failures ``wait`` rides out before giving up
 Row: TypeAlias = Mapping[str, Any]
 Rows: TypeAlias = Iterable[Row] | str | os.PathLike[str]
@@ -169,6 +170,26 @@ def _result_files(batch: Batch) -> list[str]:
     return [file_id for file_id in (batch.output_file_id, batch.error_file_id) if file_id]
 
 
+def _retry_metadata(batch: Batch) -> dict[str, str] | None:
+    """The batch's metadata plus ``retry_of``, when the 16 pairs allowed leave room for it."""
+    metadata = dict(batch.metadata or {})
+    if "retry_of" in metadata or len(metadata) < MAX_METADATA_PAIRS:
+        metadata["retry_of"] = batch.id
+    return metadata or None
+
+
+def _retryable(batch: Batch) -> Batch:
+    if not is_terminal(batch.status):
+        raise ClientError(f"{batch.id} is {batch.status.value}: retry it once it has ended")
+    if batch.status == Status.FAILED:
+        raise ClientError(f"{batch.id} failed validation: no line ran; fix the input and submit it again")
+    return batch
+
+
+def _unsucceeded(error_lines: Iterable[dict[str, Any]]) -> set[str]:
+    return {str(line["custom_id"]) for line in error_lines}
+
+
 class _Deadline:
     def __init__(self, timeout: float | None) -> None:
         self.at = None if timeout is None else time.monotonic() + timeout
@@ -296,6 +317,21 @@ class Client:
         found = self.get(batch) if isinstance(batch, str) else batch
         for file_id in _result_files(found):
             yield from _jsonl(self.iter_content(file_id))
+
+    def retry(self, batch: str | Batch, completion_window: str | None = None) -> Batch | None:
+        """A new batch of the lines of ``batch`` that did not succeed; None when every line did.
+
+        Those are the lines of its error file: upstream errors, and lines cancelled, expired or
+        lost. Their requests are taken from the original input file, the endpoint and metadata
+        are kept (plus ``retry_of``), and the window is the original's unless given.
+        """
+        found = _retryable(self.get(batch) if isinstance(batch, str) else batch)
+        if found.error_file_id is None:
+            return None
+        wanted = _unsucceeded(_jsonl(self.iter_content(found.error_file_id)))
+        rows = (row for row in _jsonl(self.iter_content(found.input_file_id)) if row.get("custom_id") in wanted)
+        window = completion_window or found.completion_window
+        return self.submit(rows, found.endpoint, window, _retry_metadata(found))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -434,13 +470,33 @@ class AsyncClient:
     async def results(self, batch: str | Batch) -> AsyncIterator[dict[str, Any]]:
         found = await self.get(batch) if isinstance(batch, str) else batch
         for file_id in _result_files(found):
-            async with self._content(file_id) as response:
-                lines = _Lines()
-                async for chunk in response.aiter_bytes():
-                    for line in lines.feed(chunk):
-                        yield line
-                for line in lines.finish():
+            async for line in self._lines(file_id):
+                yield line
+
+    async def retry(self, batch: str | Batch, completion_window: str | None = None) -> Batch | None:
+        """``Client.retry``: a new batch of the lines that did not succeed; None when all did."""
+        found = _retryable(await self.get(batch) if isinstance(batch, str) else batch)
+        if found.error_file_id is None:
+            return None
+        wanted = _unsucceeded([line async for line in self._lines(found.error_file_id)])
+        with tempfile.TemporaryDirectory(prefix="batchq-retry-") as workdir:
+            path = Path(workdir) / f"{found.id}_retry.jsonl"
+            with open(path, "wb") as sink:
+                async for row in self._lines(found.input_file_id):
+                    if row.get("custom_id") in wanted:
+                        sink.write(orjson.dumps(row) + b"\n")
+            uploaded = await self.upload(path)
+        window = completion_window or found.completion_window
+        return await self.create(uploaded.id, found.endpoint, window, _retry_metadata(found))
+
+    async def _lines(self, file_id: str) -> AsyncIterator[dict[str, Any]]:
+        async with self._content(file_id) as response:
+            lines = _Lines()
+            async for chunk in response.aiter_bytes():
+                for line in lines.feed(chunk):
                     yield line
+            for line in lines.finish():
+                yield line
 
     async def upload(self, rows_or_path: Rows, purpose: str = "batch") -> FileObject:
         with _opened(rows_or_path) as source:

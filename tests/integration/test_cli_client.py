@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchq.client import APIError, Client
+from batchq.client import APIError, AsyncClient, Client, ClientError
 from batchq.stack import Stack
 from tests.integration.helpers import CHAT, chat_row, jsonl
 
@@ -143,3 +144,57 @@ def test_cli_readable_views(stack: Stack, user: str, api: Client) -> None:
     assert cancelled.returncode == 1 and "409" in cancelled.stderr
     deleted = cli(stack, user, "files", "delete", batch.input_file_id, "--json")
     assert orjson.loads(deleted.stdout) == {"id": batch.input_file_id, "object": "file", "deleted": True}
+
+
+def flaky_rows(tag: str) -> list[dict[str, Any]]:
+    """Two lines that succeed, and two that fail once with a 400 and succeed when sent again."""
+    ok = [chat_row(f"{tag}-ok{i}", f"{tag} ok {i}") for i in range(2)]
+    return ok + [chat_row(f"{tag}-flaky{i}", f"{tag} flaky {i}", status=400, fail_times=1) for i in range(2)]
+
+
+def test_client_retries_only_the_lines_that_did_not_succeed(api: Client) -> None:
+    first = api.wait(api.submit(flaky_rows("sync"), endpoint=CHAT, metadata={"team": "a"}).id, 0.1, 60)
+    assert (first.request_counts.completed, first.request_counts.failed) == (2, 2)
+    retried = api.retry(first)
+    assert retried is not None and retried.metadata == {"team": "a", "retry_of": first.id}
+    second = api.wait(retried.id, poll_interval=0.1, timeout=60)
+    assert second.status == "completed" and second.completion_window == first.completion_window
+    assert (second.request_counts.total, second.request_counts.failed) == (2, 0)
+    assert sorted(line["custom_id"] for line in api.results(second)) == ["sync-flaky0", "sync-flaky1"]
+    assert api.retry(second) is None  # every line succeeded: nothing to retry
+
+
+def test_async_client_retries_only_the_lines_that_did_not_succeed(stack: Stack, user: str) -> None:
+    async def scenario() -> list[str]:
+        async with AsyncClient(stack.api_url, stack.api_key, on_behalf_of=user) as client:
+            first = await client.wait((await client.submit(flaky_rows("async"), CHAT)).id, poll_interval=0.1)
+            retried = await client.retry(first.id, completion_window="1h")
+            assert retried is not None and retried.completion_window == "1h"
+            second = await client.wait(retried.id, poll_interval=0.1)
+            assert second.request_counts.failed == 0
+            return sorted([line["custom_id"] async for line in client.results(second)])
+
+    assert asyncio.run(scenario()) == ["async-flaky0", "async-flaky1"]
+
+
+def test_client_refuses_to_retry_a_running_or_invalid_batch(api: Client, tmp_path: Path) -> None:
+    running = api.submit([chat_row("slow", latency_ms=3000)], endpoint=CHAT)
+    with pytest.raises(ClientError, match="retry it once it has ended"):
+        api.retry(running.id)
+    source = tmp_path / "invalid.jsonl"
+    source.write_bytes(jsonl([chat_row("i0")]) + b"{oops\n")
+    invalid = api.wait(api.submit(source).id, poll_interval=0.1, timeout=60)
+    assert invalid.status == "failed"
+    with pytest.raises(ClientError, match="failed validation"):
+        api.retry(invalid)
+
+
+def test_cli_batches_retry_waits_and_writes_the_files(stack: Stack, user: str, api: Client, tmp_path: Path) -> None:
+    first = api.wait(api.submit(flaky_rows("cli"), endpoint=CHAT).id, poll_interval=0.1, timeout=60)
+    output = tmp_path / "out.jsonl"
+    done = cli(stack, user, "batches", "retry", first.id, "--output", str(output), "--poll-interval", "0.2", "--json")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["metadata"] == {"retry_of": first.id}
+    assert sorted(line["custom_id"] for line in read_jsonl(output)) == ["cli-flaky0", "cli-flaky1"]
+    again = cli(stack, user, "batches", "retry", orjson.loads(done.stdout)["id"])
+    assert again.returncode == 0 and "nothing to retry" in " ".join(again.stderr.split())
