@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx2
 import orjson
@@ -54,6 +55,14 @@ OnBehalfOf = Annotated[
     typer.Option(envvar="BATCHQ_ON_BEHALF_OF", show_default=False, help="Act for this end user (X-On-Behalf-Of)."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print plain JSON on stdout (for scripts).")]
+Wait = Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends, then download.")]
+OutputPath = Annotated[
+    Path | None, typer.Option("--output", help="Output file (default: <batch>_output.jsonl).", show_default=False)
+]
+ErrorsPath = Annotated[
+    Path | None, typer.Option("--errors", help="Error file (default: <batch>_errors.jsonl).", show_default=False)
+]
+PollInterval = Annotated[float, typer.Option(help="Seconds between status polls.")]
 
 
 @app.command()
@@ -132,14 +141,10 @@ def submit(
     endpoint: Annotated[str, typer.Option(help="Endpoint every line targets.")] = "/v1/chat/completions",
     window: Annotated[str, typer.Option(help="Completion window (<n>s|m|h|d).")] = "24h",
     metadata: Annotated[list[str] | None, typer.Option(help="k=v; repeatable.", show_default=False)] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends, then download.")] = False,
-    output: Annotated[
-        Path | None, typer.Option(help="Output file (default: <batch>_output.jsonl).", show_default=False)
-    ] = None,
-    errors: Annotated[
-        Path | None, typer.Option(help="Error file (default: <batch>_errors.jsonl).", show_default=False)
-    ] = None,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between status polls.")] = 1.0,
+    wait: Wait = False,
+    output: OutputPath = None,
+    errors: ErrorsPath = None,
+    poll_interval: PollInterval = 1.0,
     as_json: AsJson = False,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
@@ -160,11 +165,7 @@ def submit(
     with _client(api_url, api_key, on_behalf_of) as client:
         batch = client.submit(source, endpoint=endpoint, completion_window=window, metadata=pairs)
         ERR.print(f"Created {batch.id} from {source}.")
-        if wait or output or errors:
-            batch = _follow(client, batch.id, poll_interval)
-            _save_results(client, batch, output, errors)
-        _show(batch, as_json, _batch_summary)
-    raise typer.Exit(outcome_code(batch) if is_terminal(batch.status) else 0)
+        _finish(client, batch, _Follow(wait, output, errors, poll_interval), as_json)
 
 
 @batches_app.command("list")
@@ -213,14 +214,10 @@ def batches_retry(
     window: Annotated[
         str | None, typer.Option(help="Completion window (default: the original's).", show_default=False)
     ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the batch ends, then download.")] = False,
-    output: Annotated[
-        Path | None, typer.Option(help="Output file (default: <batch>_output.jsonl).", show_default=False)
-    ] = None,
-    errors: Annotated[
-        Path | None, typer.Option(help="Error file (default: <batch>_errors.jsonl).", show_default=False)
-    ] = None,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between status polls.")] = 1.0,
+    wait: Wait = False,
+    output: OutputPath = None,
+    errors: ErrorsPath = None,
+    poll_interval: PollInterval = 1.0,
     as_json: AsJson = False,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
@@ -238,11 +235,7 @@ def batches_retry(
             ERR.print(f"Every line of {batch_id} succeeded: nothing to retry.")
             raise typer.Exit(0)
         ERR.print(f"Created {batch.id} from the lines of {batch_id} that did not succeed.")
-        if wait or output or errors:
-            batch = _follow(client, batch.id, poll_interval)
-            _save_results(client, batch, output, errors)
-        _show(batch, as_json, _batch_summary)
-    raise typer.Exit(outcome_code(batch) if is_terminal(batch.status) else 0)
+        _finish(client, batch, _Follow(wait, output, errors, poll_interval), as_json)
 
 
 @files_app.command("list")
@@ -411,6 +404,25 @@ def _progress_bar() -> Iterator[Callable[[Batch], None]]:
             bar.update(task, description=batch.status.value, completed=done, total=total, failed=counts.failed)
 
         yield update
+
+
+@dataclass(frozen=True)
+class _Follow:
+    """What ``submit`` and ``batches retry`` do after creating: follow and download, or not."""
+
+    wait: bool
+    output: Path | None
+    errors: Path | None
+    poll_interval: float
+
+
+def _finish(client: Client, batch: Batch, follow: _Follow, as_json: bool) -> NoReturn:
+    """Follow a new batch if asked, save its files, show it and exit with its outcome code."""
+    if follow.wait or follow.output or follow.errors:
+        batch = _follow(client, batch.id, follow.poll_interval)
+        _save_results(client, batch, follow.output, follow.errors)
+    _show(batch, as_json, _batch_summary)
+    raise typer.Exit(outcome_code(batch) if is_terminal(batch.status) else 0)
 
 
 def _follow(client: Client, batch_id: str, poll_interval: float) -> Batch:
