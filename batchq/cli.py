@@ -71,15 +71,17 @@ def api(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
 ) -> None:
-    """Serve the HTTP API (uvicorn)."""
+    """Serve the HTTP API (uvicorn), logging at BATCHQ_LOG_LEVEL."""
     import uvicorn
+
+    from batchq.config import get_settings
 
     uvicorn.run(
         "batchq.api.main:app",
         host=host,
         port=port,
         workers=workers,
-        log_level="warning",
+        log_level=get_settings().log_level.lower(),
         access_log=False,
         log_config=None,  # uvicorn's loggers propagate to the root logger: JSON like the rest
     )

@@ -43,7 +43,13 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
+        """Ready to serve: answers 200 only while Redis does (a readiness check)."""
         await run_in_threadpool(ping, runtime.redis)
+        return {"status": "ok"}
+
+    @app.get("/livez", tags=["operations"])
+    async def livez() -> dict[str, str]:
+        """The process is serving requests; touches nothing else (a liveness check)."""
         return {"status": "ok"}
 
     registry = api_registry(runtime.redis, [route.name for route in runtime.settings.routes()])

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import httpx2
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 
+from batchq.api.app import create_app
+from batchq.config import Settings
+from batchq.embedded import free_port
+from batchq.runtime import TaskQueue, build_runtime
 from batchq.stack import Stack
 from tests.integration.helpers import chat_row, client, submit, wait
 
@@ -57,3 +63,13 @@ def test_worker_logs_are_json_lines_with_ids_and_no_content(stack: Stack) -> Non
     assert failed and failed[0]["custom_id"] == "logged-failure" and failed[0]["status_code"] == 400
     assert {"ts", "level", "logger"} <= set(failed[0])
     assert secret not in log
+
+
+def test_health_checks_redis_and_livez_checks_only_the_process(stack: Stack) -> None:
+    assert httpx2.get(stack.api_url + "/health").json() == {"status": "ok"}
+    assert httpx2.get(stack.api_url + "/livez").json() == {"status": "ok"}
+    cut_off = Settings(_env_file=None, redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=["k"])  # type: ignore[call-arg]
+    with TestClient(create_app(build_runtime(cut_off, pool_size=2), cast(TaskQueue, None))) as api:
+        unready = api.get("/health")
+        assert unready.status_code == 503 and unready.json()["error"]["message"].startswith("Redis is unreachable")
+        assert api.get("/livez").status_code == 200  # a Redis outage must not restart the API
