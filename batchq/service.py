@@ -9,9 +9,11 @@ from pathlib import Path
 from batchq.domain.ids import new_batch_id, new_file_id
 from batchq.domain.models import Batch, DeletedFile, FileObject, Owner
 from batchq.domain.status import Status, is_cancellable, is_terminal
+from batchq.domain.validation import upload_problem
 from batchq.domain.windows import check_metadata, checked_window
 from batchq.errors import Conflict, InvalidRequest
 from batchq.runtime import Runtime, TaskQueue
+from batchq.storage.files import input_shape
 
 UPLOAD_PURPOSES = ("batch",)
 log = logging.getLogger("batchq.service")
@@ -21,9 +23,22 @@ def accept_upload(rt: Runtime, owner: Owner, purpose: str | None, filename: str,
     if purpose not in UPLOAD_PURPOSES:
         temp.unlink(missing_ok=True)
         raise InvalidRequest(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}; got {purpose!r}.", param="purpose")
-    stored = rt.files.register(new_file_id(), owner, filename, purpose, temp)
+    lines = _checked_input(rt, temp) if purpose == "batch" else 0
+    stored = rt.files.register(new_file_id(), owner, filename, purpose, temp, lines)
     log.info("file uploaded", extra={"file_id": stored.id, "owner": owner.key, "bytes": stored.bytes})
     return stored
+
+
+def _checked_input(rt: Runtime, temp: Path) -> int:
+    """The line count of a batch input file, or 400 (and the upload dropped) if it can never run."""
+    s = rt.settings
+    shape = input_shape(temp, s.max_line_bytes)
+    problem = upload_problem(shape.head, shape.lines, s.max_lines, s.max_line_bytes)
+    if problem is not None:
+        temp.unlink(missing_ok=True)
+        code, message = problem
+        raise InvalidRequest(message, param="file", code=code)
+    return shape.lines
 
 
 def delete_file(rt: Runtime, owner: Owner, file_id: str) -> DeletedFile:

@@ -16,6 +16,7 @@ import orjson
 from batchq.domain.models import BatchErrorItem
 
 REQUIRED = ("custom_id", "method", "url", "body")
+NOT_JSONL = "A batch input file is JSONL: one JSON object (a request) per line."
 MAX_CUSTOM_ID = 512
 
 
@@ -135,4 +136,26 @@ def _body_problem(body: object) -> tuple[str, str, str] | None:
         return "invalid_request", "body must be a JSON object.", "body"
     if body.get("stream") is True:
         return "streaming_unsupported", "Batch requests cannot stream; remove 'stream'.", "body.stream"
+    return None
+
+
+def upload_problem(head: bytes, lines: int, max_lines: int, max_line_bytes: int) -> tuple[str, str] | None:
+    """Why an uploaded batch input can never run, as (code, message); None when it may.
+
+    Decided from the first line and the line count only, so a wrong file (a CSV, an archive, one
+    JSON document, too many lines) is refused at upload. Every line is checked when a batch is
+    created from the file, with line numbers.
+    """
+    if lines == 0:
+        return "empty_file", "The file holds no requests."
+    if lines > max_lines:
+        return "too_many_requests", f"The file has {lines} lines; a batch holds at most {max_lines} requests."
+    if len(head) > max_line_bytes:
+        return "invalid_file_format", f"Line 1 is larger than {max_line_bytes} bytes. {NOT_JSONL}"
+    try:
+        first = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return "invalid_file_format", f"Line 1 is not valid JSON. {NOT_JSONL}"
+    if not isinstance(first, dict):
+        return "invalid_file_format", f"Line 1 is not a JSON object. {NOT_JSONL}"
     return None

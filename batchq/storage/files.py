@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,8 +41,10 @@ class FileStore:
     def temp_path(self) -> Path:
         return self.root / "tmp" / f"upload-{secrets.token_hex(16)}"
 
-    def register(self, file_id: str, owner: Owner, filename: str, purpose: str, source: Path) -> FileObject:
-        """Move a finished temp file into place and record it (atomic rename)."""
+    def register(
+        self, file_id: str, owner: Owner, filename: str, purpose: str, source: Path, lines: int = 0
+    ) -> FileObject:
+        """Move a finished temp file into place and record it (atomic rename); ``lines`` of requests at most."""
         target = self.path(file_id)
         os.replace(source, target)
         now = int(time.time())
@@ -49,7 +52,7 @@ class FileStore:
             id=file_id, bytes=target.stat().st_size, created_at=now, filename=filename,
             purpose=purpose, expires_at=now + self.ttl_s,
         )  # fmt: skip
-        self._record(obj, owner, count_lines(target) if purpose == "batch" else 0)
+        self._record(obj, owner, lines)
         return obj
 
     def line_count(self, file_id: str) -> int:
@@ -121,14 +124,40 @@ class FileStore:
         return _from_hash(raw) if raw else None
 
 
-def count_lines(path: Path) -> int:
-    """Non-empty lines, read in 1 MiB chunks (an upper bound on the file's requests)."""
-    count, last = 0, b"\n"
+@dataclass(frozen=True)
+class InputShape:
+    """What an upload-time check needs of a batch input file, read without parsing it all."""
+
+    lines: int  # lines up to the last non-blank one (an upper bound on the file's requests)
+    head: bytes  # the first line, without its newline, cut at ``head_limit`` + 1 bytes
+
+
+def input_shape(path: Path, head_limit: int) -> InputShape:
+    """Counts newlines in 1 MiB chunks and reads the first line and the blank tail."""
+    newlines, size = 0, path.stat().st_size
     with open(path, "rb") as handle:
+        head = handle.readline(head_limit + 1).rstrip(b"\r\n")
+        handle.seek(0)
         while chunk := handle.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
+            newlines += chunk.count(b"\n")
+        end, blank_newlines = _content_end(handle, size)
+    lines = 0 if end == 0 else newlines - blank_newlines + 1
+    return InputShape(lines, head)
+
+
+def _content_end(handle: BinaryIO, size: int) -> tuple[int, int]:
+    """Where the content before trailing whitespace ends, and how many newlines that whitespace holds."""
+    end, newlines = size, 0
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        handle.seek(start)
+        block = handle.read(end - start)
+        kept = block.rstrip()
+        newlines += block.count(b"\n", len(kept))
+        if kept:
+            return start + len(kept), newlines
+        end = start
+    return 0, newlines
 
 
 def _from_hash(raw: dict[bytes, bytes]) -> FileObject:

@@ -97,11 +97,31 @@ def test_validation_failure_reports_codes_and_line_numbers(stack: Stack) -> None
     assert batch.output_file_id is None
 
 
-def test_empty_file_fails_validation(stack: Stack) -> None:
-    sdk = client(stack, user="empty")
-    batch = wait(sdk, submit(sdk, b"\n\n").id)
-    assert batch.status == "failed"
-    assert batch.errors and batch.errors.data and batch.errors.data[0].code == "empty_file"
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\n\n", "empty_file"),
+        (b"custom_id,method,url\nr1,POST,/v1/chat/completions\n", "invalid_file_format"),
+        (b'[{"custom_id": "r1"}]\n', "invalid_file_format"),
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00", "invalid_file_format"),
+        (b"{}\n" * 50_001 + b"\n\n", "too_many_requests"),
+    ],
+    ids=["empty", "csv", "json-array", "zip", "too-many-lines"],
+)
+def test_an_input_that_can_never_run_is_refused_at_upload(stack: Stack, data: bytes, code: str) -> None:
+    sdk = client(stack, user="refused-upload")
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.files.create(file=("input.jsonl", data), purpose="batch")
+    error = refused.value.body
+    assert isinstance(error, dict) and (error["code"], error["param"]) == (code, "file")
+    assert sdk.files.list().data == []  # nothing stored
+
+
+def test_trailing_blank_lines_do_not_count_against_the_line_limit(stack: Stack) -> None:
+    sdk = client(stack, user="blank-tail")
+    uploaded = sdk.files.create(file=("input.jsonl", jsonl([chat_row("t")] * 1) + b"\n \n\r\n" * 10), purpose="batch")
+    batch = wait(sdk, sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h").id)
+    assert batch.status == "completed" and batch.request_counts and batch.request_counts.total == 1
 
 
 def test_list_is_newest_first_with_cursor(stack: Stack) -> None:

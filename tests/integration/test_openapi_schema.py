@@ -4,8 +4,9 @@
 schemathesis' examples, coverage and fuzzing phases (at most 20 fuzzed examples per operation), as a
 tenant of its own (a valid key and a unique ``X-On-Behalf-Of``), and checks: no 5xx; status codes,
 content types, headers and bodies conform to the schema; every error carries OpenAI's envelope.
-Generated ids never exist, so positive cases of the id operations (and of ``POST /batches``) are
-replayed against real ids too, and their 200 bodies are validated as well.
+Generated ids never exist and generated files are not JSONL, so positive cases of the id operations,
+of ``POST /batches`` and of ``POST /files`` are replayed with real ids and a real input file too,
+and their 200 bodies are validated as well.
 ``test_fuzzing_reached_success`` makes sure the run was not vacuous (say, every call a 401).
 
 ``/metrics`` (Prometheus text) is not in the schema; it is excluded explicitly all the same.
@@ -170,7 +171,7 @@ CHECKS: list[Check] = [
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_api_honours_its_contract(case: schemathesis.Case[Any], stack: Stack, known_ids: dict[str, str]) -> None:
     case.call_and_validate(checks=CHECKS)
-    if is_plain_positive(case) and (case.path_parameters or case.operation.path.endswith("/batches")):
+    if is_plain_positive(case) and (case.path_parameters or case.operation.path.endswith(("/batches", "/files"))):
         replay_on_real_ids(case, stack, known_ids)
 
 
@@ -189,13 +190,15 @@ def replay_on_real_ids(case: schemathesis.Case[Any], stack: Stack, known_ids: di
         kwargs["path_parameters"] = {name: known_ids[name] for name in case.path_parameters}
         if method == "DELETE":
             kwargs["path_parameters"]["file_id"] = upload(stack, jsonl([chat_row("d")]))
+    elif method == "POST" and isinstance(case.body, dict) and case.operation.path.endswith("/files"):
+        kwargs["body"] = case.body | {"file": jsonl([chat_row("u")]), "purpose": "batch"}  # a real JSONL file
     elif method == "POST" and isinstance(case.body, dict):  # POST /batches: a real input file, a known endpoint
         kwargs["body"] = case.body | {"input_file_id": known_ids["input_file_id"], "endpoint": CHAT}
     else:
         return
     replay = case.operation.Case(**kwargs)
     response = replay.call_and_validate(checks=CHECKS)
-    if case.path_parameters:
+    if case.path_parameters or case.operation.path.endswith("/files"):
         expected = 409 if case.operation.path.endswith("/cancel") else 200  # the known batch has completed
         assert response.status_code == expected, f"{method} {replay.formatted_path}: {response.text}"
 

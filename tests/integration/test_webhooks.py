@@ -12,7 +12,7 @@ import pytest
 
 from batchq.stack import Stack
 from tests.integration.conftest import WEBHOOK_SECRET, Receiver
-from tests.integration.helpers import chat_row, client, submit, wait
+from tests.integration.helpers import chat_row, client, jsonl, submit, wait
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_completed_batch_sends_a_signed_event_and_retries_until_acknowledged(sta
 
 def test_failed_validation_sends_batch_failed(stack: Stack, receiver: Receiver) -> None:
     sdk = client(stack, user="hooked-failed")
-    batch = wait(sdk, submit(sdk, b"{oops\n").id)
+    batch = wait(sdk, submit(sdk, jsonl([chat_row("fine")]) + b"{oops\n").id)
     assert batch.status == "failed"
     headers, body, _ = deliveries_for(receiver, batch.id)[-1]
     assert orjson.loads(body)["type"] == "batch.failed" and verify(headers, body)
