@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -16,6 +17,7 @@ import typer
 import typer.core
 from pydantic import BaseModel
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,6 +34,7 @@ from rich.text import Text
 from batchq.client import Client, ClientError
 from batchq.domain.models import Batch, FileObject, Page
 from batchq.domain.status import Status, is_terminal
+from batchq.observability.overview import Overview, eta_s, rate
 from batchq.storage.apikeys import ApiKeyStore
 
 app = typer.Typer(help="batchq: an OpenAI-compatible Batch API on Celery workers over Redis.", no_args_is_help=True)
@@ -334,6 +337,69 @@ def keys_revoke(key_id: str) -> None:
         ERR.print(f"error: no key with id {key_id}")
         raise typer.Exit(1)
     ERR.print(f"Revoked {key_id}.")
+
+
+@app.command()
+def top(
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")] = 2.0,
+    as_json: AsJson = False,
+) -> None:
+    """Every unfinished batch of every tenant, live: progress, rate, ETA (talks to Redis directly)."""
+    from batchq.config import get_settings
+    from batchq.observability.overview import read_overview
+    from batchq.storage.redis_client import connect
+
+    settings = get_settings()
+    client = connect(settings.redis_url, max_connections=2)
+    routes = [route.name for route in settings.routes()]
+    snapshot = read_overview(client, routes)
+    if as_json or once:
+        _print_overview(snapshot, as_json)
+        return
+    with Live(_overview_table(snapshot), console=OUT, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                snapshot, previous = read_overview(client, routes), snapshot
+                live.update(_overview_table(snapshot, previous), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+def _print_overview(snapshot: Overview, as_json: bool) -> None:
+    if not as_json:
+        OUT.print(_overview_table(snapshot))
+        return
+    rows = [
+        asdict(row) | {"owner": {"account": row.owner.account, "user": row.owner.user}, "rate": rate(row, snapshot.at)}
+        for row in snapshot.batches
+    ]
+    summary = {"at": snapshot.at, "queue_depth": snapshot.queue_depth, "in_flight": snapshot.in_flight}
+    typer.echo(orjson.dumps(summary | {"batches": rows}).decode())
+
+
+def _overview_table(snapshot: Overview, previous: Overview | None = None) -> Table:
+    before = {row.id: row for row in previous.batches} if previous else {}
+    flights = ", ".join(f"{name} {n}" for name, n in snapshot.in_flight.items()) or "-"
+    title = f"{len(snapshot.batches)} unfinished batches · queue {snapshot.queue_depth} · in flight: {flights}"
+    table = Table("batch", "account", "user", "status", "done", "failed", "lines/s", "ETA", "age", title=title)
+    for row in snapshot.batches:
+        speed = rate(row, snapshot.at, before.get(row.id), previous.at if previous else None)
+        eta = eta_s(row, speed)
+        table.add_row(
+            row.id, row.owner.account, row.owner.user or "", row.status, f"{row.done}/{row.total}", str(row.failed),
+            f"{speed:.1f}" if speed is not None else "-", _span(eta), _span(snapshot.at - row.created_at),
+        )  # fmt: skip
+    return table
+
+
+def _span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _key_store() -> ApiKeyStore:

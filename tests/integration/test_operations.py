@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from typing import cast
 
 import httpx2
@@ -73,3 +76,21 @@ def test_health_checks_redis_and_livez_checks_only_the_process(stack: Stack) -> 
         unready = api.get("/health")
         assert unready.status_code == 503 and unready.json()["error"]["message"].startswith("Redis is unreachable")
         assert api.get("/livez").status_code == 200  # a Redis outage must not restart the API
+
+
+def test_top_shows_every_tenants_unfinished_batches(stack: Stack) -> None:
+    sdk = client(stack, user="top-watched")
+    batch = submit(sdk, [chat_row(f"slow{i}", latency_ms=1500) for i in range(3)])
+    stack.wait_until(lambda: sdk.batches.retrieve(batch.id).status == "in_progress", 20, "in progress")
+    env = os.environ | {"BATCHQ_REDIS_URL": stack.redis_url or ""}
+    run = [sys.executable, "-m", "batchq", "top"]
+    shown = subprocess.run([*run, "--json"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    overview = orjson.loads(shown.stdout)
+    (row,) = [b for b in overview["batches"] if b["id"] == batch.id]
+    assert row["owner"]["user"] == "top-watched" and row["status"] == "in_progress" and row["total"] == 3
+    assert isinstance(overview["queue_depth"], int) and set(overview["in_flight"]) == {"default"}
+    table = subprocess.run([*run, "--once"], env=env | {"COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and batch.id in table.stdout and "top-watched" in table.stdout
+    wait(sdk, batch.id)
+    after = orjson.loads(subprocess.run([*run, "--json"], env=env, capture_output=True, timeout=60).stdout)
+    assert batch.id not in [b["id"] for b in after["batches"]]

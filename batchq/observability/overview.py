@@ -1,0 +1,101 @@
+"""What operators see in ``batchq top``: every unfinished batch of every tenant, with its progress.
+
+``read_overview`` reads Redis in two round trips (three or more with over ``CHUNK`` active
+batches); ``rate`` and ``eta_s`` are pure, so the view can show a rate between two snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from batchq.domain.models import Owner
+from batchq.observability.metrics import PRIORITY_SUFFIXES
+from batchq.storage import keys
+
+CHUNK = 1000  # batches per pipeline round trip
+FIELDS = ("status", "owner", "total", "completed", "failed", "created_at", "in_progress_at", "expires_at")
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: str
+    owner: Owner
+    status: str
+    total: int
+    completed: int
+    failed: int
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+
+@dataclass(frozen=True)
+class Overview:
+    at: float  # unix time of the snapshot
+    batches: list[BatchRow]
+    queue_depth: int  # line tasks waiting in the Celery queue, all batches together
+    in_flight: dict[str, int]  # requests in flight per upstream route, all workers together
+
+
+def read_overview(client: redis.Redis, routes: Sequence[str], queue: str = "celery") -> Overview:
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.smembers(keys.ACTIVE_BATCHES)
+    for suffix in PRIORITY_SUFFIXES:
+        pipe.llen(queue + suffix)
+    for route in routes:
+        pipe.zcount(keys.limit_inflight(route), now, "+inf")
+    replies = pipe.execute()
+    ids = sorted(member.decode() for member in replies[0])
+    depth = sum(int(n) for n in replies[1 : 1 + len(PRIORITY_SUFFIXES)])
+    in_flight = dict(zip(routes, (int(n) for n in replies[1 + len(PRIORITY_SUFFIXES) :]), strict=True))
+    return Overview(now, _rows(client, ids), depth, in_flight)
+
+
+def _rows(client: redis.Redis, ids: list[str]) -> list[BatchRow]:
+    rows: list[BatchRow] = []
+    for start in range(0, len(ids), CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for batch_id in ids[start : start + CHUNK]:
+            pipe.hmget(keys.batch(batch_id), FIELDS)
+        for batch_id, values in zip(ids[start : start + CHUNK], pipe.execute(), strict=True):
+            if values[0] is not None:  # gone between the two reads
+                rows.append(_row(batch_id, dict(zip(FIELDS, values, strict=True))))
+    rows.sort(key=lambda row: row.created_at)
+    return rows
+
+
+def _row(batch_id: str, h: dict[str, Any]) -> BatchRow:
+    def number(name: str) -> int | None:
+        return int(h[name]) if h[name] is not None else None
+
+    return BatchRow(
+        id=batch_id, owner=Owner.from_key((h["owner"] or b"").decode()), status=h["status"].decode(),
+        total=number("total") or 0, completed=number("completed") or 0, failed=number("failed") or 0,
+        created_at=number("created_at") or 0, in_progress_at=number("in_progress_at"), expires_at=number("expires_at"),
+    )  # fmt: skip
+
+
+def rate(row: BatchRow, now: float, before: BatchRow | None = None, before_at: float | None = None) -> float | None:
+    """Lines per second: since ``before`` (the same batch in an earlier snapshot), else since it started."""
+    if before is not None and before_at is not None and now > before_at and row.done >= before.done:
+        return (row.done - before.done) / (now - before_at)
+    if row.in_progress_at is None or now <= row.in_progress_at:
+        return None
+    return row.done / (now - row.in_progress_at)
+
+
+def eta_s(row: BatchRow, lines_per_s: float | None) -> float | None:
+    """Seconds until every line is done at ``lines_per_s``; None when nothing moves."""
+    if not lines_per_s or row.total == 0:
+        return None
+    return max(0, row.total - row.done) / lines_per_s
