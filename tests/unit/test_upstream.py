@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from batchq.config import Settings
-from batchq.execution.upstream import Outcome, Upstream, join_url
+from batchq.domain.routing import Release, Route
+from batchq.execution.upstream import NoLimiter, Outcome, Upstream, join_url
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
 PATH = "/v1/chat/completions"
@@ -177,3 +178,62 @@ def test_non_json_body_is_kept_as_text() -> None:
     outcome = send(Recorder(httpx2.Response(404, content=b"not found \xff")))
     assert outcome.status == 404
     assert outcome.body == "not found \ufffd"
+
+
+class RecordingLimiter(NoLimiter):
+    """Hands out numbered tokens and records every slot given back."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.released: list[Release] = []
+
+    def acquire(self, route: Route) -> str | None:
+        self.acquired += 1
+        return f"t{self.acquired}"
+
+    def release(self, done: Release) -> None:
+        self.released.append(done)
+
+
+def limited(handler: Handler, **overrides: Any) -> tuple[Upstream, RecordingLimiter, Route]:
+    limiter = RecordingLimiter()
+    upstream = Upstream(settings(**overrides), limiter, transport=httpx2.MockTransport(handler))
+    route = upstream.route(PATH, "m")
+    assert route is not None
+    return upstream, limiter, route
+
+
+def test_send_on_uses_the_held_slot_first_and_leaves_the_last_one_to_the_caller() -> None:
+    upstream, limiter, route = limited(Recorder(httpx2.Response(500), httpx2.Response(200, json={})))
+    try:
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD, held="held")
+    finally:
+        upstream.close()
+    assert (outcome.status, outcome.attempts) == (200, 2)
+    assert limiter.acquired == 1  # only the retry asked for a slot
+    assert [(r.token, r.outcome) for r in limiter.released] == [("held", "error")]
+    assert (done.token, done.outcome) == ("t1", "ok")
+
+
+def test_a_throttled_last_attempt_carries_its_retry_after_to_the_caller() -> None:
+    throttled = httpx2.Response(429, headers={"Retry-After": "30"})
+    upstream, limiter, route = limited(Recorder(throttled), upstream_max_attempts=1)
+    try:
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD)
+    finally:
+        upstream.close()
+    assert outcome.status == 429 and outcome.attempts == 1
+    assert (done.outcome, done.retry_after, limiter.released) == ("throttled", 30.0, [])
+
+
+def test_an_attempt_that_raises_gives_its_slot_back() -> None:
+    def explode(request: httpx2.Request) -> httpx2.Response:
+        raise RuntimeError("bug in a transport")
+
+    upstream, limiter, route = limited(explode)
+    try:
+        with pytest.raises(RuntimeError):
+            upstream.send_on(route, PATH, PAYLOAD, held="held")
+    finally:
+        upstream.close()
+    assert [(r.token, r.outcome) for r in limiter.released] == [("held", "error")]
