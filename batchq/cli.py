@@ -6,8 +6,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,26 +15,16 @@ import orjson
 import typer
 import typer.core
 from pydantic import BaseModel
-from rich.console import Console
 from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
+from batchq import views
 from batchq.client import Client, ClientError
-from batchq.domain.models import Batch, FileObject, Page
+from batchq.domain.models import Batch
 from batchq.domain.status import Status, is_terminal
-from batchq.observability.overview import Overview, eta_s, rate
 from batchq.storage.apikeys import ApiKeyStore
+from batchq.views import ERR, OUT
 
 app = typer.Typer(help="batchq: an OpenAI-compatible Batch API on Celery workers over Redis.", no_args_is_help=True)
 batches_app = typer.Typer(help="List, inspect and cancel batches.", no_args_is_help=True)
@@ -45,8 +34,6 @@ app.add_typer(files_app, name="files")
 keys_app = typer.Typer(help="Manage API keys (talks to Redis directly).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-OUT = Console()
-ERR = Console(stderr=True)
 
 ApiUrl = Annotated[
     str | None,
@@ -184,7 +171,7 @@ def batches_list(
 ) -> None:
     """List batches, newest first."""
     with _client(api_url, api_key, on_behalf_of) as client:
-        _show(client.list(limit=limit, after=after), as_json, _batch_table)
+        _show(client.list(limit=limit, after=after), as_json, views.batch_table)
 
 
 @batches_app.command("get")
@@ -197,7 +184,7 @@ def batches_get(
 ) -> None:
     """Show one batch: status, request counts, files, timestamps."""
     with _client(api_url, api_key, on_behalf_of) as client:
-        _show(client.get(batch_id), as_json, _batch_summary)
+        _show(client.get(batch_id), as_json, views.batch_summary)
 
 
 @batches_app.command("cancel")
@@ -210,7 +197,7 @@ def batches_cancel(
 ) -> None:
     """Cancel a batch (it moves to cancelling, then cancelled with partial results)."""
     with _client(api_url, api_key, on_behalf_of) as client:
-        _show(client.cancel(batch_id), as_json, _batch_summary)
+        _show(client.cancel(batch_id), as_json, views.batch_summary)
 
 
 @batches_app.command("retry", cls=_UsageErrorExitsOne)
@@ -257,7 +244,7 @@ def files_list(
     """List files."""
     with _client(api_url, api_key, on_behalf_of) as client:
         page = client.list_files(purpose=purpose, limit=limit, order=order, after=after)
-        _show(page, as_json, _file_table)
+        _show(page, as_json, views.file_table)
 
 
 @files_app.command("get")
@@ -270,7 +257,7 @@ def files_get(
 ) -> None:
     """Show one file's metadata."""
     with _client(api_url, api_key, on_behalf_of) as client:
-        _show(client.get_file(file_id), as_json, _fields_table)
+        _show(client.get_file(file_id), as_json, views.fields_table)
 
 
 @files_app.command("download")
@@ -306,7 +293,7 @@ def files_delete(
 ) -> None:
     """Delete a file."""
     with _client(api_url, api_key, on_behalf_of) as client:
-        _show(client.delete_file(file_id), as_json, _fields_table)
+        _show(client.delete_file(file_id), as_json, views.fields_table)
 
 
 @keys_app.command("create")
@@ -324,10 +311,7 @@ def keys_list(as_json: AsJson = False) -> None:
     if as_json:
         typer.echo(orjson.dumps([r.model_dump() for r in records]).decode())
         return
-    table = Table("id", "name", "prefix", "created")
-    for r in records:
-        table.add_row(r.id, r.name, r.prefix + "…", _when(r.created_at))
-    OUT.print(table)
+    OUT.print(views.key_table(records))
 
 
 @keys_app.command("revoke")
@@ -354,52 +338,20 @@ def top(
     client = connect(settings.redis_url, max_connections=2)
     routes = [route.name for route in settings.routes()]
     snapshot = read_overview(client, routes)
-    if as_json or once:
-        _print_overview(snapshot, as_json)
+    if as_json:
+        typer.echo(orjson.dumps(views.overview_json(snapshot)).decode())
         return
-    with Live(_overview_table(snapshot), console=OUT, auto_refresh=False) as live:
+    if once:
+        OUT.print(views.overview_table(snapshot))
+        return
+    with Live(views.overview_table(snapshot), console=OUT, auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(interval)
                 snapshot, previous = read_overview(client, routes), snapshot
-                live.update(_overview_table(snapshot, previous), refresh=True)
+                live.update(views.overview_table(snapshot, previous), refresh=True)
         except KeyboardInterrupt:
             pass
-
-
-def _print_overview(snapshot: Overview, as_json: bool) -> None:
-    if not as_json:
-        OUT.print(_overview_table(snapshot))
-        return
-    rows = [
-        asdict(row) | {"owner": {"account": row.owner.account, "user": row.owner.user}, "rate": rate(row, snapshot.at)}
-        for row in snapshot.batches
-    ]
-    summary = {"at": snapshot.at, "queue_depth": snapshot.queue_depth, "in_flight": snapshot.in_flight}
-    typer.echo(orjson.dumps(summary | {"batches": rows}).decode())
-
-
-def _overview_table(snapshot: Overview, previous: Overview | None = None) -> Table:
-    before = {row.id: row for row in previous.batches} if previous else {}
-    flights = ", ".join(f"{name} {n}" for name, n in snapshot.in_flight.items()) or "-"
-    title = f"{len(snapshot.batches)} unfinished batches · queue {snapshot.queue_depth} · in flight: {flights}"
-    table = Table("batch", "account", "user", "status", "done", "failed", "lines/s", "ETA", "age", title=title)
-    for row in snapshot.batches:
-        speed = rate(row, snapshot.at, before.get(row.id), previous.at if previous else None)
-        eta = eta_s(row, speed)
-        table.add_row(
-            row.id, row.owner.account, row.owner.user or "", row.status, f"{row.done}/{row.total}", str(row.failed),
-            f"{speed:.1f}" if speed is not None else "-", _span(eta), _span(snapshot.at - row.created_at),
-        )  # fmt: skip
-    return table
-
-
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _key_store() -> ApiKeyStore:
@@ -445,35 +397,6 @@ def _metadata(pairs: list[str]) -> dict[str, str] | None:
     return dict(pair.split("=", 1) for pair in pairs) or None
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.speed
-        return Text(f"{speed:.1f} req/s" if speed else "- req/s", style="progress.data.speed")
-
-
-@contextmanager
-def _progress_bar() -> Iterator[Callable[[Batch], None]]:
-    columns = (
-        TextColumn("{task.description:>11}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=ERR) as bar:
-        task = bar.add_task("validating", total=None, failed=0)
-
-        def update(batch: Batch) -> None:
-            counts = batch.request_counts
-            done, total = counts.completed + counts.failed, counts.total or None
-            bar.update(task, description=batch.status.value, completed=done, total=total, failed=counts.failed)
-
-        yield update
-
-
 @dataclass(frozen=True)
 class _Follow:
     """What ``submit`` and ``batches retry`` do after creating: follow and download, or not."""
@@ -489,13 +412,13 @@ def _finish(client: Client, batch: Batch, follow: _Follow, as_json: bool) -> NoR
     if follow.wait or follow.output or follow.errors:
         batch = _follow(client, batch.id, follow.poll_interval)
         _save_results(client, batch, follow.output, follow.errors)
-    _show(batch, as_json, _batch_summary)
+    _show(batch, as_json, views.batch_summary)
     raise typer.Exit(outcome_code(batch) if is_terminal(batch.status) else 0)
 
 
 def _follow(client: Client, batch_id: str, poll_interval: float) -> Batch:
     try:
-        with _progress_bar() as update:
+        with views.progress_bar() as update:
             return client.wait(batch_id, poll_interval=poll_interval, progress=update)
     except KeyboardInterrupt:
         ERR.print(f"Stopped waiting; {batch_id} keeps running (batchq batches get|cancel {batch_id}).")
@@ -519,51 +442,3 @@ def _show(model: BaseModel, as_json: bool, render: Callable[[Any], Table]) -> No
         sys.stdout.write(model.model_dump_json(indent=2) + "\n")
     else:
         OUT.print(render(model))
-
-
-def _when(timestamp: int | None) -> str:
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
-
-
-def _batch_table(page: Page[Batch]) -> Table:
-    table = Table("id", "status", "endpoint", "done/total", "failed", "created", title="batches")
-    table.columns[0].no_wrap = True
-    for batch in page.data:
-        counts = batch.request_counts
-        done = f"{counts.completed + counts.failed}/{counts.total}"
-        cells = (batch.id, batch.status.value, batch.endpoint, done, str(counts.failed), _when(batch.created_at))
-        table.add_row(*map(Text, cells))
-    return _paged(table, page)
-
-
-def _file_table(page: Page[FileObject]) -> Table:
-    table = Table("id", "filename", "purpose", "bytes", "created", title="files")
-    table.columns[0].no_wrap = True
-    for item in page.data:
-        cells = (item.id, item.filename, item.purpose, f"{item.bytes:,}", _when(item.created_at))
-        table.add_row(*map(Text, cells))
-    return _paged(table, page)
-
-
-def _paged(table: Table, page: Page[Any]) -> Table:
-    if page.has_more:
-        table.caption = f"more: --after {page.last_id}"
-    return table
-
-
-def _fields_table(model: BaseModel, exclude: set[str] | None = None) -> Table:
-    table = Table.grid(padding=(0, 2))
-    for name, value in model.model_dump(exclude_none=True, exclude=exclude).items():
-        shown = _when(value) if name.endswith("_at") else str(value)
-        table.add_row(Text(name, style="bold"), Text(shown))
-    return table
-
-
-def _batch_summary(batch: Batch) -> Table:
-    table = _fields_table(batch, exclude={"errors", "request_counts", "usage"})
-    counts = batch.request_counts
-    requests = f"{counts.completed} completed, {counts.failed} failed, {counts.total} total"
-    table.add_row(Text("requests", style="bold"), Text(requests))
-    for item in batch.errors.data if batch.errors else []:
-        table.add_row(Text("error", style="bold red"), Text(f"line {item.line}: {item.code}: {item.message}"))
-    return table

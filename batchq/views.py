@@ -1,0 +1,147 @@
+"""What the ``batchq`` command prints: rich tables, the progress bar, the ``top`` view."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from batchq.domain.models import Batch, FileObject, Page
+from batchq.observability.overview import Overview, eta_s, rate
+from batchq.storage.apikeys import ApiKey
+
+OUT = Console()
+ERR = Console(stderr=True)
+
+
+def overview_json(snapshot: Overview) -> dict[str, Any]:
+    rows = [
+        asdict(row) | {"owner": {"account": row.owner.account, "user": row.owner.user}, "rate": rate(row, snapshot.at)}
+        for row in snapshot.batches
+    ]
+    summary = {"at": snapshot.at, "queue_depth": snapshot.queue_depth, "in_flight": snapshot.in_flight}
+    return summary | {"batches": rows}
+
+
+def overview_table(snapshot: Overview, previous: Overview | None = None) -> Table:
+    before = {row.id: row for row in previous.batches} if previous else {}
+    flights = ", ".join(f"{name} {n}" for name, n in snapshot.in_flight.items()) or "-"
+    title = f"{len(snapshot.batches)} unfinished batches · queue {snapshot.queue_depth} · in flight: {flights}"
+    table = Table("batch", "account", "user", "status", "done", "failed", "lines/s", "ETA", "age", title=title)
+    for row in snapshot.batches:
+        speed = rate(row, snapshot.at, before.get(row.id), previous.at if previous else None)
+        eta = eta_s(row, speed)
+        table.add_row(
+            row.id, row.owner.account, row.owner.user or "", row.status, f"{row.done}/{row.total}", str(row.failed),
+            f"{speed:.1f}" if speed is not None else "-", span(eta), span(snapshot.at - row.created_at),
+        )  # fmt: skip
+    return table
+
+
+def span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text(f"{speed:.1f} req/s" if speed else "- req/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar() -> Iterator[Callable[[Batch], None]]:
+    columns = (
+        TextColumn("{task.description:>11}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=ERR) as bar:
+        task = bar.add_task("validating", total=None, failed=0)
+
+        def update(batch: Batch) -> None:
+            counts = batch.request_counts
+            done, total = counts.completed + counts.failed, counts.total or None
+            bar.update(task, description=batch.status.value, completed=done, total=total, failed=counts.failed)
+
+        yield update
+
+
+def when(timestamp: int | None) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
+
+
+def key_table(records: Sequence[ApiKey]) -> Table:
+    table = Table("id", "name", "prefix", "created")
+    for r in records:
+        table.add_row(r.id, r.name, r.prefix + "…", when(r.created_at))
+    return table
+
+
+def batch_table(page: Page[Batch]) -> Table:
+    table = Table("id", "status", "endpoint", "done/total", "failed", "created", title="batches")
+    table.columns[0].no_wrap = True
+    for batch in page.data:
+        counts = batch.request_counts
+        done = f"{counts.completed + counts.failed}/{counts.total}"
+        cells = (batch.id, batch.status.value, batch.endpoint, done, str(counts.failed), when(batch.created_at))
+        table.add_row(*map(Text, cells))
+    return _paged(table, page)
+
+
+def file_table(page: Page[FileObject]) -> Table:
+    table = Table("id", "filename", "purpose", "bytes", "created", title="files")
+    table.columns[0].no_wrap = True
+    for item in page.data:
+        cells = (item.id, item.filename, item.purpose, f"{item.bytes:,}", when(item.created_at))
+        table.add_row(*map(Text, cells))
+    return _paged(table, page)
+
+
+def _paged(table: Table, page: Page[Any]) -> Table:
+    if page.has_more:
+        table.caption = f"more: --after {page.last_id}"
+    return table
+
+
+def fields_table(model: BaseModel, exclude: set[str] | None = None) -> Table:
+    table = Table.grid(padding=(0, 2))
+    for name, value in model.model_dump(exclude_none=True, exclude=exclude).items():
+        shown = when(value) if name.endswith("_at") else str(value)
+        table.add_row(Text(name, style="bold"), Text(shown))
+    return table
+
+
+def batch_summary(batch: Batch) -> Table:
+    table = fields_table(batch, exclude={"errors", "request_counts", "usage"})
+    counts = batch.request_counts
+    requests = f"{counts.completed} completed, {counts.failed} failed, {counts.total} total"
+    table.add_row(Text("requests", style="bold"), Text(requests))
+    for item in batch.errors.data if batch.errors else []:
+        table.add_row(Text("error", style="bold red"), Text(f"line {item.line}: {item.code}: {item.message}"))
+    return table
