@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=30.0, ge=0)
     watchdog_interval_s: float = Field(default=15.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
+    dispatch_window: int = Field(default=2048, ge=1)  # queued line tasks per batch; keep >= 2 x all worker threads
 
     # Webhooks: an event on every terminal status, signed when a secret is set
     webhook_url: str | None = None

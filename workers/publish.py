@@ -22,15 +22,23 @@ CHUNK = 1000
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def publish_tasks(client: redis.Redis, task: str, arglists: Sequence[Sequence[Any]], queue: str = "celery") -> None:
+def publish_tasks(
+    client: redis.Redis, task: str, arglists: Sequence[Sequence[Any]], queue: str = "celery", to: str | None = None
+) -> None:
+    """Write one message per arglist for ``queue``, in order, into the list ``to`` (default: the queue).
+
+    Another list holds them in the same order (the next one at the right end), so ``RPOPLPUSH``
+    from it into the queue hands them to the workers one by one.
+    """
+    target = to or queue
     batch: list[bytes] = []
     for message in _messages(task, arglists, queue):
         batch.append(message)
         if len(batch) == CHUNK:
-            client.lpush(queue, *batch)
+            client.lpush(target, *batch)
             batch = []
     if batch:
-        client.lpush(queue, *batch)
+        client.lpush(target, *batch)
 
 
 def _messages(task: str, arglists: Sequence[Sequence[Any]], queue: str) -> Iterator[bytes]:

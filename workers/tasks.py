@@ -26,7 +26,7 @@ from workers.publish import publish_tasks
 
 log = logging.getLogger("batchq.worker")
 RETRY_ON = (redis.RedisError, OSError)
-QUEUE = "celery"
+QUEUE = keys.LINE_QUEUE
 
 
 @lru_cache(maxsize=1)
@@ -44,7 +44,14 @@ class CeleryQueue:
         finalize_task.apply_async((batch_id,), countdown=countdown or None)
 
     def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
-        publish_tasks(runtime().redis, line_task.name, [(batch_id, i, o, n) for i, o, n in lines], QUEUE)
+        """The first ``dispatch_window`` tasks go to the queue; each stored line moves one more in."""
+        rt = runtime()
+        window = rt.settings.dispatch_window
+        pending = keys.batch_pending(batch_id)
+        arglists = [(batch_id, i, o, n) for i, o, n in lines]
+        publish_tasks(rt.redis, line_task.name, arglists[window:], QUEUE, to=pending)
+        rt.redis.expire(pending, keys.RESULT_TTL_S)
+        publish_tasks(rt.redis, line_task.name, arglists[:window], QUEUE)
 
     def notify(self, batch_id: str, event_type: str) -> None:
         if runtime().settings.webhook_url:

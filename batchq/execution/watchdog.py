@@ -9,7 +9,11 @@ Per active batch it decides (``plan``, pure) and then acts:
 - ``validating`` for longer than a lease            -> submit again (idempotent)
 - lines whose worker lease ran out (worker killed)  -> re-enqueue them, or past the requeue budget,
                                                        record them as ``request_lost``
-- nothing leased, queue empty, no progress          -> re-enqueue every unfinished line
+- nothing leased, queue empty, no progress          -> re-enqueue every unfinished line that was
+                                                       dispatched, and let the next window of
+                                                       waiting lines into the queue
+- nothing leased, no progress, lines still waiting  -> let the next window into the queue (its
+  in Redis (the queue holds other batches' tasks)      tasks were lost, or claimed as lost)
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ class Facts:
     live_leases: int
     progress_at: float
     queue_empty: bool
+    pending: int = 0  # line tasks waiting in Redis to enter the queue (the dispatch window)
 
 
 def plan(f: Facts, lease_s: float) -> str:
-    """What to do with one active batch: finalize | submit | requeue_expired | requeue_all | wait."""
+    """What to do with one active batch: finalize | submit | requeue_expired | requeue_all | top_up | wait."""
     b = f.batch
     counts = b.request_counts
     if b.status is Status.CANCELLING or (b.expires_at is not None and f.now >= b.expires_at):
@@ -50,8 +55,11 @@ def plan(f: Facts, lease_s: float) -> str:
         return "finalize" if b.status is Status.IN_PROGRESS or f.now - f.progress_at > lease_s else "wait"
     if f.expired_leases:
         return "requeue_expired"
-    stalled = f.now - f.progress_at > lease_s
-    return "requeue_all" if stalled and not f.live_leases and f.queue_empty else "wait"
+    if f.live_leases or f.now - f.progress_at <= lease_s:
+        return "wait"
+    if f.queue_empty:
+        return "requeue_all"
+    return "top_up" if f.pending else "wait"
 
 
 def sweep(rt: Runtime, queue: TaskQueue, queue_length: int) -> None:
@@ -83,7 +91,8 @@ def _facts(rt: Runtime, batch: Batch, queue_empty: bool) -> Facts:
     progress = rt.batches.field(batch.id, "progress_at")
     last = float(progress) if progress else float(batch.in_progress_at or batch.created_at)
     expired = sorted(i for i, until in leases.items() if until <= now)
-    return Facts(batch, now, expired, len(leases) - len(expired), last, queue_empty)
+    pending = rt.batches.pending(batch.id)
+    return Facts(batch, now, expired, len(leases) - len(expired), last, queue_empty, pending)
 
 
 def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: str, facts: Facts) -> None:
@@ -94,7 +103,12 @@ def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: str, facts: Facts)
     elif action == "requeue_expired":
         requeue(rt, queue, batch, facts.expired_leases)
     elif action == "requeue_all":
-        requeue(rt, queue, batch, missing_lines(rt, batch.id, batch.request_counts.total))
+        dispatched = batch.request_counts.total - facts.pending
+        requeue(rt, queue, batch, missing_lines(rt, batch.id, dispatched))
+        rt.batches.release_pending(batch.id, rt.settings.dispatch_window)
+    elif action == "top_up":
+        rt.batches.release_pending(batch.id, rt.settings.dispatch_window)
+        rt.batches.set_fields(batch.id, progress_at=int(time.time()))  # one window per lease period
 
 
 def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> None:

@@ -156,6 +156,7 @@ class BatchStore:
     def complete_line(self, batch_id: str, index: int, result: ResultLine, release: Call | None = None) -> Progress:
         """Store the line's result once; with ``release``, also give back that limiter slot."""
         keys_, args = _complete_call(batch_id, index, result)
+        keys_ += [keys.batch_pending(batch_id), keys.LINE_QUEUE]  # a stored line lets the next one in
         if release is None:
             reply = self._complete(keys=keys_, args=args)
         else:
@@ -168,6 +169,17 @@ class BatchStore:
         for index, result in results:
             keys_, args = _complete_call(batch_id, index, result)
             self._complete(keys=keys_, args=args, client=pipe)
+        pipe.execute()
+
+    def pending(self, batch_id: str) -> int:
+        """Line tasks waiting to enter the queue: the batch's last lines, in order."""
+        return int(self.r.llen(keys.batch_pending(batch_id)))
+
+    def release_pending(self, batch_id: str, count: int) -> None:
+        """Move up to ``count`` of the batch's waiting tasks into the queue."""
+        pipe = self.r.pipeline(transaction=False)
+        for _ in range(count):
+            pipe.rpoplpush(keys.batch_pending(batch_id), keys.LINE_QUEUE)
         pipe.execute()
 
     def done_bitmap(self, batch_id: str) -> bytes:
@@ -188,7 +200,10 @@ class BatchStore:
         yield from self.r.hscan_iter(keys.batch_results(batch_id), count=1000)
 
     def drop_working_keys(self, batch_id: str) -> None:
-        working = (keys.batch_results, keys.batch_leases, keys.batch_attempts, keys.batch_offsets, keys.batch_done)
+        working = (
+            keys.batch_results, keys.batch_leases, keys.batch_attempts, keys.batch_offsets, keys.batch_done,
+            keys.batch_pending,
+        )  # fmt: skip
         self.r.delete(*(k(batch_id) for k in working))
 
 

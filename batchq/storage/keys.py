@@ -9,6 +9,8 @@ WATCHDOG_LOCK = f"{PREFIX}:watchdog:lock"
 FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 
+LINE_QUEUE = "celery"  # the Celery queue (kombu's Redis list) that line tasks are published to
+
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
 
 
@@ -39,6 +41,11 @@ def batch_attempts(batch_id: str) -> str:
 def batch_offsets(batch_id: str) -> str:
     """String: packed (offset, length) pairs of every request line in the input file."""
     return f"{batch(batch_id)}:offsets"
+
+
+def batch_pending(batch_id: str) -> str:
+    """List: the line task messages not yet in the queue, the next one at the right end."""
+    return f"{batch(batch_id)}:pending"
 
 
 def batch_lock(batch_id: str) -> str:

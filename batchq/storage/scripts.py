@@ -51,8 +51,9 @@ local function begin_line(K, A)
 end
 """
 
-# KEYS: batch, done, results, leases, stats. ARGV: index, ok (1/0), data, in, out, total tokens, now, ttl.
-# Stores a line's result once. Returns {accepted (1/0), completed + failed, total}.
+# KEYS: batch, done, results, leases, stats, [pending, queue]. ARGV: index, ok (1/0), data, in, out,
+# total tokens, now, ttl. Stores a line's result once. Returns {accepted (1/0), completed + failed, total}.
+# With pending and queue, a stored line of a running batch moves its batch's next task into the queue.
 _COMPLETE_LINE_FN = """
 local function complete_line(K, A)
   local status = redis.call('HGET', K[1], 'status')
@@ -74,6 +75,7 @@ local function complete_line(K, A)
     redis.call('HINCRBY', K[1], 'failed', 1)
     redis.call('HINCRBY', K[5], 'lines_failed', 1)
   end
+  if K[6] and status == 'in_progress' then redis.call('RPOPLPUSH', K[6], K[7]) end
   redis.call('HSET', K[1], 'progress_at', A[7])
   redis.call('EXPIRE', K[2], A[8])
   redis.call('EXPIRE', K[3], A[8])
@@ -172,14 +174,14 @@ return {verdict, acquire(slice(KEYS, 4, 7), slice(ARGV, 4, 9))}
 )
 
 # Give back the last attempt's slot and store the line's result, in one round trip.
-# KEYS: COMPLETE_LINE's 5, then RELEASE's 4; ARGV: COMPLETE_LINE's 8, then RELEASE's 6.
+# KEYS: COMPLETE_LINE's 7, then RELEASE's 4; ARGV: COMPLETE_LINE's 8, then RELEASE's 6.
 COMPLETE_LINE_RELEASE = (
     _SLICE_FN
     + _COMPLETE_LINE_FN
     + _RELEASE_FN
     + """
-release(slice(KEYS, 6, 9), slice(ARGV, 9, 14))
-return complete_line(slice(KEYS, 1, 5), slice(ARGV, 1, 8))
+release(slice(KEYS, 8, 11), slice(ARGV, 9, 14))
+return complete_line(slice(KEYS, 1, 7), slice(ARGV, 1, 8))
 """
 )
 

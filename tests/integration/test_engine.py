@@ -10,6 +10,7 @@ import httpx2
 import orjson
 import pytest
 from celery import Celery
+from openai import OpenAI
 
 from batchq.config import Settings
 from batchq.embedded import free_port, wait_for
@@ -110,3 +111,32 @@ def test_a_per_request_timeout_becomes_an_error_line(routed: tuple[Stack, str]) 
     output, errors = results(sdk, batch)
     assert [line["custom_id"] for line in output] == ["quick"]
     assert errors[0]["custom_id"] == "slow" and errors[0]["error"]["code"] == "upstream_timeout"
+
+
+def completed(sdk: OpenAI, batch_id: str) -> int:
+    counts = sdk.batches.retrieve(batch_id).request_counts
+    return counts.completed if counts else 0
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One worker with 4 threads and a dispatch window of 8 lines per batch."""
+    stack = Stack(tmp_path_factory.mktemp("narrow"), env_overrides=FAST | {"BATCHQ_DISPATCH_WINDOW": "8"})
+    try:
+        yield stack.start(workers=1, concurrency=4)
+    finally:
+        stack.stop()
+
+
+def test_a_small_batch_does_not_wait_behind_a_big_one(narrow: Stack) -> None:
+    big_sdk, small_sdk = client(narrow, user="big-tenant"), client(narrow, user="small-tenant")
+    big_rows = [chat_row(f"big{i}", f"big {i}", latency_ms=100) for i in range(240)]  # ~6 s on 4 threads
+    big = submit(big_sdk, big_rows)
+    narrow.wait_until(lambda: completed(big_sdk, big.id) >= 8, 30, "the big batch to run")
+    small = wait(small_sdk, submit(small_sdk, [chat_row(f"small{i}", latency_ms=100) for i in range(3)]).id, 30)
+    assert small.status == "completed"
+    progress = big_sdk.batches.retrieve(big.id)
+    assert progress.status == "in_progress", "the small batch waited until the big one was done"
+    assert completed(big_sdk, big.id) < 200
+    final = wait(big_sdk, big.id, timeout=120)
+    assert_exactly_once(big_sdk, final, [r["custom_id"] for r in big_rows])

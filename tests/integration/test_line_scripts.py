@@ -90,3 +90,33 @@ def test_a_throttled_last_attempt_pushes_the_shared_not_before_time(client: redi
     assert not_before > time.time() + 4
     later = limiter.acquire_call(ROUTE)
     assert later is not None and store.begin_line("b1", 1, 30, later[1]).slot is False
+
+
+def queued(client: redis.Redis) -> list[bytes]:
+    return list(client.lrange(keys.LINE_QUEUE, 0, -1))
+
+
+def test_a_stored_line_moves_its_batchs_next_task_into_the_queue(client: redis.Redis, store: BatchStore) -> None:
+    client.lpush(keys.batch_pending("b1"), b"task-1", b"task-2")  # task-1 is next (the right end)
+    result = response_line("c0", 200, "req", {})
+    assert store.begin_line("b1", 0, 30).verdict == "go"
+    assert store.complete_line("b1", 0, result).accepted
+    assert queued(client) == [b"task-1"] and store.pending("b1") == 1
+    assert not store.complete_line("b1", 0, result).accepted  # a duplicate lets nothing in
+    assert queued(client) == [b"task-1"]
+
+
+def test_lines_stored_while_cancelling_or_claimed_let_nothing_in(client: redis.Redis, store: BatchStore) -> None:
+    client.lpush(keys.batch_pending("b1"), b"task-1", b"task-2")
+    store.complete_lines("b1", [(1, response_line("c1", 200, "req", {}))])  # a claim (cancel, expiry, lost)
+    client.hset(keys.batch("b1"), "status", "cancelling")
+    assert store.complete_line("b1", 0, response_line("c0", 200, "req", {})).accepted
+    assert queued(client) == [] and store.pending("b1") == 2
+
+
+def test_release_pending_moves_tasks_in_order_and_stops_when_none_wait(client: redis.Redis, store: BatchStore) -> None:
+    client.lpush(keys.batch_pending("b1"), b"task-1", b"task-2", b"task-3")
+    store.release_pending("b1", 2)
+    assert client.rpop(keys.LINE_QUEUE) == b"task-1" and client.rpop(keys.LINE_QUEUE) == b"task-2"
+    store.release_pending("b1", 5)
+    assert queued(client) == [b"task-3"] and store.pending("b1") == 0

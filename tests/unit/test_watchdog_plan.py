@@ -37,8 +37,9 @@ def facts(
     live_leases: int = 0,
     progress_at: float = NOW,
     queue_empty: bool = False,
+    pending: int = 0,
 ) -> Facts:
-    return Facts(b, now, expired_leases or [], live_leases, progress_at, queue_empty)
+    return Facts(b, now, expired_leases or [], live_leases, progress_at, queue_empty, pending)
 
 
 # --- finalize --------------------------------------------------------------------------------
@@ -134,6 +135,26 @@ def test_no_requeue_all_unless_stalled_and_idle_and_queue_empty(
 ) -> None:
     b = batch(Status.IN_PROGRESS, completed=3)
     f = facts(b, progress_at=NOW - progress_age, live_leases=live, queue_empty=queue_empty)
+    assert plan(f, LEASE) == "wait"
+
+
+def test_a_stalled_batch_with_waiting_lines_lets_the_next_window_in() -> None:
+    b = batch(Status.IN_PROGRESS, total=5000, completed=3)
+    f = facts(b, progress_at=NOW - LEASE - 1, queue_empty=False, pending=2000)
+    assert plan(f, LEASE) == "top_up"
+
+
+@pytest.mark.parametrize(
+    ("progress_age", "live", "pending"),
+    [
+        pytest.param(LEASE, 0, 2000, id="not-stalled"),
+        pytest.param(LEASE + 1, 1, 2000, id="live-lease"),
+        pytest.param(LEASE + 1, 0, 0, id="nothing-waiting"),
+    ],
+)
+def test_no_top_up_unless_stalled_and_idle_with_lines_waiting(progress_age: float, live: int, pending: int) -> None:
+    b = batch(Status.IN_PROGRESS, total=5000, completed=3)
+    f = facts(b, progress_at=NOW - progress_age, live_leases=live, pending=pending)
     assert plan(f, LEASE) == "wait"
 
 
