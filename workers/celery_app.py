@@ -27,6 +27,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_pool": "threads",
         "worker_concurrency": s.worker_concurrency,
         "worker_send_task_events": s.task_events,
+        "worker_disable_rate_limits": True,  # batchq limits upstreams itself (storage/limits.py)
         "task_send_sent_event": False,
         "task_ignore_result": True,  # results live in batchq's own store, never in Celery's
         "worker_hijack_root_logger": False,
