@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from batchq.domain.ids import new_batch_id, new_file_id
 from batchq.domain.models import Batch, DeletedFile, FileObject, Owner
 from batchq.domain.status import Status, is_cancellable, is_terminal
 from batchq.domain.validation import upload_problem
-from batchq.domain.windows import check_metadata, checked_window
+from batchq.domain.windows import check_metadata, checked_window, expiry_seconds
 from batchq.errors import Conflict, InvalidRequest
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage.files import input_shape
@@ -19,23 +20,42 @@ UPLOAD_PURPOSES = ("batch",)
 log = logging.getLogger("batchq.service")
 
 
-def accept_upload(rt: Runtime, owner: Owner, purpose: str | None, filename: str, temp: Path) -> FileObject:
-    if purpose not in UPLOAD_PURPOSES:
-        temp.unlink(missing_ok=True)
-        raise InvalidRequest(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}; got {purpose!r}.", param="purpose")
-    lines = _checked_input(rt, temp) if purpose == "batch" else 0
-    stored = rt.files.register(new_file_id(), owner, filename, purpose, temp, lines)
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file as received: the form fields that matter, and where its bytes wait."""
+
+    purpose: str | None
+    filename: str
+    temp: Path
+    expires_after: tuple[object, object] | None = None  # (anchor, seconds), when the form names either
+
+
+def accept_upload(rt: Runtime, owner: Owner, upload: Upload) -> FileObject:
+    try:
+        ttl_s, lines = _checked_upload(rt, upload)
+    except InvalidRequest:
+        upload.temp.unlink(missing_ok=True)
+        raise
+    stored = rt.files.register(new_file_id(), owner, upload.filename, str(upload.purpose), upload.temp, lines, ttl_s)
     log.info("file uploaded", extra={"file_id": stored.id, "owner": owner.key, "bytes": stored.bytes})
     return stored
 
 
+def _checked_upload(rt: Runtime, upload: Upload) -> tuple[int | None, int]:
+    """The file's lifetime (None: the default) and its line count; 400 for what can never be used."""
+    if upload.purpose not in UPLOAD_PURPOSES:
+        choices = ", ".join(UPLOAD_PURPOSES)
+        raise InvalidRequest(f"purpose must be one of {choices}; got {upload.purpose!r}.", param="purpose")
+    ttl_s = expiry_seconds(*upload.expires_after, "expires_after") if upload.expires_after else None
+    return ttl_s, _checked_input(rt, upload.temp) if upload.purpose == "batch" else 0
+
+
 def _checked_input(rt: Runtime, temp: Path) -> int:
-    """The line count of a batch input file, or 400 (and the upload dropped) if it can never run."""
+    """The line count of a batch input file; 400 if it can never run."""
     s = rt.settings
     shape = input_shape(temp, s.max_line_bytes)
     problem = upload_problem(shape.head, shape.lines, s.max_lines, s.max_line_bytes)
     if problem is not None:
-        temp.unlink(missing_ok=True)
         code, message = problem
         raise InvalidRequest(message, param="file", code=code)
     return shape.lines
@@ -50,37 +70,53 @@ def delete_file(rt: Runtime, owner: Owner, file_id: str) -> DeletedFile:
     return rt.files.delete(file_id, owner)
 
 
-def create_batch(
-    rt: Runtime, queue: TaskQueue, owner: Owner, input_file_id: str, endpoint: str,
-    completion_window: str, metadata: object,
-) -> Batch:  # fmt: skip
+@dataclass(frozen=True)
+class NewBatch:
+    """A create-batch request as received (validated by ``create_batch``)."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: object = None
+    output_expires_after: object = None
+
+
+def create_batch(rt: Runtime, queue: TaskQueue, owner: Owner, request: NewBatch) -> Batch:
     s = rt.settings
-    if endpoint not in s.endpoints:
-        raise InvalidRequest(f"endpoint must be one of {', '.join(s.endpoints)}; got {endpoint!r}.", param="endpoint")
-    seconds = checked_window(completion_window, s.min_completion_window, s.max_completion_window)
-    meta = check_metadata(metadata)
-    source = rt.files.get(input_file_id, owner)
+    if request.endpoint not in s.endpoints:
+        choices = ", ".join(s.endpoints)
+        raise InvalidRequest(f"endpoint must be one of {choices}; got {request.endpoint!r}.", param="endpoint")
+    seconds = checked_window(request.completion_window, s.min_completion_window, s.max_completion_window)
+    meta = check_metadata(request.metadata)
+    output_ttl_s = _output_ttl(request.output_expires_after)
+    source = rt.files.get(request.input_file_id, owner)
     if source.purpose != "batch":
         raise InvalidRequest("The input file must have purpose 'batch'.", param="input_file_id")
-    lines = rt.files.line_count(input_file_id)
+    lines = rt.files.line_count(request.input_file_id)
     rt.quotas.reserve(owner.account, lines)
     try:
-        return _create(rt, queue, owner, input_file_id, endpoint, completion_window, seconds, meta, lines)
+        now = int(time.time())
+        batch = Batch(
+            id=new_batch_id(), endpoint=request.endpoint, input_file_id=request.input_file_id,
+            completion_window=request.completion_window, status=Status.VALIDATING, created_at=now,
+            expires_at=now + seconds, metadata=meta,
+        )  # fmt: skip
+        return _create(rt, queue, owner, batch, lines, output_ttl_s)
     except BaseException:
         rt.quotas.release(owner.account, lines)
         raise
 
 
-def _create(
-    rt: Runtime, queue: TaskQueue, owner: Owner, input_file_id: str, endpoint: str,
-    completion_window: str, seconds: int, meta: dict[str, str] | None, lines: int,
-) -> Batch:  # fmt: skip
-    now = int(time.time())
-    batch = Batch(
-        id=new_batch_id(), endpoint=endpoint, input_file_id=input_file_id, completion_window=completion_window,
-        status=Status.VALIDATING, created_at=now, expires_at=now + seconds, metadata=meta,
-    )  # fmt: skip
-    rt.batches.create(batch, owner, reserved_lines=lines)
+def _output_ttl(policy: object) -> int | None:
+    if policy is None:
+        return None
+    if not isinstance(policy, dict):
+        raise InvalidRequest("output_expires_after must be an object.", param="output_expires_after")
+    return expiry_seconds(policy.get("anchor", "created_at"), policy.get("seconds"), "output_expires_after")
+
+
+def _create(rt: Runtime, queue: TaskQueue, owner: Owner, batch: Batch, lines: int, output_ttl_s: int | None) -> Batch:
+    rt.batches.create(batch, owner, reserved_lines=lines, output_ttl_s=output_ttl_s)
     queue.submit_batch(batch.id)
     log.info("batch created", extra={"batch_id": batch.id, "owner": owner.key, "lines": lines})
     return batch

@@ -1,4 +1,4 @@
-"""Completion windows (``"24h"``, ``"90m"``, ``"2d"`` …) and batch metadata rules."""
+"""Completion windows (``"24h"``, ``"90m"``, ``"2d"`` …), file expiry policies and batch metadata rules."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from batchq.errors import InvalidRequest
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+MIN_EXPIRY_S = 3600  # OpenAI's bounds for expires_after / output_expires_after
+MAX_EXPIRY_S = 30 * 86400
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
@@ -36,6 +38,27 @@ def checked_window(window: str, minimum: str, maximum: str) -> int:
             code="invalid_completion_window",
         )
     return seconds
+
+
+def expiry_seconds(anchor: object, seconds: object, param: str) -> int:
+    """``{"anchor": "created_at", "seconds": n}``: seconds after creation, between 1 hour and 30 days."""
+    if anchor != "created_at":
+        raise InvalidRequest(f"{param}[anchor] must be 'created_at'; got {anchor!r}.", param=f"{param}[anchor]")
+    value = _integer(seconds)
+    if value is None or not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
+        message = f"{param}[seconds] must be an integer from {MIN_EXPIRY_S} (1 hour) to {MAX_EXPIRY_S} (30 days)"
+        raise InvalidRequest(f"{message}; got {seconds!r}.", param=f"{param}[seconds]")
+    return value
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 def check_metadata(metadata: object) -> dict[str, str] | None:

@@ -144,10 +144,12 @@ def write_files(rt: Runtime, batch_id: str, owner: Owner) -> tuple[str, str | No
             (out if value[:1] == b"o" else err).write(value[1:] + b"\n")
         out.close()
         err.close()
+        ttl = rt.batches.field(batch_id, "output_ttl_s")
+        ttl_s = int(ttl) if ttl else None  # the batch's output_expires_after
         output_id = derived_file_id(batch_id, "output")
-        rt.files.register(output_id, owner, f"{batch_id}_output.jsonl", "batch_output", out_tmp)
+        rt.files.register(output_id, owner, f"{batch_id}_output.jsonl", "batch_output", out_tmp, ttl_s=ttl_s)
         if not errors:
             return output_id, None
         error_id = derived_file_id(batch_id, "error")
-        rt.files.register(error_id, owner, f"{batch_id}_error.jsonl", "batch_output", err_tmp)
+        rt.files.register(error_id, owner, f"{batch_id}_error.jsonl", "batch_output", err_tmp, ttl_s=ttl_s)
         return output_id, error_id

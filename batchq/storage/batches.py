@@ -63,10 +63,14 @@ class BatchStore:
 
     # --- records -------------------------------------------------------------------------
 
-    def create(self, batch: Batch, owner: Owner, reserved_lines: int | None = None) -> None:
+    def create(
+        self, batch: Batch, owner: Owner, reserved_lines: int | None = None, output_ttl_s: int | None = None
+    ) -> None:
         fields = _to_hash(batch) | {"owner": owner.key, "account": owner.account}
         if reserved_lines is not None:
             fields["reserved_lines"] = reserved_lines
+        if output_ttl_s is not None:
+            fields["output_ttl_s"] = output_ttl_s  # output_expires_after, applied to the result files
         pipe = self.r.pipeline()
         pipe.hset(keys.batch(batch.id), mapping=fields)
         pipe.zadd(keys.owner_batches(owner.key), {batch.id: time.time()})

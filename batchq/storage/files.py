@@ -42,15 +42,18 @@ class FileStore:
         return self.root / "tmp" / f"upload-{secrets.token_hex(16)}"
 
     def register(
-        self, file_id: str, owner: Owner, filename: str, purpose: str, source: Path, lines: int = 0
-    ) -> FileObject:
-        """Move a finished temp file into place and record it (atomic rename); ``lines`` of requests at most."""
+        self, file_id: str, owner: Owner, filename: str, purpose: str, source: Path, lines: int = 0,
+        ttl_s: int | None = None,
+    ) -> FileObject:  # fmt: skip
+        """Move a finished temp file into place and record it (atomic rename); ``lines`` of requests at most.
+
+        It expires ``ttl_s`` seconds from now (default: ``BATCHQ_FILE_TTL_DAYS``)."""
         target = self.path(file_id)
         os.replace(source, target)
         now = int(time.time())
         obj = FileObject(
             id=file_id, bytes=target.stat().st_size, created_at=now, filename=filename,
-            purpose=purpose, expires_at=now + self.ttl_s,
+            purpose=purpose, expires_at=now + (ttl_s or self.ttl_s),
         )  # fmt: skip
         self._record(obj, owner, lines)
         return obj

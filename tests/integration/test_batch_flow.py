@@ -248,3 +248,38 @@ def test_an_input_file_cannot_be_deleted_while_its_batch_runs(stack: Stack) -> N
         sdk.files.delete(batch.input_file_id)
     wait(sdk, batch.id)
     assert sdk.files.delete(batch.input_file_id).deleted
+
+
+def test_file_and_output_lifetimes_follow_the_expiry_policies(stack: Stack) -> None:
+    sdk = client(stack, user="lifetimes")
+    uploaded = sdk.files.create(
+        file=("input.jsonl", jsonl([chat_row("l0")])), purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 7200},
+    )  # fmt: skip
+    assert uploaded.expires_at == uploaded.created_at + 7200
+    created = sdk.batches.create(
+        input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 3600},
+    )  # fmt: skip
+    output = sdk.files.retrieve(wait(sdk, created.id).output_file_id or "")
+    assert output.expires_at == output.created_at + 3600
+    default = sdk.files.create(file=("input.jsonl", jsonl([chat_row("d0")])), purpose="batch")
+    assert default.expires_at == default.created_at + 30 * 86400  # BATCHQ_FILE_TTL_DAYS
+
+
+@pytest.mark.parametrize("seconds", [60, 40 * 86400])
+def test_expiry_policies_outside_an_hour_to_thirty_days_are_refused(stack: Stack, seconds: int) -> None:
+    sdk = client(stack, user="bad-lifetimes")
+    with pytest.raises(openai.BadRequestError) as upload:
+        sdk.files.create(
+            file=("input.jsonl", jsonl([chat_row("b0")])), purpose="batch",
+            expires_after={"anchor": "created_at", "seconds": seconds},
+        )  # fmt: skip
+    assert isinstance(upload.value.body, dict) and upload.value.body["param"] == "expires_after[seconds]"
+    uploaded = sdk.files.create(file=("input.jsonl", jsonl([chat_row("b1")])), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as create:
+        sdk.batches.create(
+            input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": seconds},
+        )  # fmt: skip
+    assert isinstance(create.value.body, dict) and create.value.body["param"] == "output_expires_after[seconds]"

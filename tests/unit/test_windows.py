@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchq.domain.windows import check_metadata, checked_window, window_seconds
+from batchq.domain.windows import check_metadata, checked_window, expiry_seconds, window_seconds
 from batchq.errors import InvalidRequest
 
 
@@ -96,3 +96,25 @@ def test_check_metadata_rejects_with_param_metadata(metadata: object) -> None:
         check_metadata(metadata)
     assert info.value.param == "metadata"
     assert info.value.code == "invalid_metadata"
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(3600, 3600), ("7200", 7200), (2_592_000, 2_592_000)])
+def test_expiry_seconds_accepts_an_hour_to_thirty_days(seconds: object, expected: int) -> None:
+    assert expiry_seconds("created_at", seconds, "expires_after") == expected
+
+
+@pytest.mark.parametrize(
+    ("anchor", "seconds", "param"),
+    [
+        ("created_at", 3599, "expires_after[seconds]"),
+        ("created_at", 2_592_001, "expires_after[seconds]"),
+        ("created_at", True, "expires_after[seconds]"),
+        ("created_at", "1e4", "expires_after[seconds]"),
+        ("created_at", None, "expires_after[seconds]"),
+        ("last_active_at", 3600, "expires_after[anchor]"),
+    ],
+)
+def test_expiry_seconds_names_the_bad_field(anchor: object, seconds: object, param: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        expiry_seconds(anchor, seconds, "expires_after")
+    assert refused.value.param == param and refused.value.status_code == 400

@@ -34,8 +34,10 @@ CREATE_BODY = {"required": True, "content": {"application/json": {"schema": Crea
 @router.post("", response_model=Batch, openapi_extra={"requestBody": CREATE_BODY})
 async def create_batch(request: Request, rt: RuntimeDep, queue: QueueDep, owner: OwnerDep) -> Batch:
     body = CreateBatch.model_validate(await read_json(request, MAX_JSON_BYTES))
-    args = (body.input_file_id, body.endpoint, body.completion_window, body.metadata)
-    return await run_in_threadpool(service.create_batch, rt, queue, owner, *args)
+    new = service.NewBatch(
+        body.input_file_id, body.endpoint, body.completion_window, body.metadata, body.output_expires_after
+    )
+    return await run_in_threadpool(service.create_batch, rt, queue, owner, new)
 
 
 @router.get("", response_model=Page[Batch])

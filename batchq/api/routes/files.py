@@ -25,6 +25,8 @@ UPLOAD_BODY = {
                 "properties": {
                     "file": {"type": "string", "format": "binary"},
                     "purpose": {"type": "string", "enum": ["batch"]},
+                    "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                    "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
                 },
                 "required": ["file", "purpose"],
             }
@@ -37,8 +39,11 @@ UPLOAD_BODY = {
 async def upload_file(request: Request, rt: RuntimeDep, owner: OwnerDep) -> FileObject:
     temp = rt.files.temp_path()
     upload = await receive_upload(request, temp, rt.settings.max_file_bytes)
-    purpose = upload.fields.get("purpose")
-    return await run_in_threadpool(service.accept_upload, rt, owner, purpose, upload.filename, temp)
+    fields = upload.fields
+    anchor, seconds = fields.get("expires_after[anchor]") or "created_at", fields.get("expires_after[seconds]")
+    expiry = None if seconds is None and anchor == "created_at" else (anchor, seconds)  # no seconds: the default
+    received = service.Upload(fields.get("purpose"), upload.filename, temp, expiry)
+    return await run_in_threadpool(service.accept_upload, rt, owner, received)
 
 
 @router.get("", response_model=Page[FileObject])
