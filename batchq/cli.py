@@ -71,7 +71,7 @@ def api(
         host=host,
         port=port,
         workers=workers,
-        log_level=get_settings().log_level.lower(),
+        log_level=uvicorn_level(get_settings().log_level),
         access_log=False,
         log_config=None,  # uvicorn's loggers propagate to the root logger: JSON like the rest
     )
@@ -217,8 +217,9 @@ def batches_retry(
 ) -> None:
     """Run again only the lines of an ended batch that did not succeed, as a new batch.
 
-    Those are the lines in its error file (upstream errors; cancelled, expired or lost lines),
-    taken from the original input. The new batch's metadata names the old one (retry_of).
+    Those are the input lines without a line in its output file (upstream errors; cancelled,
+    expired or lost lines; lines that never ran), taken from the original input. The new
+    batch's metadata names the old one (retry_of).
     Exit codes as for submit; 0 with nothing created when every line succeeded.
     """
     with _client(api_url, api_key, on_behalf_of) as client:
@@ -366,6 +367,15 @@ def main() -> None:
 
 
 # -- presentation -----------------------------------------------------------------------------------
+
+
+def uvicorn_level(level: str) -> str | int:
+    """A logging level as uvicorn takes it: its names (``WARN`` is ``warning``) or a number."""
+    name = level.strip().lower()
+    name = {"warn": "warning", "fatal": "critical", "notset": "trace"}.get(name, name)
+    if name in {"critical", "error", "warning", "info", "debug", "trace"}:
+        return name
+    return int(name) if name.isdigit() else "info"
 
 
 def outcome_code(batch: Batch) -> int:

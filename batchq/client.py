@@ -18,6 +18,7 @@ to disk or line by line, so no file is ever held whole in memory. Every non-2xx 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import tempfile
 import time
@@ -186,8 +187,8 @@ def _retryable(batch: Batch) -> Batch:
     return batch
 
 
-def _unsucceeded(error_lines: Iterable[dict[str, Any]]) -> set[str]:
-    return {str(line["custom_id"]) for line in error_lines}
+def _custom_ids(lines: Iterable[dict[str, Any]]) -> set[str]:
+    return {str(line["custom_id"]) for line in lines}
 
 
 class _Deadline:
@@ -321,17 +322,19 @@ class Client:
     def retry(self, batch: str | Batch, completion_window: str | None = None) -> Batch | None:
         """A new batch of the lines of ``batch`` that did not succeed; None when every line did.
 
-        Those are the lines of its error file: upstream errors, and lines cancelled, expired or
-        lost. Their requests are taken from the original input file, the endpoint and metadata
-        are kept (plus ``retry_of``), and the window is the original's unless given.
+        Those are the input lines without a line in its output file: upstream errors, lines
+        cancelled, expired or lost, and lines that never ran (a batch cancelled before it started).
+        Their requests are taken from the original input file, the endpoint and metadata are kept
+        (plus ``retry_of``), and the window is the original's unless given.
         """
         found = _retryable(self.get(batch) if isinstance(batch, str) else batch)
-        if found.error_file_id is None:
+        done = _custom_ids(_jsonl(self.iter_content(found.output_file_id))) if found.output_file_id else set()
+        rows = (row for row in _jsonl(self.iter_content(found.input_file_id)) if row.get("custom_id") not in done)
+        first = next(rows, None)
+        if first is None:
             return None
-        wanted = _unsucceeded(_jsonl(self.iter_content(found.error_file_id)))
-        rows = (row for row in _jsonl(self.iter_content(found.input_file_id)) if row.get("custom_id") in wanted)
         window = completion_window or found.completion_window
-        return self.submit(rows, found.endpoint, window, _retry_metadata(found))
+        return self.submit(itertools.chain([first], rows), found.endpoint, window, _retry_metadata(found))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -476,15 +479,16 @@ class AsyncClient:
     async def retry(self, batch: str | Batch, completion_window: str | None = None) -> Batch | None:
         """``Client.retry``: a new batch of the lines that did not succeed; None when all did."""
         found = _retryable(await self.get(batch) if isinstance(batch, str) else batch)
-        if found.error_file_id is None:
-            return None
-        wanted = _unsucceeded([line async for line in self._lines(found.error_file_id)])
+        output = found.output_file_id
+        done = {str(line["custom_id"]) async for line in self._lines(output)} if output else set()
         with tempfile.TemporaryDirectory(prefix="batchq-retry-") as workdir:
             path = Path(workdir) / f"{found.id}_retry.jsonl"
             with open(path, "wb") as sink:
                 async for row in self._lines(found.input_file_id):
-                    if row.get("custom_id") in wanted:
+                    if row.get("custom_id") not in done:
                         sink.write(orjson.dumps(row) + b"\n")
+            if path.stat().st_size == 0:
+                return None
             uploaded = await self.upload(path)
         window = completion_window or found.completion_window
         return await self.create(uploaded.id, found.endpoint, window, _retry_metadata(found))

@@ -43,7 +43,9 @@ def overview_json(snapshot: Overview) -> dict[str, Any]:
 def overview_table(snapshot: Overview, previous: Overview | None = None) -> Table:
     before = {row.id: row for row in previous.batches} if previous else {}
     flights = ", ".join(f"{name} {n}" for name, n in snapshot.in_flight.items()) or "-"
-    title = f"{len(snapshot.batches)} unfinished batches · queue {snapshot.queue_depth} · in flight: {flights}"
+    waiting = sum(row.waiting for row in snapshot.batches)
+    title = f"{len(snapshot.batches)} unfinished batches · queue {snapshot.queue_depth} (+{waiting} waiting)"
+    title += f" · in flight: {flights}"
     table = Table("batch", "account", "user", "status", "done", "failed", "lines/s", "ETA", "age", title=title)
     for row in snapshot.batches:
         speed = rate(row, snapshot.at, before.get(row.id), previous.at if previous else None)

@@ -51,6 +51,7 @@ class CeleryQueue:
         arglists = [(batch_id, i, o, n) for i, o, n in lines]
         publish_tasks(rt.redis, line_task.name, arglists[window:], QUEUE, to=pending)
         rt.redis.expire(pending, keys.RESULT_TTL_S)
+        rt.batches.add_queued(batch_id, len(arglists[:window]))
         publish_tasks(rt.redis, line_task.name, arglists[:window], QUEUE)
 
     def notify(self, batch_id: str, event_type: str) -> None:

@@ -26,7 +26,11 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
     source = rt.batches.line_source(batch_id)
     if source is None:
         return None  # the batch is gone
-    request = read_request(rt, source.input_file_id, offset, length)
+    try:
+        request = read_request(rt, source.input_file_id, offset, length)
+    except FileNotFoundError:
+        _check_ended(rt, batch_id, index)
+        return None
     body = request["body"]
     route = rt.upstream.route(source.endpoint, body.get("model"))
     ask = rt.upstream.limiter.acquire_call(route) if route is not None else None
@@ -45,6 +49,13 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
         if not result.ok:
             log.info("line failed", extra=_failure(batch_id, index, request["custom_id"], outcome))
     return progress
+
+
+def _check_ended(rt: Runtime, batch_id: str, index: int) -> None:
+    """A task whose input file is gone is fine once its batch has ended (the file may be deleted then)."""
+    if rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s).verdict == "go":
+        rt.batches.drop_lease(batch_id, index)
+        raise FileNotFoundError(f"the input file of running batch {batch_id} is missing")
 
 
 def _send(

@@ -13,7 +13,8 @@ Per active batch it decides (``plan``, pure) and then acts:
                                                        dispatched, and let the next window of
                                                        waiting lines into the queue
 - nothing leased, no progress, lines still waiting  -> let the next window into the queue (its
-  in Redis (the queue holds other batches' tasks)      tasks were lost, or claimed as lost)
+  in Redis, none of its tasks left in the queue        tasks were lost), not while its tasks
+                                                       only wait behind other batches' tasks
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Facts:
     progress_at: float
     queue_empty: bool
     pending: int = 0  # line tasks waiting in Redis to enter the queue (the dispatch window)
+    queued: int = 0  # the batch's tasks in the queue, by its own count
 
 
 def plan(f: Facts, lease_s: float) -> str:
@@ -59,11 +61,11 @@ def plan(f: Facts, lease_s: float) -> str:
         return "wait"
     if f.queue_empty:
         return "requeue_all"
-    return "top_up" if f.pending else "wait"
+    return "top_up" if f.pending and f.queued <= 0 else "wait"  # its window is lost, not just queued
 
 
 def sweep(rt: Runtime, queue: TaskQueue, queue_length: int) -> None:
-    deleted = rt.files.delete_expired()
+    deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
     for batch_id in rt.batches.active_ids():
@@ -91,8 +93,8 @@ def _facts(rt: Runtime, batch: Batch, queue_empty: bool) -> Facts:
     progress = rt.batches.field(batch.id, "progress_at")
     last = float(progress) if progress else float(batch.in_progress_at or batch.created_at)
     expired = sorted(i for i, until in leases.items() if until <= now)
-    pending = rt.batches.pending(batch.id)
-    return Facts(batch, now, expired, len(leases) - len(expired), last, queue_empty, pending)
+    pending, queued = rt.batches.pending(batch.id), rt.batches.queued(batch.id)
+    return Facts(batch, now, expired, len(leases) - len(expired), last, queue_empty, pending, queued)
 
 
 def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: str, facts: Facts) -> None:
@@ -123,7 +125,9 @@ def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> 
         else:
             again.append((index, *offsets[index]))
     if again:
+        rt.batches.add_queued(batch.id, len(again))
         queue.requeue_lines(batch.id, again)
     if lost:
         claim_lines(rt, batch, lost, *LOST)
+        rt.batches.release_pending(batch.id, len(lost))  # each line given up on lets the next one in
     rt.batches.set_fields(batch.id, progress_at=int(time.time()))

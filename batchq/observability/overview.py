@@ -32,6 +32,7 @@ class BatchRow:
     created_at: int
     in_progress_at: int | None
     expires_at: int | None
+    waiting: int = 0  # tasks not yet in the queue (beyond the dispatch window)
 
     @property
     def done(self) -> int:
@@ -67,14 +68,16 @@ def _rows(client: redis.Redis, ids: list[str]) -> list[BatchRow]:
         pipe = client.pipeline(transaction=False)
         for batch_id in ids[start : start + CHUNK]:
             pipe.hmget(keys.batch(batch_id), FIELDS)
-        for batch_id, values in zip(ids[start : start + CHUNK], pipe.execute(), strict=True):
+            pipe.llen(keys.batch_pending(batch_id))
+        replies = pipe.execute()
+        for batch_id, values, waiting in zip(ids[start : start + CHUNK], replies[::2], replies[1::2], strict=True):
             if values[0] is not None:  # gone between the two reads
-                rows.append(_row(batch_id, dict(zip(FIELDS, values, strict=True))))
+                rows.append(_row(batch_id, dict(zip(FIELDS, values, strict=True)), int(waiting)))
     rows.sort(key=lambda row: row.created_at)
     return rows
 
 
-def _row(batch_id: str, h: dict[str, Any]) -> BatchRow:
+def _row(batch_id: str, h: dict[str, Any], waiting: int) -> BatchRow:
     def number(name: str) -> int | None:
         return int(h[name]) if h[name] is not None else None
 
@@ -82,6 +85,7 @@ def _row(batch_id: str, h: dict[str, Any]) -> BatchRow:
         id=batch_id, owner=Owner.from_key((h["owner"] or b"").decode()), status=h["status"].decode(),
         total=number("total") or 0, completed=number("completed") or 0, failed=number("failed") or 0,
         created_at=number("created_at") or 0, in_progress_at=number("in_progress_at"), expires_at=number("expires_at"),
+        waiting=waiting,
     )  # fmt: skip
 
 

@@ -101,11 +101,15 @@ class BatchStore:
 
     def active_using(self, file_id: str) -> str | None:
         """An unfinished batch reading ``file_id`` as its input, if any."""
+        return next((b for b, f in self.active_inputs().items() if f == file_id), None)
+
+    def active_inputs(self) -> dict[str, str]:
+        """Unfinished batch id -> the input file it reads."""
         ids = self.active_ids()
         pipe = self.r.pipeline(transaction=False)
         for batch_id in ids:
             pipe.hget(keys.batch(batch_id), "input_file_id")
-        return next((b for b, f in zip(ids, pipe.execute(), strict=True) if f and f.decode() == file_id), None)
+        return {b: f.decode() for b, f in zip(ids, pipe.execute(), strict=True) if f}
 
     # --- status ----------------------------------------------------------------------------
 
@@ -184,7 +188,16 @@ class BatchStore:
         pipe = self.r.pipeline(transaction=False)
         for _ in range(count):
             pipe.rpoplpush(keys.batch_pending(batch_id), keys.LINE_QUEUE)
-        pipe.execute()
+        self.add_queued(batch_id, sum(moved is not None for moved in pipe.execute()))
+
+    def add_queued(self, batch_id: str, count: int) -> None:
+        """Count tasks put in the queue (``BEGIN_LINE`` counts each delivered one out)."""
+        if count:
+            self.r.hincrby(keys.batch(batch_id), "queued", count)
+
+    def queued(self, batch_id: str) -> int:
+        """The batch's tasks in the queue, about: lost tasks stay counted, duplicates count out twice."""
+        return int(self.r.hget(keys.batch(batch_id), "queued") or 0)
 
     def done_bitmap(self, batch_id: str) -> bytes:
         return self.r.get(keys.batch_done(batch_id)) or b""

@@ -10,7 +10,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ from batchq.domain.models import DeletedFile, FileObject, Owner, Page, page_of
 from batchq.errors import NotFound
 from batchq.storage import keys
 from batchq.storage.batches import page_ids
+
+KEPT_RECHECK_S = 3600  # an expired file still read by a batch is looked at again after this
 
 
 class FileStore:
@@ -90,15 +92,23 @@ class FileStore:
         self._remove(file_id, owner.key)
         return DeletedFile(id=file_id)
 
-    def delete_expired(self, now: float | None = None, limit: int = 1000) -> int:
-        """Delete files past ``expires_at`` (and upload leftovers older than a day); returns how many."""
+    def delete_expired(self, now: float | None = None, limit: int = 1000, keep: Set[str] = frozenset()) -> int:
+        """Delete files past ``expires_at`` (and upload leftovers older than a day); returns how many.
+
+        Files in ``keep`` (the inputs of unfinished batches) stay until their batch ends: they are
+        looked at again an hour later.
+        """
         now = time.time() if now is None else now
         expired = [m.decode() for m in self.r.zrangebyscore(keys.FILE_EXPIRY, "-inf", now, start=0, num=limit)]
-        for file_id in expired:
+        kept = [file_id for file_id in expired if file_id in keep]
+        if kept:
+            self.r.zadd(keys.FILE_EXPIRY, dict.fromkeys(kept, now + KEPT_RECHECK_S), xx=True)
+        gone = [file_id for file_id in expired if file_id not in keep]
+        for file_id in gone:
             owner = self.r.hget(keys.file(file_id), "owner")
             self._remove(file_id, owner.decode() if owner else "")
         self._sweep_tmp(now - 86_400)
-        return len(expired)
+        return len(gone)
 
     def _remove(self, file_id: str, owner_key: str) -> None:
         pipe = self.r.pipeline()

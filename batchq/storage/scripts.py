@@ -38,9 +38,11 @@ return 1
 # KEYS: batch, done, leases. ARGV: index, lease_until, now.
 # Returns verdict: go | done | leased | stop | expired.
 # 'leased': another worker runs the line now (a redelivered message); it is not sent twice.
+# Every delivered task counts itself out of the batch's 'queued' tasks (the watchdog reads it).
 _BEGIN_LINE_FN = """
 local function begin_line(K, A)
   local b = redis.call('HMGET', K[1], 'status', 'expires_at')
+  if b[1] then redis.call('HINCRBY', K[1], 'queued', -1) end
   if b[1] ~= 'in_progress' then return 'stop' end
   if redis.call('GETBIT', K[2], A[1]) == 1 then return 'done' end
   local held = redis.call('HGET', K[3], A[1])
@@ -75,7 +77,9 @@ local function complete_line(K, A)
     redis.call('HINCRBY', K[1], 'failed', 1)
     redis.call('HINCRBY', K[5], 'lines_failed', 1)
   end
-  if K[6] and status == 'in_progress' then redis.call('RPOPLPUSH', K[6], K[7]) end
+  if K[6] and status == 'in_progress' and redis.call('RPOPLPUSH', K[6], K[7]) then
+    redis.call('HINCRBY', K[1], 'queued', 1)
+  end
   redis.call('HSET', K[1], 'progress_at', A[7])
   redis.call('EXPIRE', K[2], A[8])
   redis.call('EXPIRE', K[3], A[8])

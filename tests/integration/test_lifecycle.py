@@ -94,3 +94,20 @@ def test_expired_files_are_deleted_with_their_bytes(stack: Stack) -> None:
     assert not path.exists()
     assert uploaded.id not in [f.id for f in sdk.files.list()]
     rt.redis.close()
+
+
+def test_an_expired_input_file_stays_while_its_batch_runs(stack: Stack) -> None:
+    rt = build_runtime(Settings(redis_url=stack.redis_url or "", data_dir=stack.workdir / "data"), pool_size=2)
+    sdk = client(stack, user="expiring-input")
+    rows = slow_rows(6, 3500, prefix="keep")  # runs for about 3.5 s (the upstream timeout is 5 s here)
+    batch = submit(sdk, rows)
+    stack.wait_until(lambda: sdk.batches.retrieve(batch.id).status == "in_progress", 20, "in progress")
+    rt.redis.zadd("batchq:files:expiry", {batch.input_file_id: time.time() - 1})  # its lifetime ran out
+    time.sleep(2.2)  # the watchdog sweeps every second here
+    assert rt.files.path(batch.input_file_id).exists(), "the input of a running batch was deleted"
+    final = wait(sdk, batch.id)
+    assert_exactly_once(sdk, final, [str(r["custom_id"]) for r in rows])
+    assert final.request_counts is not None and final.request_counts.failed == 0
+    rt.files.delete_expired(now=time.time() + 2 * 3600)  # once the batch has ended, it goes
+    assert not rt.files.path(batch.input_file_id).exists()
+    rt.redis.close()

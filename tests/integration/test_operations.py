@@ -88,6 +88,7 @@ def test_top_shows_every_tenants_unfinished_batches(stack: Stack) -> None:
     overview = orjson.loads(shown.stdout)
     (row,) = [b for b in overview["batches"] if b["id"] == batch.id]
     assert row["owner"]["user"] == "top-watched" and row["status"] == "in_progress" and row["total"] == 3
+    assert row["waiting"] == 0  # 3 lines: all within the dispatch window
     assert isinstance(overview["queue_depth"], int) and set(overview["in_flight"]) == {"default"}
     table = subprocess.run([*run, "--once"], env=env | {"COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and batch.id in table.stdout and "top-watched" in table.stdout

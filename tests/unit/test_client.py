@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from batchq import client as mod
-from batchq.cli import outcome_code
+from batchq.cli import outcome_code, uvicorn_level
 from batchq.client import APIError, AsyncClient, Batch, Client, ClientError
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
@@ -181,3 +181,82 @@ def test_async_client_mirrors_the_sync_one(tmp_path: Path) -> None:
 def test_cli_outcome_codes(status: str, completed: int, failed: int, code: int) -> None:
     counts = {"total": completed + failed, "completed": completed, "failed": failed}
     assert outcome_code(Batch.model_validate(batch_json(status, request_counts=counts))) == code
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [("INFO", "info"), ("WARN", "warning"), ("warning", "warning"), ("FATAL", "critical"), ("15", 15), ("odd", "info")],
+)
+def test_uvicorn_gets_a_level_it_knows(level: str, expected: str | int) -> None:
+    assert uvicorn_level(level) == expected
+
+
+class FakeApi:
+    """Serves one ended batch, its input and output files, and records what is uploaded."""
+
+    def __init__(self, batch: dict[str, Any], files: dict[str, bytes]) -> None:
+        self.batch, self.files = batch, files
+        self.uploaded: list[bytes] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if path == "/v1/batches/batch_1":
+            return httpx2.Response(200, json=self.batch)
+        if path.startswith("/v1/files/") and path.endswith("/content"):
+            return httpx2.Response(200, content=self.files[path.split("/")[3]])
+        if path == "/v1/files":
+            self.uploaded.append(request.read())
+            return httpx2.Response(200, json=file_json("file-retry"))
+        assert path == "/v1/batches", path
+        return httpx2.Response(
+            200, json=batch_json("validating", id="batch_2", metadata=orjson.loads(request.read())["metadata"])
+        )
+
+
+INPUT = b"".join(
+    orjson.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {}}) + b"\n"
+    for i in range(3)
+)
+
+
+@pytest.mark.parametrize(
+    ("batch", "output", "resent"),
+    [
+        (batch_json("cancelled", request_counts={"total": 0, "completed": 0, "failed": 0}), None, ["c0", "c1", "c2"]),
+        (batch_json("expired", output_file_id="file-out"), b'{"custom_id": "c1"}\n', ["c0", "c2"]),
+        (
+            batch_json("completed", output_file_id="file-out"),
+            b'{"custom_id": "c0"}\n{"custom_id": "c1"}\n{"custom_id": "c2"}\n',
+            [],
+        ),
+    ],
+    ids=["cancelled-before-it-ran", "expired-halfway", "all-succeeded"],
+)
+def test_retry_resends_every_input_line_without_an_output_line(
+    batch: dict[str, Any], output: bytes | None, resent: list[str]
+) -> None:
+    api = FakeApi(batch, {"file-in": INPUT} | ({"file-out": output} if output else {}))
+    with make(api) as c:
+        again = c.retry("batch_1")
+    if not resent:
+        assert again is None and api.uploaded == []
+        return
+    assert again is not None and again.metadata == {"retry_of": "batch_1"}
+    (body,) = api.uploaded
+    assert [f'"c{i}"'.encode() in body for i in range(3)] == [f"c{i}" in resent for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("output", "resent"), [(None, 3), (b'{"custom_id": "c0"}\n{"custom_id": "c1"}\n{"custom_id": "c2"}\n', 0)]
+)
+def test_async_retry_matches_the_sync_one(output: bytes | None, resent: int) -> None:
+    batch = batch_json("cancelled", output_file_id="file-out" if output else None)
+    api = FakeApi(batch, {"file-in": INPUT} | ({"file-out": output} if output else {}))
+
+    async def scenario() -> Batch | None:
+        async with AsyncClient("http://api.test", "sk-x", transport=httpx2.MockTransport(api)) as c:
+            return await c.retry("batch_1")
+
+    again = asyncio.run(scenario())
+    assert (again is None) == (resent == 0)
+    assert [body.count(b"custom_id") for body in api.uploaded] == ([resent] if resent else [])

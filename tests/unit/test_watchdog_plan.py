@@ -38,8 +38,9 @@ def facts(
     progress_at: float = NOW,
     queue_empty: bool = False,
     pending: int = 0,
+    queued: int = 0,
 ) -> Facts:
-    return Facts(b, now, expired_leases or [], live_leases, progress_at, queue_empty, pending)
+    return Facts(b, now, expired_leases or [], live_leases, progress_at, queue_empty, pending, queued)
 
 
 # --- finalize --------------------------------------------------------------------------------
@@ -155,6 +156,12 @@ def test_a_stalled_batch_with_waiting_lines_lets_the_next_window_in() -> None:
 def test_no_top_up_unless_stalled_and_idle_with_lines_waiting(progress_age: float, live: int, pending: int) -> None:
     b = batch(Status.IN_PROGRESS, total=5000, completed=3)
     f = facts(b, progress_at=NOW - progress_age, live_leases=live, pending=pending)
+    assert plan(f, LEASE) == "wait"
+
+
+def test_no_top_up_while_the_batchs_tasks_only_wait_behind_other_batches() -> None:
+    b = batch(Status.IN_PROGRESS, total=5000, completed=3)
+    f = facts(b, progress_at=NOW - LEASE - 1, queue_empty=False, pending=2000, queued=2048)
     assert plan(f, LEASE) == "wait"
 
 
