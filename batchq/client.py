@@ -107,11 +107,22 @@ def _headers(api_key: str | None, on_behalf_of: str | None) -> dict[str, str]:
     return headers
 
 
-def _create_body(input_file_id: str, endpoint: str, window: str, metadata: Mapping[str, str] | None) -> dict[str, Any]:
+def _create_body(
+    input_file_id: str, endpoint: str, window: str, metadata: Mapping[str, str] | None, output_ttl_s: int | None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": window}
     if metadata:
         body["metadata"] = dict(metadata)
+    if output_ttl_s is not None:
+        body["output_expires_after"] = {"anchor": "created_at", "seconds": output_ttl_s}
     return body
+
+
+def _upload_fields(purpose: str, ttl_s: int | None) -> dict[str, str]:
+    fields = {"purpose": purpose}
+    if ttl_s is not None:
+        fields |= {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(ttl_s)}
+    return fields
 
 
 def _params(**values: object) -> dict[str, str | int]:
@@ -259,10 +270,17 @@ class Client:
         endpoint: str = "/v1/chat/completions",
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
+        *,
+        output_expires_after_s: int | None = None,
     ) -> Batch:
-        """Upload the input (rows: an iterable of dicts, or a JSONL path) and create a batch from it."""
+        """Upload the input (rows: an iterable of dicts, or a JSONL path) and create a batch from it.
+
+        ``output_expires_after_s``: the lifetime of the output and error files (1 hour to 30 days).
+        """
         uploaded = self.upload(rows_or_path)
-        return self.create(uploaded.id, endpoint, completion_window, metadata)
+        return self.create(
+            uploaded.id, endpoint, completion_window, metadata, output_expires_after_s=output_expires_after_s
+        )
 
     def create(
         self,
@@ -270,8 +288,10 @@ class Client:
         endpoint: str,
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
+        *,
+        output_expires_after_s: int | None = None,
     ) -> Batch:
-        body = _create_body(input_file_id, endpoint, completion_window, metadata)
+        body = _create_body(input_file_id, endpoint, completion_window, metadata, output_expires_after_s)
         batch: Batch = self._model(Batch, "POST", "/batches", json=body)
         return batch
 
@@ -338,11 +358,15 @@ class Client:
 
     # -- files -----------------------------------------------------------------------------
 
-    def upload(self, rows_or_path: Rows, purpose: str = "batch") -> FileObject:
-        """Upload a JSONL file (a path, or rows written to a temporary file), streamed."""
+    def upload(self, rows_or_path: Rows, purpose: str = "batch", *, expires_after_s: int | None = None) -> FileObject:
+        """Upload a JSONL file (a path, or rows written to a temporary file), streamed.
+
+        ``expires_after_s``: the file's lifetime (1 hour to 30 days; default: the server's).
+        """
+        data = _upload_fields(purpose, expires_after_s)
         with _opened(rows_or_path) as source:
             files = {"file": (_upload_name(rows_or_path), source, "application/jsonl")}
-            uploaded: FileObject = self._model(FileObject, "POST", "/files", files=files, data={"purpose": purpose})
+            uploaded: FileObject = self._model(FileObject, "POST", "/files", files=files, data=data)
         return uploaded
 
     def list_files(
@@ -424,9 +448,13 @@ class AsyncClient:
         endpoint: str = "/v1/chat/completions",
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
+        *,
+        output_expires_after_s: int | None = None,
     ) -> Batch:
         uploaded = await self.upload(rows_or_path)
-        return await self.create(uploaded.id, endpoint, completion_window, metadata)
+        return await self.create(
+            uploaded.id, endpoint, completion_window, metadata, output_expires_after_s=output_expires_after_s
+        )
 
     async def create(
         self,
@@ -434,8 +462,10 @@ class AsyncClient:
         endpoint: str,
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
+        *,
+        output_expires_after_s: int | None = None,
     ) -> Batch:
-        body = _create_body(input_file_id, endpoint, completion_window, metadata)
+        body = _create_body(input_file_id, endpoint, completion_window, metadata, output_expires_after_s)
         batch: Batch = await self._model(Batch, "POST", "/batches", json=body)
         return batch
 
@@ -502,12 +532,13 @@ class AsyncClient:
             for line in lines.finish():
                 yield line
 
-    async def upload(self, rows_or_path: Rows, purpose: str = "batch") -> FileObject:
+    async def upload(
+        self, rows_or_path: Rows, purpose: str = "batch", *, expires_after_s: int | None = None
+    ) -> FileObject:
+        data = _upload_fields(purpose, expires_after_s)
         with _opened(rows_or_path) as source:
             files = {"file": (_upload_name(rows_or_path), source, "application/jsonl")}
-            uploaded: FileObject = await self._model(
-                FileObject, "POST", "/files", files=files, data={"purpose": purpose}
-            )
+            uploaded: FileObject = await self._model(FileObject, "POST", "/files", files=files, data=data)
         return uploaded
 
     async def list_files(

@@ -198,3 +198,14 @@ def test_cli_batches_retry_waits_and_writes_the_files(stack: Stack, user: str, a
     assert sorted(line["custom_id"] for line in read_jsonl(output)) == ["cli-flaky0", "cli-flaky1"]
     again = cli(stack, user, "batches", "retry", orjson.loads(done.stdout)["id"])
     assert again.returncode == 0 and "nothing to retry" in " ".join(again.stderr.split())
+
+
+def test_client_sets_file_and_output_lifetimes(api: Client) -> None:
+    uploaded = api.upload([chat_row("life0")], expires_after_s=7200)
+    assert uploaded.expires_at == uploaded.created_at + 7200
+    batch = api.wait(api.create(uploaded.id, CHAT, output_expires_after_s=3600).id, poll_interval=0.1, timeout=60)
+    output = api.get_file(batch.output_file_id or "")
+    assert output.expires_at == output.created_at + 3600
+    with pytest.raises(APIError) as refused:
+        api.upload([chat_row("life1")], expires_after_s=60)
+    assert refused.value.status_code == 400 and refused.value.param == "expires_after[seconds]"
