@@ -92,6 +92,8 @@ def create_batch(rt: Runtime, queue: TaskQueue, owner: Owner, request: NewBatch)
     source = rt.files.get(request.input_file_id, owner)
     if source.purpose != "batch":
         raise InvalidRequest("The input file must have purpose 'batch'.", param="input_file_id")
+    if source.expires_at is not None and source.expires_at <= time.time():
+        raise InvalidRequest("The input file has expired; upload it again.", param="input_file_id")
     lines = rt.files.line_count(request.input_file_id)
     rt.quotas.reserve(owner.account, lines)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from functools import lru_cache
+from typing import Any
 
 import redis
 from celery import signals
@@ -71,7 +73,14 @@ def submit_task(batch_id: str) -> None:
     submit.submit(runtime(), queue, batch_id)
 
 
-@app.task(name="batchq.line", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
+class LineTask(Task):  # type: ignore[misc]
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """A retried line is a queued task again: count it back in (``BEGIN_LINE`` counted it out)."""
+        with contextlib.suppress(redis.RedisError):
+            runtime().batches.add_queued(args[0], 1)
+
+
+@app.task(base=LineTask, name="batchq.line", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
 def line_task(batch_id: str, index: int, offset: int, length: int) -> None:
     progress = runner.run_line(runtime(), batch_id, index, offset, length)
     if progress is not None and progress.last:

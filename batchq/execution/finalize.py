@@ -103,15 +103,32 @@ def claim_missing(rt: Runtime, batch: Batch, code: str, message: str) -> int:
 
 def claim_lines(rt: Runtime, batch: Batch, indices: list[int], code: str, message: str) -> None:
     """Store an error line with ``code`` for each of ``indices`` that has no result yet."""
+    if not indices:
+        return
     offsets = rt.batches.offsets(batch.id)
-    with open(rt.files.path(batch.input_file_id), "rb") as handle:
+    with _input(rt, batch) as handle:
         for start in range(0, len(indices), CLAIM_CHUNK):
             chunk = indices[start : start + CLAIM_CHUNK]
             lines = [(i, error_line(_custom_id(handle, offsets[i]), code, message)) for i in chunk]
             rt.batches.complete_lines(batch.id, lines)
 
 
-def _custom_id(handle: BinaryIO, where: tuple[int, int]) -> str:
+@contextmanager
+def _input(rt: Runtime, batch: Batch) -> Iterator[BinaryIO | None]:
+    """The batch's input file; None if it was removed behind batchq's back (the batch must still end)."""
+    try:
+        handle = open(rt.files.path(batch.input_file_id), "rb")  # noqa: SIM115 (closed by the with below)
+    except FileNotFoundError:
+        log.error("input file missing at claim", extra={"batch_id": batch.id, "file_id": batch.input_file_id})
+        yield None
+        return
+    with handle:
+        yield handle
+
+
+def _custom_id(handle: BinaryIO | None, where: tuple[int, int]) -> str:
+    if handle is None:
+        return ""  # the input is gone: the line is still accounted for, without its id
     handle.seek(where[0])
     return str(orjson.loads(handle.read(where[1]))["custom_id"])
 

@@ -70,31 +70,32 @@ def sweep(rt: Runtime, queue: TaskQueue, queue_length: int) -> None:
         log.info("expired files deleted", extra={"count": deleted})
     for batch_id in rt.batches.active_ids():
         try:
-            check(rt, queue, batch_id, queue_length == 0)
+            check(rt, queue, batch_id, queue_length)
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
 
 
-def check(rt: Runtime, queue: TaskQueue, batch_id: str, queue_empty: bool) -> None:
+def check(rt: Runtime, queue: TaskQueue, batch_id: str, queue_length: int) -> None:
     batch = rt.batches.get(batch_id)
     if batch is None or is_terminal(batch.status):
         rt.redis.srem(keys.ACTIVE_BATCHES, batch_id)
         return
-    facts = _facts(rt, batch, queue_empty)
+    facts = _facts(rt, batch, queue_length)
     action = plan(facts, rt.settings.line_lease_s)
     if action != "wait":
         log.info("watchdog acts", extra={"batch_id": batch_id, "action": action})
     _act(rt, queue, batch, action, facts)
 
 
-def _facts(rt: Runtime, batch: Batch, queue_empty: bool) -> Facts:
+def _facts(rt: Runtime, batch: Batch, queue_length: int) -> Facts:
     now = time.time()
     leases = rt.batches.leases(batch.id)
     progress = rt.batches.field(batch.id, "progress_at")
     last = float(progress) if progress else float(batch.in_progress_at or batch.created_at)
     expired = sorted(i for i, until in leases.items() if until <= now)
-    pending, queued = rt.batches.pending(batch.id), rt.batches.queued(batch.id)
-    return Facts(batch, now, expired, len(leases) - len(expired), last, queue_empty, pending, queued)
+    pending = rt.batches.pending(batch.id)
+    queued = min(rt.batches.queued(batch.id), queue_length)  # tasks lost uncounted cannot be in the queue
+    return Facts(batch, now, expired, len(leases) - len(expired), last, queue_length == 0, pending, queued)
 
 
 def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: str, facts: Facts) -> None:
@@ -105,6 +106,7 @@ def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: str, facts: Facts)
     elif action == "requeue_expired":
         requeue(rt, queue, batch, facts.expired_leases)
     elif action == "requeue_all":
+        rt.batches.set_fields(batch.id, queued=0)  # the queue is empty: none of its tasks are in it
         dispatched = batch.request_counts.total - facts.pending
         requeue(rt, queue, batch, missing_lines(rt, batch.id, dispatched))
         rt.batches.release_pending(batch.id, rt.settings.dispatch_window)

@@ -59,6 +59,7 @@ class BatchStore:
         self._begin_acquire = client.register_script(scripts.BEGIN_LINE_ACQUIRE)
         self._complete = client.register_script(scripts.COMPLETE_LINE)
         self._complete_release = client.register_script(scripts.COMPLETE_LINE_RELEASE)
+        self._release_pending = client.register_script(scripts.RELEASE_PENDING)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -183,12 +184,12 @@ class BatchStore:
         """Line tasks waiting to enter the queue: the batch's last lines, in order."""
         return int(self.r.llen(keys.batch_pending(batch_id)))
 
-    def release_pending(self, batch_id: str, count: int) -> None:
-        """Move up to ``count`` of the batch's waiting tasks into the queue."""
-        pipe = self.r.pipeline(transaction=False)
-        for _ in range(count):
-            pipe.rpoplpush(keys.batch_pending(batch_id), keys.LINE_QUEUE)
-        self.add_queued(batch_id, sum(moved is not None for moved in pipe.execute()))
+    def release_pending(self, batch_id: str, count: int) -> int:
+        """Move up to ``count`` of the batch's waiting tasks into the queue (and count them in)."""
+        if count <= 0:
+            return 0
+        keys_ = [keys.batch_pending(batch_id), keys.LINE_QUEUE, keys.batch(batch_id)]
+        return int(self._release_pending(keys=keys_, args=[count]))
 
     def add_queued(self, batch_id: str, count: int) -> None:
         """Count tasks put in the queue (``BEGIN_LINE`` counts each delivered one out)."""

@@ -150,6 +150,18 @@ local function release(K, A)
 end
 """
 
+# KEYS: pending, queue, batch. ARGV: count. Moves up to count waiting tasks into the queue and
+# counts them in; returns how many moved.
+RELEASE_PENDING = """
+local moved = 0
+for _ = 1, tonumber(ARGV[1]) do
+  if not redis.call('RPOPLPUSH', KEYS[1], KEYS[2]) then break end
+  moved = moved + 1
+end
+if moved > 0 then redis.call('HINCRBY', KEYS[3], 'queued', moved) end
+return moved
+"""
+
 _SLICE_FN = """
 local function slice(t, first, last)
   local out = {}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx2
 import openai
 import pytest
+import redis
 
 from batchq.stack import Stack
 from tests.integration.helpers import (
@@ -283,3 +286,14 @@ def test_expiry_policies_outside_an_hour_to_thirty_days_are_refused(stack: Stack
             output_expires_after={"anchor": "created_at", "seconds": seconds},
         )  # fmt: skip
     assert isinstance(create.value.body, dict) and create.value.body["param"] == "output_expires_after[seconds]"
+
+
+def test_an_expired_input_file_cannot_start_a_batch(stack: Stack) -> None:
+    sdk = client(stack, user="stale-input")
+    uploaded = sdk.files.create(file=("input.jsonl", jsonl([chat_row("s0")])), purpose="batch")
+    store = redis.Redis.from_url(stack.redis_url or "")
+    store.hset(f"batchq:file:{uploaded.id}", "expires_at", int(time.time()) - 1)  # not swept yet
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "input_file_id"
+    store.close()

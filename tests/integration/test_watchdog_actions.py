@@ -6,14 +6,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from batchq.config import Settings
 from batchq.domain.models import Batch, Owner, RequestCounts
-from batchq.domain.results import response_line
+from batchq.domain.results import LOST, response_line
 from batchq.domain.status import Status
 from batchq.embedded import free_port, start_redis
-from batchq.execution import watchdog
+from batchq.execution import finalize, watchdog
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from batchq.storage.batches import pack_offsets
@@ -75,7 +76,7 @@ def stalled_batch(rt: Runtime, done: int, dispatched: int) -> str:
 
 def test_an_empty_queue_gets_the_dispatched_lines_again_and_the_next_window(rt: Runtime) -> None:
     batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
-    watchdog.check(rt, queue, batch_id, queue_empty=True)  # type: ignore[arg-type]
+    watchdog.check(rt, queue, batch_id, queue_length=0)  # type: ignore[arg-type]
     assert queue.requeued == [2, 3, 4]  # sent before, never stored; not the lines still waiting
     assert rt.redis.lrange(keys.LINE_QUEUE, 0, -1) == [b"task-7", b"task-6", b"task-5"]
     assert rt.batches.pending(batch_id) == TOTAL - 5 - WINDOW and rt.batches.queued(batch_id) == 3 + WINDOW
@@ -83,17 +84,38 @@ def test_an_empty_queue_gets_the_dispatched_lines_again_and_the_next_window(rt: 
 
 def test_a_lost_window_behind_other_batches_gets_the_next_window_only(rt: Runtime) -> None:
     batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
-    watchdog.check(rt, queue, batch_id, queue_empty=False)  # type: ignore[arg-type]
+    watchdog.check(rt, queue, batch_id, queue_length=500)  # type: ignore[arg-type]
     assert queue.requeued == []
     assert rt.batches.pending(batch_id) == TOTAL - 5 - WINDOW and rt.batches.queued(batch_id) == WINDOW
     progress_at = float(rt.batches.field(batch_id, "progress_at") or 0)
     assert progress_at > time.time() - 5  # one window per lease period, not one per sweep
-    watchdog.check(rt, queue, batch_id, queue_empty=False)  # type: ignore[arg-type]
+    watchdog.check(rt, queue, batch_id, queue_length=500)  # type: ignore[arg-type]
     assert rt.batches.pending(batch_id) == TOTAL - 5 - WINDOW
 
 
 def test_a_window_still_queued_behind_other_batches_is_left_alone(rt: Runtime) -> None:
     batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
     rt.batches.add_queued(batch_id, 3)  # its three tasks wait their turn in a busy queue
-    watchdog.check(rt, queue, batch_id, queue_empty=False)  # type: ignore[arg-type]
+    watchdog.check(rt, queue, batch_id, queue_length=500)  # type: ignore[arg-type]
     assert queue.requeued == [] and rt.batches.pending(batch_id) == TOTAL - 5
+
+
+def test_claiming_lines_of_a_batch_whose_input_vanished_still_accounts_for_them(rt: Runtime) -> None:
+    batch_id = stalled_batch(rt, done=2, dispatched=5)  # its input file was never written to disk
+    batch = rt.batches.get(batch_id)
+    assert batch is not None
+    finalize.claim_lines(rt, batch, [5, 6], *LOST)
+    stored = {int(index): orjson.loads(value[1:]) for index, value in rt.batches.iter_results(batch_id)}
+    assert sorted(stored) == [0, 1, 5, 6]
+    assert stored[5]["custom_id"] == "" and stored[5]["error"]["code"] == LOST[0]
+
+
+def test_a_drifted_queued_count_is_capped_by_the_queue_length(rt: Runtime) -> None:
+    batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
+    rt.batches.add_queued(batch_id, 40)  # tasks counted in but lost with a worker
+    rt.redis.lpush(keys.LINE_QUEUE, b"someone-else")
+    watchdog.check(rt, queue, batch_id, queue_length=1)  # type: ignore[arg-type]
+    assert rt.batches.pending(batch_id) == TOTAL - 5, "one task in the queue could be this batch's: wait"
+    rt.redis.delete(keys.LINE_QUEUE)
+    watchdog.check(rt, queue, batch_id, queue_length=0)  # type: ignore[arg-type]
+    assert queue.requeued == [2, 3, 4] and rt.batches.queued(batch_id) == 3 + WINDOW  # counted afresh

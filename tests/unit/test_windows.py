@@ -118,3 +118,8 @@ def test_expiry_seconds_names_the_bad_field(anchor: object, seconds: object, par
     with pytest.raises(InvalidRequest) as refused:
         expiry_seconds(anchor, seconds, "expires_after")
     assert refused.value.param == param and refused.value.status_code == 400
+
+
+def test_a_huge_digit_string_is_refused_not_a_crash() -> None:
+    with pytest.raises(InvalidRequest):
+        expiry_seconds("created_at", "9" * 5000, "output_expires_after")
