@@ -51,6 +51,7 @@ class Result:
     rss_mb: dict[str, float]
     redis_peak_mb: float
     baseline_lps: float | None = None
+    baseline_cpu_ms: float | None = None  # the aiohttp script's own CPU per request (this machine, now)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -127,6 +128,14 @@ def run_batchq(stack: Stack, case: Case, data: bytes) -> Result:
     return result
 
 
+def timed_baseline(url: str, count: int, cap: int) -> tuple[float, float]:
+    """The aiohttp script's lines/s, and its own CPU-ms per request: the machine's speed right now."""
+    before = os.times()
+    lps = asyncio.run(aiohttp_baseline(url, count, cap))
+    after = os.times()
+    return lps, (after.user + after.system - before.user - before.system) * 1000 / count
+
+
 async def aiohttp_baseline(url: str, count: int, cap: int) -> float:
     """What a user would write instead: one session, a semaphore, every request sent once."""
     body = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "Summarise the benchmark."}]})
@@ -150,7 +159,7 @@ def run_case(case: Case, workdir: Path) -> Result:
     stack = Stack(workdir / case.name, api_key="sk-bench", env_overrides=env, mock_args=mock)
     with stack.start(workers=case.workers, concurrency=case.concurrency):
         result = run_batchq(stack, case, rows(case.lines))
-        result.baseline_lps = asyncio.run(aiohttp_baseline(stack.upstream_url, case.lines, case.cap))
+        result.baseline_lps, result.baseline_cpu_ms = timed_baseline(stack.upstream_url, case.lines, case.cap)
     return result
 
 
@@ -168,6 +177,9 @@ def report(result: Result) -> None:
     total = sum(result.cpu_ms.values())
     parts = ", ".join(f"{n} {v:.2f}" for n, v in sorted(result.cpu_ms.items()))
     print(f"  CPU-ms/line   {total:8.2f}  ({parts})")
+    if result.baseline_cpu_ms:
+        ratio = total / result.baseline_cpu_ms
+        print(f"  script CPU    {result.baseline_cpu_ms:8.3f} ms per request -> batchq CPU / script CPU = {ratio:.1f}x")
     print("  peak RSS MB   " + ", ".join(f"{n} {v:.0f}" for n, v in sorted(result.rss_mb.items())))
     print(f"  Redis peak    {result.redis_peak_mb:8.1f} MB")
     for note in result.notes:
