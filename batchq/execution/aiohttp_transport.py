@@ -30,23 +30,22 @@ def _timeout(extensions: Mapping[str, Any]) -> aiohttp.ClientTimeout:
     )
 
 
+# aiohttp (and asyncio timeout) errors and their httpx2 twins; the first match wins, so subclasses
+# come before their bases.
+_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], type[httpx2.TransportError]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx2.ConnectTimeout),
+    ((aiohttp.ServerTimeoutError, asyncio.TimeoutError), httpx2.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx2.ConnectError),
+    (aiohttp.ServerDisconnectedError, httpx2.RemoteProtocolError),
+    ((aiohttp.ClientConnectionError, aiohttp.ClientPayloadError), httpx2.ReadError),
+    (aiohttp.InvalidURL, httpx2.UnsupportedProtocol),
+)
+
+
 def translate_error(exc: BaseException) -> httpx2.TransportError | None:
     """The httpx2 error matching an aiohttp (or asyncio timeout) error, or None if unrelated."""
-    message = str(exc) or type(exc).__name__
-    kind: type[httpx2.TransportError] | None = None
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        kind = httpx2.ConnectTimeout
-    elif isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-        kind = httpx2.ReadTimeout
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        kind = httpx2.ConnectError
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        kind = httpx2.RemoteProtocolError
-    elif isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
-        kind = httpx2.ReadError
-    elif isinstance(exc, aiohttp.InvalidURL):
-        kind = httpx2.UnsupportedProtocol
-    return kind(message) if kind is not None else None
+    kind = next((httpx2_kind for foreign, httpx2_kind in _ERRORS if isinstance(exc, foreign)), None)
+    return kind(str(exc) or type(exc).__name__) if kind is not None else None
 
 
 class AiohttpTransport(httpx2.AsyncBaseTransport):
