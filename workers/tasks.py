@@ -109,9 +109,8 @@ def webhook_backoff(retries: int) -> float:
 
 
 def queue_length(client: redis.Redis) -> int:
-    names = [QUEUE, *(f"{QUEUE}\x06\x16{p}" for p in (3, 6, 9))]
     pipe = client.pipeline(transaction=False)
-    for name in names:
+    for name in keys.queue_lists(QUEUE):
         pipe.llen(name)
     return sum(pipe.execute())
 

@@ -198,7 +198,6 @@ def running_metrics_ports() -> list[int]:
 
 # --- API side ------------------------------------------------------------------------------------
 
-PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
 STATUS_CHUNK = 1000  # HGETs per pipeline round trip when reading active batches' statuses
 
 
@@ -250,15 +249,15 @@ class RedisStateCollector:
         pipe.smembers(keys.ACTIVE_BATCHES)
         pipe.hgetall(STATS_KEY)
         for queue in self.queues:
-            for suffix in PRIORITY_SUFFIXES:
-                pipe.llen(queue + suffix)
+            for name in keys.queue_lists(queue):
+                pipe.llen(name)
         for route in self.routes:
             pipe.zcount(keys.limit_inflight(route), now, "+inf")  # unexpired tokens: a dead worker's do not count
             pipe.get(keys.limit_notbefore(route))
         replies = iter(pipe.execute())
         active = next(replies)
         stats = {_text(k): _number(v) for k, v in (next(replies) or {}).items()}
-        depths = [sum(int(next(replies) or 0) for _ in PRIORITY_SUFFIXES) for _ in self.queues]
+        depths = [sum(int(next(replies) or 0) for _ in keys.PRIORITY_SUFFIXES) for _ in self.queues]
         limits = [(int(next(replies) or 0), _number(next(replies))) for _ in self.routes]
 
         yield from _batch_families(self._active_statuses(active), stats)

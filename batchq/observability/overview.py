@@ -14,7 +14,6 @@ from typing import Any
 import redis
 
 from batchq.domain.models import Owner
-from batchq.observability.metrics import PRIORITY_SUFFIXES
 from batchq.storage import keys
 
 CHUNK = 1000  # batches per pipeline round trip
@@ -51,14 +50,15 @@ def read_overview(client: redis.Redis, routes: Sequence[str], queue: str = "cele
     now = time.time()
     pipe = client.pipeline(transaction=False)
     pipe.smembers(keys.ACTIVE_BATCHES)
-    for suffix in PRIORITY_SUFFIXES:
-        pipe.llen(queue + suffix)
+    lists = keys.queue_lists(queue)
+    for name in lists:
+        pipe.llen(name)
     for route in routes:
         pipe.zcount(keys.limit_inflight(route), now, "+inf")
     replies = pipe.execute()
     ids = sorted(member.decode() for member in replies[0])
-    depth = sum(int(n) for n in replies[1 : 1 + len(PRIORITY_SUFFIXES)])
-    in_flight = dict(zip(routes, (int(n) for n in replies[1 + len(PRIORITY_SUFFIXES) :]), strict=True))
+    depth = sum(int(n) for n in replies[1 : 1 + len(lists)])
+    in_flight = dict(zip(routes, (int(n) for n in replies[1 + len(lists) :]), strict=True))
     return Overview(now, _rows(client, ids), depth, in_flight)
 
 

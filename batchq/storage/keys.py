@@ -10,8 +10,14 @@ FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 
 LINE_QUEUE = "celery"  # the Celery queue (kombu's Redis list) that line tasks are published to
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's lists per priority step
 
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
+
+
+def queue_lists(queue: str = LINE_QUEUE) -> list[str]:
+    """The Redis lists kombu keeps for ``queue``: the queue itself and one per priority step."""
+    return [queue + suffix for suffix in PRIORITY_SUFFIXES]
 
 
 def batch(batch_id: str) -> str:
