@@ -141,17 +141,6 @@ class Upstream:
     def route(self, path: str, model: object) -> Route | None:
         return route_for(self.routes, path, model)
 
-    def send(
-        self, path: str, payload: bytes, model: object = None, heartbeat: Heartbeat = None, every: float = 30
-    ) -> Outcome:
-        """POST ``payload`` to the upstream serving ``path``, retrying what should be retried."""
-        route = self.route(path, model)
-        if route is None:
-            return no_upstream(path, model)
-        outcome, done = self.send_on(route, path, payload, heartbeat=heartbeat, every=every)
-        self.limiter.release(done)
-        return outcome
-
     def send_on(
         self,
         route: Route,

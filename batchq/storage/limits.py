@@ -37,13 +37,13 @@ class RedisLimiter:
 
     def acquire(self, route: Route) -> str | None:
         """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited)."""
-        if not route.limited:
+        ask = self.acquire_call(route)
+        if ask is None:
             return None
-        token = secrets.token_hex(8)
-        while True:
-            call = self._acquire_call(route, token)
-            if self._granted(route, self._acquire(keys=call.keys, args=call.args)):
-                return token
+        token, call = ask
+        while not self._granted(route, self._acquire(keys=call.keys, args=call.args)):
+            call = self._acquire_call(route, token)  # asked again now, with the time of now
+        return token
 
     def _granted(self, route: Route, reply: bytes) -> bool:
         """True when an ACQUIRE reply granted the slot; otherwise waits as the reply says first."""

@@ -67,8 +67,12 @@ class Recorder:
 
 def send(handler: Handler, **overrides: Any) -> Outcome:
     upstream = Upstream(settings(**overrides), transport=httpx2.MockTransport(handler))
+    route = upstream.route(PATH, "m")
+    assert route is not None
     try:
-        return upstream.send(PATH, PAYLOAD)
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD)
+        upstream.limiter.release(done)
+        return outcome
     finally:
         upstream.close()
 
