@@ -51,10 +51,11 @@ class CeleryQueue:
         window = rt.settings.dispatch_window
         pending = keys.batch_pending(batch_id)
         arglists = [(batch_id, i, o, n) for i, o, n in lines]
-        publish_tasks(rt.redis, line_task.name, arglists[window:], QUEUE, to=pending)
+        first, rest = arglists[:window], arglists[window:]
+        publish_tasks(rt.redis, line_task.name, rest, QUEUE, to=pending)
         rt.redis.expire(pending, keys.RESULT_TTL_S)
-        rt.batches.add_queued(batch_id, len(arglists[:window]))
-        publish_tasks(rt.redis, line_task.name, arglists[:window], QUEUE)
+        rt.batches.add_queued(batch_id, len(first))
+        publish_tasks(rt.redis, line_task.name, first, QUEUE)
 
     def notify(self, batch_id: str, event_type: str) -> None:
         if runtime().settings.webhook_url:
