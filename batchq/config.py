@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=30.0, ge=0)
     watchdog_interval_s: float = Field(default=15.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
-    dispatch_window: int = Field(default=2048, ge=1)  # queued line tasks per batch; keep >= 2 x all worker threads
+    queue_depth: int = Field(default=64, ge=1)  # granted line tasks kept in the Celery queue (scheduler.py)
+    urgent_share: float = Field(default=0.25, ge=0, le=1)  # a batch in this last part of its window goes first
 
     # Webhooks: an event on every terminal status, signed when a secret is set
     webhook_url: str | None = None

@@ -16,6 +16,7 @@ from batchq.storage.files import FileStore
 from batchq.storage.limits import RedisLimiter
 from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
+from batchq.storage.scheduler import Scheduler
 
 
 class TaskQueue(Protocol):
@@ -26,13 +27,17 @@ class TaskQueue(Protocol):
     def finalize_batch(self, batch_id: str, countdown: float = 0) -> None: ...
 
     def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
-        """One task per (index, offset, length); the task storing the last line finalizes the batch."""
+        """One task per (index, offset, length), handed to the scheduler; the task storing the last
+        line finalizes the batch."""
 
     def notify(self, batch_id: str, event_type: str) -> None:
         """Deliver a terminal event to the webhook, with retries (no-op without a webhook)."""
 
     def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
-        """Plain tasks for lines whose first task was lost."""
+        """Tasks again for lines whose task was lost: first in their batch's next turn."""
+
+    def queued_lines(self) -> set[tuple[str, int]]:
+        """(batch id, line index) of every granted line task still in the queue."""
 
 
 @dataclass
@@ -43,6 +48,7 @@ class Runtime:
     files: FileStore
     apikeys: ApiKeyStore
     quotas: Quotas
+    scheduler: Scheduler
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -65,4 +71,5 @@ def build_runtime(settings: Settings, pool_size: int | None = None) -> Runtime:
         quotas=Quotas(
             client, settings.api_rpm_per_key, settings.max_active_batches_per_key, settings.max_enqueued_lines_per_key
         ),
+        scheduler=Scheduler(client, settings.queue_depth),
     )

@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]
 
 from batchq.config import Settings, get_settings
+from batchq.storage import keys
 from workers import kombu_redis
+
+# Control work (validation, finalization, webhooks) has its own queue, so it never waits behind
+# line tasks; every worker consumes both. Line tasks are granted into theirs by the scheduler.
+CONTROL_TASKS = ("batchq.submit", "batchq.finalize", "batchq.webhook")
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
@@ -31,6 +37,9 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "task_ignore_result": True,  # results live in batchq's own store, never in Celery's
         "worker_hijack_root_logger": False,
+        "task_queues": [Queue(keys.CONTROL_QUEUE), Queue(keys.LINE_QUEUE)],  # type: ignore[no-untyped-call]
+        "task_default_queue": keys.LINE_QUEUE,
+        "task_routes": {name: {"queue": keys.CONTROL_QUEUE} for name in CONTROL_TASKS},
         "include": ["workers.tasks"],
     }
 

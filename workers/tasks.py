@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any
 
 import redis
 from celery import signals
 from celery.app.task import Task
 
 from batchq.config import get_settings
+from batchq.execution import dispatch, runner, submit, watchdog, webhooks
 from batchq.execution import finalize as finalizing
-from batchq.execution import runner, submit, watchdog, webhooks
 from batchq.observability.logs import configure_logging
 from batchq.observability.metrics import start_worker_metrics_server
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from workers.celery_app import app
-from workers.publish import publish_tasks
+from workers.publish import line_messages, line_of
 
 log = logging.getLogger("batchq.worker")
 RETRY_ON = (redis.RedisError, OSError)
-QUEUE = keys.LINE_QUEUE
 
 
 @lru_cache(maxsize=1)
@@ -46,24 +44,23 @@ class CeleryQueue:
         finalize_task.apply_async((batch_id,), countdown=countdown or None)
 
     def dispatch_batch(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
-        """The first ``dispatch_window`` tasks go to the queue; each stored line moves one more in."""
-        rt = runtime()
-        window = rt.settings.dispatch_window
-        pending = keys.batch_pending(batch_id)
-        arglists = [(batch_id, i, o, n) for i, o, n in lines]
-        first, rest = arglists[:window], arglists[window:]
-        publish_tasks(rt.redis, line_task.name, rest, QUEUE, to=pending)
-        rt.redis.expire(pending, keys.RESULT_TTL_S)
-        rt.batches.add_queued(batch_id, len(first))
-        publish_tasks(rt.redis, line_task.name, first, QUEUE)
+        """Every line's task waits in the scheduler; it grants them into the line queue."""
+        dispatch.add(runtime(), batch_id, _messages(batch_id, lines))
 
     def notify(self, batch_id: str, event_type: str) -> None:
         if runtime().settings.webhook_url:
             webhook_task.delay(batch_id, event_type, int(time.time()))
 
     def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
-        for i, o, n in lines:
-            line_task.delay(batch_id, i, o, n)
+        dispatch.put_back(runtime(), batch_id, list(_messages(batch_id, lines)))
+
+    def queued_lines(self) -> set[tuple[str, int]]:
+        found = (line_of(m) for m in runtime().scheduler.queued_messages())
+        return {line for line in found if line is not None}
+
+
+def _messages(batch_id: str, lines: list[tuple[int, int, int]]) -> Iterator[bytes]:
+    return line_messages(line_task.name, [(batch_id, i, o, n) for i, o, n in lines], keys.LINE_QUEUE)
 
 
 queue = CeleryQueue()
@@ -74,14 +71,7 @@ def submit_task(batch_id: str) -> None:
     submit.submit(runtime(), queue, batch_id)
 
 
-class LineTask(Task):  # type: ignore[misc]
-    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """A retried line is a queued task again: count it back in (``BEGIN_LINE`` counted it out)."""
-        with contextlib.suppress(redis.RedisError):
-            runtime().batches.add_queued(args[0], 1)
-
-
-@app.task(base=LineTask, name="batchq.line", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
+@app.task(name="batchq.line", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
 def line_task(batch_id: str, index: int, offset: int, length: int) -> None:
     progress = runner.run_line(runtime(), batch_id, index, offset, length)
     if progress is not None and progress.last:
@@ -109,20 +99,13 @@ def webhook_backoff(retries: int) -> float:
     return min(600.0, 2.0**retries) * random.uniform(0.5, 1.0)
 
 
-def queue_length(client: redis.Redis) -> int:
-    pipe = client.pipeline(transaction=False)
-    for name in keys.queue_lists(QUEUE):
-        pipe.llen(name)
-    return sum(pipe.execute())
-
-
 def watchdog_loop(stop: threading.Event) -> None:
     rt = runtime()
     interval = rt.settings.watchdog_interval_s
     while not stop.wait(interval):
         try:
             if rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9))):
-                watchdog.sweep(rt, queue, queue_length(rt.redis))
+                watchdog.sweep(rt, queue)
         except Exception:  # keep the watchdog alive through Redis blips
             log.exception("watchdog sweep failed")
 

@@ -139,8 +139,9 @@ def _bit(bitmap: bytes, index: int) -> bool:
 
 
 def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status) -> None:
-    owner = Owner.from_key(rt.batches.field(batch_id, "owner") or "")
-    output_id, error_id = write_files(rt, batch_id, owner)
+    record = rt.batches.bookkeeping(batch_id)
+    owner = Owner.from_key(record.owner if record else "")
+    output_id, error_id = write_files(rt, batch_id, owner, record.output_ttl_s if record else None)
     fields = {"output_file_id": output_id} | ({"error_file_id": error_id} if error_id else {})
     if rt.batches.move(batch_id, target, **fields):
         rt.batches.drop_working_keys(batch_id)
@@ -148,8 +149,8 @@ def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status
         log.info("batch finished", extra={"batch_id": batch_id, "status": target.value})
 
 
-def write_files(rt: Runtime, batch_id: str, owner: Owner) -> tuple[str, str | None]:
-    """Stream the stored result lines into the output and error files."""
+def write_files(rt: Runtime, batch_id: str, owner: Owner, ttl_s: int | None = None) -> tuple[str, str | None]:
+    """Stream the stored result lines into the output and error files (``ttl_s``: output_expires_after)."""
     seen: set[bytes] = set()
     errors = 0
     with rt.files.writer() as (out, out_tmp), rt.files.writer() as (err, err_tmp):
@@ -161,8 +162,6 @@ def write_files(rt: Runtime, batch_id: str, owner: Owner) -> tuple[str, str | No
             (out if value[:1] == b"o" else err).write(value[1:] + b"\n")
         out.close()
         err.close()
-        ttl = rt.batches.field(batch_id, "output_ttl_s")
-        ttl_s = int(ttl) if ttl else None  # the batch's output_expires_after
         output_id = derived_file_id(batch_id, "output")
         rt.files.register(output_id, owner, f"{batch_id}_output.jsonl", "batch_output", out_tmp, ttl_s=ttl_s)
         if not errors:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any
 
 import orjson
 
 from batchq.domain.results import ResultLine, error_line, response_line
 from batchq.domain.routing import Release, Route
+from batchq.domain.scheduling import Verdict
 from batchq.execution.upstream import Outcome, no_upstream
 from batchq.runtime import Runtime
 from batchq.storage.batches import Progress
+from batchq.storage.lua import Call
 
 log = logging.getLogger("batchq.runner")
 
@@ -20,8 +23,9 @@ log = logging.getLogger("batchq.runner")
 def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -> Progress | None:
     """Returns the batch's progress after this line, or None when the line was not run.
 
-    Two Redis round trips in the common case: one leases the line and takes its first limiter
-    slot, one stores the result and gives the last slot back.
+    Two Redis round trips in the common case: one leases the line, takes its first limiter slot
+    and lets the next granted line into the queue (the task was taken out of it); one stores the
+    result and gives the last slot back.
     """
     source = rt.batches.line_source(batch_id)
     if source is None:
@@ -34,8 +38,8 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
     body = request["body"]
     route = rt.upstream.route(source.endpoint, body.get("model"))
     ask = rt.upstream.limiter.acquire_call(route) if route is not None else None
-    start = rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s, ask[1] if ask else None)
-    if start.verdict != "go":
+    start = rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s, ask[1] if ask else None, _fill(rt))
+    if start.verdict is not Verdict.GO:
         return None
     try:
         outcome, done = _send(rt, batch_id, index, route, source.endpoint, body, ask[0] if ask and start.slot else None)
@@ -53,9 +57,13 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
 
 def _check_ended(rt: Runtime, batch_id: str, index: int) -> None:
     """A task whose input file is gone is fine once its batch has ended (the file may be deleted then)."""
-    if rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s).verdict == "go":
+    if rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s, fill=_fill(rt)).verdict is Verdict.GO:
         rt.batches.drop_lease(batch_id, index)
         raise FileNotFoundError(f"the input file of running batch {batch_id} is missing")
+
+
+def _fill(rt: Runtime) -> Call:
+    return rt.scheduler.fill_call(time.time())
 
 
 def _send(

@@ -29,7 +29,7 @@ from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, par
 from batchq.domain.routing import Release, Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
 from batchq.observability.metrics import NULL, EngineMetrics, attempt_outcome
-from batchq.storage.scripts import Call
+from batchq.storage.lua import Call
 
 T = TypeVar("T")
 Heartbeat = Callable[[], None] | None

@@ -9,12 +9,12 @@ Per active batch it decides (``plan``, pure) and then acts:
 - ``validating`` for longer than a lease            -> submit again (idempotent)
 - lines whose worker lease ran out (worker killed)  -> re-enqueue them, or past the requeue budget,
                                                        record them as ``request_lost``
-- nothing leased, queue empty, no progress          -> re-enqueue every unfinished line that was
-                                                       dispatched, and let the next window of
-                                                       waiting lines into the queue
-- nothing leased, no progress, lines still waiting  -> let the next window into the queue (its
-  in Redis, none of its tasks left in the queue        tasks were lost), not while its tasks
-                                                       only wait behind other batches' tasks
+- nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
+  none of its tasks in the line queue, no progress     in the line queue (its task was lost)
+
+Every sweep also makes sure each running batch with waiting lines is known to the scheduler
+(state lost with a Redis restart, a crash in the middle of dispatching) and tops the line queue
+up, so the queue refills even when no task is being delivered.
 """
 
 from __future__ import annotations
@@ -22,15 +22,25 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 from batchq.domain.models import Batch
 from batchq.domain.results import LOST
 from batchq.domain.status import Status, is_terminal
+from batchq.execution import dispatch
 from batchq.execution.finalize import claim_lines, missing_lines
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
 
 log = logging.getLogger("batchq.watchdog")
+
+
+class Action(StrEnum):
+    FINALIZE = "finalize"
+    SUBMIT = "submit"
+    REQUEUE_EXPIRED = "requeue_expired"
+    RESEND_LOST = "resend_lost"
+    WAIT = "wait"
 
 
 @dataclass(frozen=True)
@@ -40,79 +50,79 @@ class Facts:
     expired_leases: list[int]
     live_leases: int
     progress_at: float
-    queue_empty: bool
-    pending: int = 0  # line tasks waiting in Redis to enter the queue (the dispatch window)
-    queued: int = 0  # the batch's tasks in the queue, by its own count
+    waiting: int = 0  # line tasks not granted yet (in the scheduler)
+    in_queue: int = 0  # its granted tasks still in the line queue
 
 
-def plan(f: Facts, lease_s: float) -> str:
-    """What to do with one active batch: finalize | submit | requeue_expired | requeue_all | top_up | wait."""
+def plan(f: Facts, lease_s: float) -> Action:
+    """What to do with one active batch."""
     b = f.batch
     counts = b.request_counts
     if b.status is Status.CANCELLING or (b.expires_at is not None and f.now >= b.expires_at):
-        return "finalize"
+        return Action.FINALIZE
     if b.status is Status.VALIDATING:
-        return "submit" if f.now - b.created_at > lease_s else "wait"
+        return Action.SUBMIT if f.now - b.created_at > lease_s else Action.WAIT
     if b.status is Status.FINALIZING or counts.completed + counts.failed >= counts.total:
-        return "finalize" if b.status is Status.IN_PROGRESS or f.now - f.progress_at > lease_s else "wait"
+        stale = b.status is Status.IN_PROGRESS or f.now - f.progress_at > lease_s
+        return Action.FINALIZE if stale else Action.WAIT
     if f.expired_leases:
-        return "requeue_expired"
-    if f.live_leases or f.now - f.progress_at <= lease_s:
-        return "wait"
-    if f.queue_empty:
-        return "requeue_all"
-    return "top_up" if f.pending and f.queued <= 0 else "wait"  # its window is lost, not just queued
+        return Action.REQUEUE_EXPIRED
+    if f.live_leases or f.now - f.progress_at <= lease_s or f.waiting or f.in_queue:
+        return Action.WAIT  # running, recently moved, or its lines wait their turn
+    return Action.RESEND_LOST
 
 
-def sweep(rt: Runtime, queue: TaskQueue, queue_length: int) -> None:
+def sweep(rt: Runtime, queue: TaskQueue) -> None:
     deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
+    in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
-            check(rt, queue, batch_id, queue_length)
+            check(rt, queue, batch_id, in_queue)
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
+    rt.scheduler.fill(time.time())
 
 
-def check(rt: Runtime, queue: TaskQueue, batch_id: str, queue_length: int) -> None:
+def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]]) -> None:
     batch = rt.batches.get(batch_id)
     if batch is None or is_terminal(batch.status):
         rt.redis.srem(keys.ACTIVE_BATCHES, batch_id)
         return
-    facts = _facts(rt, batch, queue_length)
+    facts = _facts(rt, batch, in_queue)
+    if batch.status is Status.IN_PROGRESS and facts.waiting:
+        dispatch.enroll(rt, batch)
     action = plan(facts, rt.settings.line_lease_s)
-    if action != "wait":
-        log.info("watchdog acts", extra={"batch_id": batch_id, "action": action})
-    _act(rt, queue, batch, action, facts)
+    if action is not Action.WAIT:
+        log.info("watchdog acts", extra={"batch_id": batch_id, "action": action.value})
+    _act(rt, queue, batch, action, facts, in_queue)
 
 
-def _facts(rt: Runtime, batch: Batch, queue_length: int) -> Facts:
+def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]]) -> Facts:
     now = time.time()
     leases = rt.batches.leases(batch.id)
-    progress = rt.batches.field(batch.id, "progress_at")
-    last = float(progress) if progress else float(batch.in_progress_at or batch.created_at)
+    record = rt.batches.bookkeeping(batch.id)
+    progress = record.progress_at if record and record.progress_at else None
+    last = progress or float(batch.in_progress_at or batch.created_at)
     expired = sorted(i for i, until in leases.items() if until <= now)
-    pending = rt.batches.pending(batch.id)
-    queued = min(rt.batches.queued(batch.id), queue_length)  # tasks lost uncounted cannot be in the queue
-    return Facts(batch, now, expired, len(leases) - len(expired), last, queue_length == 0, pending, queued)
+    waiting = rt.scheduler.waiting(batch.id)
+    mine = sum(1 for b, _ in in_queue if b == batch.id)
+    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine)
 
 
-def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: str, facts: Facts) -> None:
-    if action == "finalize":
+def _act(
+    rt: Runtime, queue: TaskQueue, batch: Batch, action: Action, facts: Facts, in_queue: set[tuple[str, int]]
+) -> None:
+    if action is Action.FINALIZE:
         queue.finalize_batch(batch.id)
-    elif action == "submit":
+    elif action is Action.SUBMIT:
         queue.submit_batch(batch.id)
-    elif action == "requeue_expired":
+    elif action is Action.REQUEUE_EXPIRED:
         requeue(rt, queue, batch, facts.expired_leases)
-    elif action == "requeue_all":
-        rt.batches.set_fields(batch.id, queued=0)  # the queue is empty: none of its tasks are in it
-        dispatched = batch.request_counts.total - facts.pending
-        requeue(rt, queue, batch, missing_lines(rt, batch.id, dispatched))
-        rt.batches.release_pending(batch.id, rt.settings.dispatch_window)
-    elif action == "top_up":
-        rt.batches.release_pending(batch.id, rt.settings.dispatch_window)
-        rt.batches.set_fields(batch.id, progress_at=int(time.time()))  # one window per lease period
+    elif action is Action.RESEND_LOST:
+        lost = [i for i in missing_lines(rt, batch.id, batch.request_counts.total) if (batch.id, i) not in in_queue]
+        requeue(rt, queue, batch, lost)
 
 
 def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> None:
@@ -127,9 +137,7 @@ def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> 
         else:
             again.append((index, *offsets[index]))
     if again:
-        rt.batches.add_queued(batch.id, len(again))
         queue.requeue_lines(batch.id, again)
     if lost:
         claim_lines(rt, batch, lost, *LOST)
-        rt.batches.release_pending(batch.id, len(lost))  # each line given up on lets the next one in
-    rt.batches.set_fields(batch.id, progress_at=int(time.time()))
+    rt.batches.touch(batch.id, time.time())

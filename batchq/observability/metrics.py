@@ -228,7 +228,12 @@ class RedisStateCollector:
     yields ``batchq_up 0`` and nothing else, never an exception.
     """
 
-    def __init__(self, client: RedisLike, routes: Sequence[str] = (), queues: Sequence[str] = ("celery",)) -> None:
+    def __init__(
+        self,
+        client: RedisLike,
+        routes: Sequence[str] = (),
+        queues: Sequence[str] = (keys.LINE_QUEUE, keys.CONTROL_QUEUE),
+    ) -> None:
         self.client = client
         self.routes = tuple(routes)
         self.queues = tuple(queues)
@@ -337,7 +342,7 @@ def _number(value: bytes | str | float | None) -> float:
 
 
 def api_registry(
-    client: RedisLike, routes: Sequence[str] = (), queues: Sequence[str] = ("celery",)
+    client: RedisLike, routes: Sequence[str] = (), queues: Sequence[str] = (keys.LINE_QUEUE, keys.CONTROL_QUEUE)
 ) -> CollectorRegistry:
     """A registry holding only the Redis state collector (what the API's ``/metrics`` serves)."""
     registry = CollectorRegistry()

@@ -31,7 +31,7 @@ class BatchRow:
     created_at: int
     in_progress_at: int | None
     expires_at: int | None
-    waiting: int = 0  # tasks not yet in the queue (beyond the dispatch window)
+    waiting: int = 0  # line tasks not granted yet (waiting in the scheduler)
 
     @property
     def done(self) -> int:
@@ -46,7 +46,7 @@ class Overview:
     in_flight: dict[str, int]  # requests in flight per upstream route, all workers together
 
 
-def read_overview(client: redis.Redis, routes: Sequence[str], queue: str = "celery") -> Overview:
+def read_overview(client: redis.Redis, routes: Sequence[str], queue: str = keys.LINE_QUEUE) -> Overview:
     now = time.time()
     pipe = client.pipeline(transaction=False)
     pipe.smembers(keys.ACTIVE_BATCHES)

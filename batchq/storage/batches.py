@@ -13,10 +13,11 @@ import redis
 
 from batchq.domain.models import Batch, BatchErrors, Owner, Page, RequestCounts, Usage, page_of
 from batchq.domain.results import ResultLine
+from batchq.domain.scheduling import Verdict
 from batchq.domain.status import STAMP, Status, is_terminal, sources_of
 from batchq.errors import NotFound
 from batchq.storage import keys, scripts
-from batchq.storage.scripts import Call
+from batchq.storage.lua import Call, Script
 
 _OFFSET = struct.Struct("<QI")  # byte offset and length of one request line
 _INT_FIELDS = (
@@ -28,8 +29,19 @@ _STR_FIELDS = ("endpoint", "input_file_id", "completion_window", "output_file_id
 
 @dataclass(frozen=True)
 class LineStart:
-    verdict: str  # go | done | leased | stop | expired
+    verdict: Verdict
     slot: bool = False  # the limiter slot asked for with the line was granted
+
+
+@dataclass(frozen=True)
+class Bookkeeping:
+    """The batch record's own fields that several modules read (not part of the OpenAI object)."""
+
+    owner: str  # Owner.key: account and on-behalf-of identity
+    account: str  # the tenant, for quotas and the scheduler
+    output_ttl_s: int | None  # output_expires_after, applied to the result files
+    progress_at: float | None  # when a line was last stored
+    reserved_lines: int | None  # lines reserved against the account's quota
 
 
 @dataclass(frozen=True)
@@ -55,11 +67,8 @@ class BatchStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._transition = client.register_script(scripts.TRANSITION)
-        self._begin = client.register_script(scripts.BEGIN_LINE)
-        self._begin_acquire = client.register_script(scripts.BEGIN_LINE_ACQUIRE)
-        self._complete = client.register_script(scripts.COMPLETE_LINE)
-        self._complete_release = client.register_script(scripts.COMPLETE_LINE_RELEASE)
-        self._release_pending = client.register_script(scripts.RELEASE_PENDING)
+        self._begin = Script(client, scripts.BEGIN_LINE)
+        self._complete = Script(client, scripts.COMPLETE_LINE)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -88,9 +97,18 @@ class BatchStore:
             raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
         return _from_hash(raw)
 
-    def field(self, batch_id: str, name: str) -> str | None:
-        value = self.r.hget(keys.batch(batch_id), name)
-        return value.decode() if value is not None else None
+    def bookkeeping(self, batch_id: str) -> Bookkeeping | None:
+        names = ["owner", "account", "output_ttl_s", "progress_at", "reserved_lines"]
+        owner, account, ttl, progress, reserved = self.r.hmget(keys.batch(batch_id), names)
+        if owner is None:
+            return None
+        return Bookkeeping(
+            owner=owner.decode(),
+            account=(account or b"").decode(),
+            output_ttl_s=int(ttl) if ttl else None,
+            progress_at=float(progress) if progress else None,
+            reserved_lines=int(reserved) if reserved else None,
+        )
 
     def page(self, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
         ids = page_ids(self.r, keys.owner_batches(owner.key), after, limit)
@@ -121,13 +139,18 @@ class BatchStore:
         pairs = [x for k, v in fields.items() for x in (k, _encode(v))]
         args = [batch_id, target.value, STAMP.get(target, ""), now, int(is_terminal(target)), len(sources)]
         keys_ = [keys.batch(batch_id), keys.ACTIVE_BATCHES, keys.STATS]
-        account = self.field(batch_id, "account") if is_terminal(target) else None
+        record = self.bookkeeping(batch_id) if is_terminal(target) else None
+        account = record.account if record else None
         if account:
             keys_.append(keys.usage(account))  # the batch's reservation is given back with its end
         return bool(self._transition(keys=keys_, args=[*args, *sources, *pairs]))
 
     def set_fields(self, batch_id: str, **fields: Any) -> None:
         self.r.hset(keys.batch(batch_id), mapping={k: _encode(v) for k, v in fields.items()})
+
+    def touch(self, batch_id: str, now: float) -> None:
+        """Count as progress now (the watchdog gives a batch it acted on a lease period)."""
+        self.r.hset(keys.batch(batch_id), "progress_at", int(now))
 
     # --- lines -----------------------------------------------------------------------------
 
@@ -149,56 +172,41 @@ class BatchStore:
             source = self._sources[batch_id] = LineSource(file_id.decode(), endpoint.decode())
         return source
 
-    def begin_line(self, batch_id: str, index: int, lease_s: float, slot: Call | None = None) -> LineStart:
-        """Lease line ``index`` if it may run; with ``slot``, also take that limiter slot if it does."""
+    def begin_line(
+        self, batch_id: str, index: int, lease_s: float, slot: Call | None = None, fill: Call | None = None
+    ) -> LineStart:
+        """Lease line ``index`` if it may run; with ``slot``, also take that limiter slot if it does.
+
+        With ``fill`` (the scheduler's part), the same call lets the next granted line into the
+        queue: every delivered task takes one out of it.
+        """
         now = time.time()
-        keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_leases(batch_id)]
-        args: list[Any] = [index, now + lease_s, now]
-        if slot is None:
-            return LineStart(self._begin(keys=keys_, args=args).decode())
-        verdict, granted = self._begin_acquire(keys=keys_ + slot.keys, args=args + slot.args)
-        return LineStart(verdict.decode(), granted == b"0")
+        line = {"batch": keys.batch(batch_id), "done": keys.batch_done(batch_id), "leases": keys.batch_leases(batch_id)}
+        parts = {"line": Call(line, {"index": index, "lease_until": now + lease_s, "now": now})}
+        if slot is not None:
+            parts["slot"] = slot
+        if fill is not None:
+            parts["sched"] = fill
+        verdict, granted = self._begin.run(parts)
+        return LineStart(Verdict(verdict.decode()), granted == b"0")
 
     def renew_lease(self, batch_id: str, index: int, lease_s: float) -> None:
         self.r.hset(keys.batch_leases(batch_id), str(index), time.time() + lease_s)
 
     def complete_line(self, batch_id: str, index: int, result: ResultLine, release: Call | None = None) -> Progress:
         """Store the line's result once; with ``release``, also give back that limiter slot."""
-        keys_, args = _complete_call(batch_id, index, result)
-        keys_ += [keys.batch_pending(batch_id), keys.LINE_QUEUE]  # a stored line lets the next one in
-        if release is None:
-            reply = self._complete(keys=keys_, args=args)
-        else:
-            reply = self._complete_release(keys=keys_ + release.keys, args=args + release.args)
+        parts = {"line": _complete_call(batch_id, index, result)}
+        if release is not None:
+            parts["slot"] = release
+        reply = self._complete.run(parts)
         return Progress(bool(reply[0]), int(reply[1]), int(reply[2]))
 
     def complete_lines(self, batch_id: str, results: list[tuple[int, ResultLine]]) -> None:
         """Store many results at once (lines claimed by cancel, expiry or the watchdog)."""
         pipe = self.r.pipeline(transaction=False)
         for index, result in results:
-            keys_, args = _complete_call(batch_id, index, result)
-            self._complete(keys=keys_, args=args, client=pipe)
+            self._complete.run({"line": _complete_call(batch_id, index, result)}, client=pipe)
         pipe.execute()
-
-    def pending(self, batch_id: str) -> int:
-        """Line tasks waiting to enter the queue: the batch's last lines, in order."""
-        return int(self.r.llen(keys.batch_pending(batch_id)))
-
-    def release_pending(self, batch_id: str, count: int) -> int:
-        """Move up to ``count`` of the batch's waiting tasks into the queue (and count them in)."""
-        if count <= 0:
-            return 0
-        keys_ = [keys.batch_pending(batch_id), keys.LINE_QUEUE, keys.batch(batch_id)]
-        return int(self._release_pending(keys=keys_, args=[count]))
-
-    def add_queued(self, batch_id: str, count: int) -> None:
-        """Count tasks put in the queue (``BEGIN_LINE`` counts each delivered one out)."""
-        if count:
-            self.r.hincrby(keys.batch(batch_id), "queued", count)
-
-    def queued(self, batch_id: str) -> int:
-        """The batch's tasks in the queue, about: lost tasks stay counted, duplicates count out twice."""
-        return int(self.r.hget(keys.batch(batch_id), "queued") or 0)
 
     def done_bitmap(self, batch_id: str) -> bytes:
         return self.r.get(keys.batch_done(batch_id)) or b""
@@ -225,13 +233,18 @@ class BatchStore:
         self.r.delete(*(k(batch_id) for k in working))
 
 
-def _complete_call(batch_id: str, index: int, result: ResultLine) -> tuple[list[str], list[Any]]:
+def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:
     u = result.usage
-    keys_ = [keys.batch(batch_id), keys.batch_done(batch_id), keys.batch_results(batch_id)]
-    keys_ += [keys.batch_leases(batch_id), keys.STATS]
-    args: list[Any] = [index, int(result.ok), result.data, u.input_tokens, u.output_tokens]
-    args += [u.total_tokens, int(time.time()), keys.RESULT_TTL_S]
-    return keys_, args
+    line_keys = {
+        "batch": keys.batch(batch_id), "done": keys.batch_done(batch_id), "results": keys.batch_results(batch_id),
+        "leases": keys.batch_leases(batch_id), "stats": keys.STATS, "tenant_lines": keys.TENANT_LINES,
+    }  # fmt: skip
+    args = {
+        "index": index, "ok": int(result.ok), "data": result.data, "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens, "total_tokens": u.total_tokens, "now": int(time.time()),
+        "ttl": keys.RESULT_TTL_S,
+    }  # fmt: skip
+    return Call(line_keys, args)
 
 
 def pack_offsets(pairs: list[tuple[int, int]]) -> bytes:

@@ -9,8 +9,19 @@ WATCHDOG_LOCK = f"{PREFIX}:watchdog:lock"
 FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 
-LINE_QUEUE = "celery"  # the Celery queue (kombu's Redis list) that line tasks are published to
+LINE_QUEUE = "batchq.lines"  # the Celery queue (kombu's Redis list) of granted line tasks
+CONTROL_QUEUE = "batchq.control"  # submit, finalize and webhook tasks: never behind line work
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's lists per priority step
+
+# The scheduler (batchq/storage/scheduler.py): which waiting line enters LINE_QUEUE next.
+SCHED_TENANTS = f"{PREFIX}:sched:tenants"  # sorted set: tenant with waiting lines -> pass (virtual time)
+SCHED_URGENT = f"{PREFIX}:sched:urgent"  # sorted set: batch with waiting lines -> time it becomes urgent
+SCHED_STATE = f"{PREFIX}:sched:state"  # hash: vclock (virtual time now), last:<tenant> (pass on leaving)
+SCHED_WEIGHTS = f"{PREFIX}:sched:weights"  # hash: tenant -> weight (1 when absent)
+SCHED_GRANTED = f"{PREFIX}:sched:granted"  # hash: tenant -> line tasks granted (a counter)
+TENANT_LINES = f"{PREFIX}:sched:stored"  # hash: tenant -> lines stored (a counter)
+SCHED_TENANT_PREFIX = f"{PREFIX}:sched:tenant:"  # + tenant + ":batches": sorted set batch -> pass
+BATCH_PREFIX = f"{PREFIX}:batch:{{"  # + batch id + "}": what the scheduler's Lua builds keys from
 
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
 
@@ -21,7 +32,7 @@ def queue_lists(queue: str = LINE_QUEUE) -> list[str]:
 
 
 def batch(batch_id: str) -> str:
-    return f"{PREFIX}:batch:{{{batch_id}}}"
+    return f"{BATCH_PREFIX}{batch_id}}}"
 
 
 def batch_done(batch_id: str) -> str:
@@ -50,8 +61,13 @@ def batch_offsets(batch_id: str) -> str:
 
 
 def batch_pending(batch_id: str) -> str:
-    """List: the line task messages not yet in the queue, the next one at the right end."""
+    """List: the line task messages not granted yet, the next one at the right end."""
     return f"{batch(batch_id)}:pending"
+
+
+def sched_tenant_batches(tenant: str) -> str:
+    """Sorted set: a tenant's batches with waiting lines -> pass within the tenant."""
+    return f"{SCHED_TENANT_PREFIX}{tenant}:batches"
 
 
 def batch_lock(batch_id: str) -> str:

@@ -16,7 +16,7 @@ import redis
 
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys, scripts
-from batchq.storage.scripts import Call
+from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
 
@@ -32,8 +32,8 @@ class RedisLimiter:
         self.adaptive = adaptive
         self.default_timeout_s = default_timeout_s
         self._client = client
-        self._acquire = client.register_script(scripts.ACQUIRE)
-        self._release = client.register_script(scripts.RELEASE)
+        self._acquire = Script(client, scripts.ACQUIRE)
+        self._release = Script(client, scripts.RELEASE)
 
     def acquire(self, route: Route) -> str | None:
         """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited)."""
@@ -41,7 +41,7 @@ class RedisLimiter:
         if ask is None:
             return None
         token, call = ask
-        while not self._granted(route, self._acquire(keys=call.keys, args=call.args)):
+        while not self._granted(route, self._acquire.run({"slot": call})):
             call = self._acquire_call(route, token)  # asked again now, with the time of now
         return token
 
@@ -59,7 +59,7 @@ class RedisLimiter:
     def release(self, done: Release) -> None:
         call = self.release_call(done)
         if call is not None:
-            self._release(keys=call.keys, args=call.args)
+            self._release.run({"slot": call})
 
     def acquire_call(self, route: Route) -> tuple[str, Call] | None:
         """A new token and the ACQUIRE call for it, to run inside another script (None: unlimited)."""
@@ -73,18 +73,30 @@ class RedisLimiter:
         route = done.route
         if done.token is None and not (route.limited and done.outcome == "throttled"):
             return None
-        args = [done.token or "", time.time(), done.outcome, done.retry_after or 0, route.max_in_flight]
-        return Call(_release_keys(route.name), [*args, int(self.adaptive)])
+        args = {
+            "token": done.token or "", "now": time.time(), "outcome": done.outcome,
+            "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "adaptive": int(self.adaptive),
+        }  # fmt: skip
+        return Call(_release_keys(route.name), args)
 
     def _acquire_call(self, route: Route, token: str) -> Call:
         slot_ttl_s = (route.timeout_s or self.default_timeout_s) + 30  # a dead worker's slot comes back after
-        args = [time.time(), token, slot_ttl_s, route.max_in_flight, route.rpm, int(self.adaptive)]
+        args = {
+            "now": time.time(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
+            "adaptive": int(self.adaptive),
+        }  # fmt: skip
         return Call(_acquire_keys(route.name), args)
 
 
-def _acquire_keys(name: str) -> list[str]:
-    return [keys.limit_inflight(name), keys.limit_notbefore(name), keys.limit_tat(name), keys.limit_window(name)]
+def _acquire_keys(name: str) -> dict[str, str]:
+    return {
+        "inflight": keys.limit_inflight(name), "notbefore": keys.limit_notbefore(name), "tat": keys.limit_tat(name),
+        "window": keys.limit_window(name),
+    }  # fmt: skip
 
 
-def _release_keys(name: str) -> list[str]:
-    return [keys.limit_inflight(name), keys.limit_notbefore(name), keys.limit_window(name), keys.limit_freed(name)]
+def _release_keys(name: str) -> dict[str, str]:
+    return {
+        "inflight": keys.limit_inflight(name), "notbefore": keys.limit_notbefore(name),
+        "window": keys.limit_window(name), "freed": keys.limit_freed(name),
+    }  # fmt: skip

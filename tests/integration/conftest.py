@@ -23,7 +23,7 @@ FAST = {
     "BATCHQ_MIN_COMPLETION_WINDOW": "1s",
     "BATCHQ_CANCEL_GRACE_S": "10",
     "BATCHQ_API_RPM_PER_KEY": "0",  # the tests poll fast; the limit has its own test
-    "BATCHQ_DISPATCH_WINDOW": "16",  # most test batches are larger: their lines go through the window
+    "BATCHQ_QUEUE_DEPTH": "8",  # most test batches are larger: their lines wait in the scheduler
 }
 
 

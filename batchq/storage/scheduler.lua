@@ -1,0 +1,103 @@
+-- The scheduler: which waiting line enters the line queue next (batchq/storage/scheduler.py).
+--
+-- sched  k: queue (the Celery line queue), tenants (zset tenant -> pass), urgent (zset batch ->
+--           time it becomes urgent), state (hash: vclock, last:<tenant>), weights (hash tenant ->
+--           weight), granted (hash tenant -> lines granted).
+--        a: now, depth (the line queue's target length), batch_prefix ('batchq:batch:{'),
+--           tenant_prefix ('batchq:sched:tenant:').
+--
+-- Stride scheduling at two levels. Each tenant has a pass (virtual time); the tenant with the
+-- least pass is served and its pass grows by 1/weight. Within the tenant each batch has its own
+-- pass, grown by 1 per line. A tenant (or batch) that joins starts at the current virtual time, so
+-- it neither waits behind the backlog of the others nor takes a burst for the time it was away.
+-- A batch whose urgent time has passed (close to its expires_at) is served before all of them,
+-- earliest first, and still charged to its tenant.
+
+local function sched_batch_key(a, b) return a.batch_prefix .. b .. '}' end
+local function sched_pending_key(a, b) return a.batch_prefix .. b .. '}:pending' end
+local function sched_batches_key(a, t) return a.tenant_prefix .. t .. ':batches' end
+
+-- Make batch b of tenant t eligible (idempotent).
+local function sched_enroll(k, a, b, t, urgent_at)
+  if not redis.call('ZSCORE', k.tenants, t) then
+    local vclock = tonumber(redis.call('HGET', k.state, 'vclock') or '0')
+    local last = tonumber(redis.call('HGET', k.state, 'last:' .. t) or '0')
+    redis.call('ZADD', k.tenants, math.max(vclock, last), t)
+  end
+  local tb = sched_batches_key(a, t)
+  if not redis.call('ZSCORE', tb, b) then
+    local first = redis.call('ZRANGE', tb, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', tb, tonumber(first[2] or '0'), b)
+  end
+  redis.call('ZADD', k.urgent, urgent_at, b)
+end
+
+-- Batch b has nothing left to grant: it leaves, and its tenant too when it was its last batch.
+local function sched_retire(k, a, b, t)
+  local tb = sched_batches_key(a, t)
+  redis.call('ZREM', tb, b)
+  redis.call('ZREM', k.urgent, b)
+  if redis.call('ZCARD', tb) == 0 then
+    local pass = redis.call('ZSCORE', k.tenants, t)
+    if pass then redis.call('HSET', k.state, 'last:' .. t, pass) end
+    redis.call('ZREM', k.tenants, t)
+  end
+end
+
+-- The next batch to serve: {batch, tenant, urgent}; batch is false when the tenant has none left.
+local function sched_pick(k, a)
+  local u = redis.call('ZRANGEBYSCORE', k.urgent, '-inf', a.now, 'LIMIT', 0, 1)[1]
+  if u then
+    local t = redis.call('HGET', sched_batch_key(a, u), 'account') or ''
+    return {u, t, true}
+  end
+  local t = redis.call('ZRANGE', k.tenants, 0, 0)[1]
+  if not t then return nil end
+  local b = redis.call('ZRANGE', sched_batches_key(a, t), 0, 0)[1]
+  return {b or false, t, false}
+end
+
+local function sched_charge(k, a, b, t, urgent)
+  local w = tonumber(redis.call('HGET', k.weights, t) or '1') or 1
+  if w <= 0 then w = 1 end
+  local pass = redis.call('ZSCORE', k.tenants, t)
+  if pass then
+    if not urgent then redis.call('HSET', k.state, 'vclock', pass) end
+    redis.call('ZADD', k.tenants, 'XX', 'INCR', 1 / w, t)
+  end
+  redis.call('ZADD', sched_batches_key(a, t), 'XX', 'INCR', 1, b)
+  redis.call('HINCRBY', k.granted, t, 1)
+end
+
+-- Move one waiting line into the line queue. Returns true if one moved.
+local function sched_grant_one(k, a)
+  for _ = 1, 32 do  -- stale entries (finished, cancelled or lost batches) are dropped on the way
+    local pick = sched_pick(k, a)
+    if not pick then return false end
+    local b, t, urgent = pick[1], pick[2], pick[3]
+    if not b then
+      redis.call('ZREM', k.tenants, t)
+    else
+      local msg = false
+      if redis.call('HGET', sched_batch_key(a, b), 'status') == 'in_progress' then
+        msg = redis.call('RPOP', sched_pending_key(a, b))
+      end
+      if msg then
+        redis.call('LPUSH', k.queue, msg)
+        sched_charge(k, a, b, t, urgent)
+        if redis.call('LLEN', sched_pending_key(a, b)) == 0 then sched_retire(k, a, b, t) end
+        return true
+      end
+      sched_retire(k, a, b, t)
+    end
+  end
+  return false
+end
+
+-- Top the line queue up to its target length. Returns how many lines were granted.
+local function sched_fill(k, a)
+  local want = a.depth - redis.call('LLEN', k.queue)
+  local granted = 0
+  while granted < want and sched_grant_one(k, a) do granted = granted + 1 end
+  return granted
+end

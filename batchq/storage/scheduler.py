@@ -1,0 +1,157 @@
+"""The queue order: which waiting line runs next. Fair across tenants, then across a tenant's batches.
+
+A batch's line tasks wait, already serialized, in the batch's own list (``batch:{id}:pending``).
+The Celery line queue holds only a short run of **granted** tasks: ``BATCHQ_QUEUE_DEPTH``, about
+what the workers take next. Every task a worker takes from the queue grants the next line in the
+same Redis call that begins it (``BEGIN_LINE`` runs ``sched_fill``), so the queue stays at its
+depth while there is work, and a newcomer's first line waits behind at most that depth.
+
+Which line is granted (``scheduler.lua``, the only place the order is decided):
+
+1. A batch whose **urgent time** has passed (the last ``BATCHQ_URGENT_SHARE`` of its completion
+   window) goes first, earliest first, so it does not expire with lines never started.
+2. Otherwise the **tenant** (the API key's account) with the least pass, where each granted line
+   adds ``1 / weight`` to its tenant's pass: tenants with work share the workers in proportion to
+   their weights (``batchq keys create --weight N``; 1 by default).
+3. Within the tenant, the **batch** with the least pass (each line adds 1): a tenant's batches
+   share its part round-robin, whoever sent them (``X-On-Behalf-Of`` identities of one key
+   share the key's part batch by batch).
+
+Newcomers join at the current virtual time (stride scheduling / start-time fair queuing), so a
+small batch is served at once instead of behind the backlog, and a tenant gains no credit for
+the time it had nothing to run. The tasks themselves are opaque bytes here: their format is the
+transport's (``workers.publish``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from batchq.storage import keys
+from batchq.storage.lua import Call, Script
+
+SCHEDULER_LUA = Path(__file__).with_name("scheduler.lua").read_text()
+
+CHUNK = 1000  # messages per LPUSH while publishing a batch
+
+
+@dataclass(frozen=True)
+class TenantShare:
+    """One tenant as the scheduler sees it: its weight, lines granted and stored (counters)."""
+
+    tenant: str
+    weight: float
+    granted: int
+    stored: int
+
+
+class Scheduler:
+    def __init__(self, client: redis.Redis, depth: int) -> None:
+        self.r = client
+        self.depth = depth
+        body = "\nlocal k, a = part('sched')\n"
+        self._fill = Script(client, SCHEDULER_LUA + body + "return sched_fill(k, a)")
+        self._enroll = Script(
+            client, SCHEDULER_LUA + body + "sched_enroll(k, a, a.batch, a.tenant, a.urgent_at)\nreturn sched_fill(k, a)"
+        )
+
+    # --- the call every begun line folds into its own script ----------------------------------
+
+    def fill_call(self, now: float) -> Call:
+        """The ``sched`` part that tops the line queue up, to fold into a line's own script."""
+        return Call(_KEYS, {"now": now, "depth": self.depth, **_PREFIXES})
+
+    def fill(self, now: float) -> int:
+        """Top the line queue up to its depth; returns how many lines were granted."""
+        return int(self._fill.run({"sched": self.fill_call(now)}))
+
+    # --- batches ---------------------------------------------------------------------------
+
+    def add(self, batch_id: str, tenant: str, messages: Iterable[bytes], urgent_at: float, now: float) -> None:
+        """A batch's line tasks, in line order, join the waiting work; the queue is topped up.
+
+        The batch is enrolled after its first chunk, so its first lines can run while the rest
+        is still being written, and again after the last (in case the first ran dry meanwhile).
+        """
+        pending = keys.batch_pending(batch_id)
+        stream = iter(messages)
+        chunks = 0
+        while chunk := list(itertools.islice(stream, CHUNK)):
+            self.r.lpush(pending, *chunk)  # the next one at the right end
+            chunks += 1
+            if chunks == 1:
+                self.r.expire(pending, keys.RESULT_TTL_S)
+                self.enroll(batch_id, tenant, urgent_at, now)
+        if chunks > 1:
+            self.enroll(batch_id, tenant, urgent_at, now)
+
+    def put_back(self, batch_id: str, tenant: str, messages: Sequence[bytes], urgent_at: float, now: float) -> None:
+        """Tasks to run again (lost with a worker) go first in their batch's turn."""
+        if messages:
+            self.r.rpush(keys.batch_pending(batch_id), *messages)
+            self.enroll(batch_id, tenant, urgent_at, now)
+
+    def enroll(self, batch_id: str, tenant: str, urgent_at: float, now: float) -> int:
+        """Make a batch with waiting lines eligible (idempotent) and top the queue up."""
+        args = {"batch": batch_id, "tenant": tenant, "urgent_at": urgent_at}
+        call = self.fill_call(now)
+        return int(self._enroll.run({"sched": Call(call.keys, call.args | args)}))
+
+    def waiting(self, batch_id: str) -> int:
+        """Line tasks of the batch not granted yet."""
+        return int(self.r.llen(keys.batch_pending(batch_id)))
+
+    # --- tenants ---------------------------------------------------------------------------
+
+    def set_weight(self, tenant: str, weight: float) -> None:
+        if weight <= 0:
+            raise ValueError("a weight must be positive")
+        self.r.hset(keys.SCHED_WEIGHTS, tenant, weight)
+
+    def weight(self, tenant: str) -> float:
+        return float(self.r.hget(keys.SCHED_WEIGHTS, tenant) or 1)
+
+    def shares(self) -> list[TenantShare]:
+        """Every tenant that was ever granted a line: weight and counters (rates come from deltas)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.SCHED_WEIGHTS)
+        pipe.hgetall(keys.SCHED_GRANTED)
+        pipe.hgetall(keys.TENANT_LINES)
+        weights, granted, stored = pipe.execute()
+        names = sorted({k.decode() for k in granted} | {k.decode() for k in stored})
+        return [
+            TenantShare(
+                n, float(weights.get(n.encode(), 1)), int(granted.get(n.encode(), 0)), int(stored.get(n.encode(), 0))
+            )
+            for n in names
+        ]
+
+    def queue_length(self) -> int:
+        """Granted line tasks waiting in the Celery line queue (every priority list kombu keeps)."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in keys.queue_lists(keys.LINE_QUEUE):
+            pipe.llen(name)
+        return sum(pipe.execute())
+
+    def queued_messages(self) -> list[bytes]:
+        """The granted tasks in the line queue (a short list: about ``depth``)."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in keys.queue_lists(keys.LINE_QUEUE):
+            pipe.lrange(name, 0, -1)
+        return [m for chunk in pipe.execute() for m in chunk]
+
+
+_KEYS = {
+    "queue": keys.LINE_QUEUE,
+    "tenants": keys.SCHED_TENANTS,
+    "urgent": keys.SCHED_URGENT,
+    "state": keys.SCHED_STATE,
+    "weights": keys.SCHED_WEIGHTS,
+    "granted": keys.SCHED_GRANTED,
+}
+_PREFIXES = {"batch_prefix": keys.BATCH_PREFIX, "tenant_prefix": keys.SCHED_TENANT_PREFIX}
