@@ -297,12 +297,32 @@ def files_delete(
         _show(client.delete_file(file_id), as_json, views.fields_table)
 
 
+Weight = Annotated[
+    float,
+    typer.Option(min=0.001, max=1000, help="Share of the workers against other keys with work (default 1)."),
+]
+
+
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Option(help="A label for the key, e.g. the team using it.")]) -> None:
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key, e.g. the team using it.")], weight: Weight = 1.0
+) -> None:
     """Create an API key and print it once; only its SHA-256 is stored."""
-    record, secret = _key_store().create(name)
-    ERR.print(f"Created {record.id} ({record.name}). Store the key now: it is not shown again.")
+    record, secret = _key_store().create(name, weight)
+    ERR.print(
+        f"Created {record.id} ({record.name}, weight {record.weight:g}). Store the key now: it is not shown again."
+    )
     typer.echo(secret)
+
+
+@keys_app.command("weight")
+def keys_weight(key_id: str, weight: Annotated[float, typer.Argument(min=0.001, max=1000)]) -> None:
+    """Change a managed key's weight: its batches get that share from the next line on."""
+    record = _key_store().set_weight(key_id, weight)
+    if record is None:
+        ERR.print(f"error: no key with id {key_id}")
+        raise typer.Exit(1)
+    ERR.print(f"{key_id} now has weight {record.weight:g}.")
 
 
 @keys_app.command("list")
@@ -339,18 +359,20 @@ def top(
     client = connect(settings.redis_url, max_connections=2)
     routes = [route.name for route in settings.routes()]
     snapshot = read_overview(client, routes)
-    if as_json:
-        typer.echo(orjson.dumps(views.overview_json(snapshot)).decode())
+    if as_json or once:
+        time.sleep(1.0)  # a second snapshot: the tenants' rates are counted between the two
+        snapshot, previous = read_overview(client, routes), snapshot
+        if as_json:
+            typer.echo(orjson.dumps(views.overview_json(snapshot, previous)).decode())
+        else:
+            OUT.print(views.overview_tables(snapshot, previous))
         return
-    if once:
-        OUT.print(views.overview_table(snapshot))
-        return
-    with Live(views.overview_table(snapshot), console=OUT, auto_refresh=False) as live:
+    with Live(views.overview_tables(snapshot), console=OUT, auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(interval)
                 snapshot, previous = read_overview(client, routes), snapshot
-                live.update(views.overview_table(snapshot, previous), refresh=True)
+                live.update(views.overview_tables(snapshot, previous), refresh=True)
         except KeyboardInterrupt:
             pass
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,27 +24,49 @@ from rich.table import Table
 from rich.text import Text
 
 from batchq.domain.models import Batch, FileObject, Page
-from batchq.observability.overview import Overview, eta_s, rate
+from batchq.observability.overview import Overview, eta_s, rate, tenant_rates
 from batchq.storage.apikeys import ApiKey
 
 OUT = Console()
 ERR = Console(stderr=True)
 
 
-def overview_json(snapshot: Overview) -> dict[str, Any]:
+def overview_json(snapshot: Overview, previous: Overview | None = None) -> dict[str, Any]:
     rows = [
         asdict(row) | {"owner": {"account": row.owner.account, "user": row.owner.user}, "rate": rate(row, snapshot.at)}
         for row in snapshot.batches
     ]
     summary = {"at": snapshot.at, "queue_depth": snapshot.queue_depth, "in_flight": snapshot.in_flight}
-    return summary | {"batches": rows}
+    rates = tenant_rates(snapshot, previous)
+    tenants = [asdict(t) | {"lines_per_s": rates.get(t.account)} for t in snapshot.tenants]
+    return summary | {"batches": rows, "tenants": tenants}
+
+
+def tenant_table(snapshot: Overview, previous: Overview | None = None) -> Table:
+    """Each tenant's share of the workers: lines/s (between two snapshots), in flight, waiting."""
+    rates = tenant_rates(snapshot, previous)
+    total = sum(rates.values())
+    table = Table("tenant", "weight", "batches", "lines/s", "share", "in flight", "waiting", title="tenants")
+    for t in snapshot.tenants:
+        speed = rates.get(t.account)
+        share = f"{speed / total:.0%}" if speed is not None and total else "-"
+        table.add_row(
+            t.account, f"{t.weight:g}", str(t.batches), f"{speed:.1f}" if speed is not None else "-", share,
+            str(t.in_flight), str(t.waiting),
+        )  # fmt: skip
+    return table
+
+
+def overview_tables(snapshot: Overview, previous: Overview | None = None) -> Group:
+    """What ``batchq top`` shows: the tenants' shares, then every unfinished batch."""
+    return Group(tenant_table(snapshot, previous), overview_table(snapshot, previous))
 
 
 def overview_table(snapshot: Overview, previous: Overview | None = None) -> Table:
     before = {row.id: row for row in previous.batches} if previous else {}
     flights = ", ".join(f"{name} {n}" for name, n in snapshot.in_flight.items()) or "-"
     waiting = sum(row.waiting for row in snapshot.batches)
-    title = f"{len(snapshot.batches)} unfinished batches · queue {snapshot.queue_depth} (+{waiting} waiting)"
+    title = f"{len(snapshot.batches)} unfinished batches · line queue {snapshot.queue_depth} (+{waiting} waiting)"
     title += f" · in flight: {flights}"
     table = Table("batch", "account", "user", "status", "done", "failed", "lines/s", "ETA", "age", title=title)
     for row in snapshot.batches:
@@ -99,9 +121,9 @@ def when(timestamp: int | None) -> str:
 
 
 def key_table(records: Sequence[ApiKey]) -> Table:
-    table = Table("id", "name", "prefix", "created")
+    table = Table("id", "name", "prefix", "weight", "created")
     for r in records:
-        table.add_row(r.id, r.name, r.prefix + "…", when(r.created_at))
+        table.add_row(r.id, r.name, r.prefix + "…", f"{r.weight:g}", when(r.created_at))
     return table
 
 

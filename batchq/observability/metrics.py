@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer
 
@@ -198,7 +199,7 @@ def running_metrics_ports() -> list[int]:
 
 # --- API side ------------------------------------------------------------------------------------
 
-STATUS_CHUNK = 1000  # HGETs per pipeline round trip when reading active batches' statuses
+STATUS_CHUNK = 250  # active batches per pipeline round trip (four reads each)
 
 
 class RedisPipeline(Protocol):
@@ -210,6 +211,8 @@ class RedisPipeline(Protocol):
 
     def llen(self, name: str) -> Any: ...
 
+    def hlen(self, name: str) -> Any: ...
+
     def zcount(self, name: str, min: float | str, max: float | str) -> Any: ...
 
     def get(self, name: str) -> Any: ...
@@ -219,6 +222,17 @@ class RedisPipeline(Protocol):
 
 class RedisLike(Protocol):
     def pipeline(self, transaction: bool = ...) -> Any: ...
+
+
+@dataclass
+class TenantState:
+    """One tenant at scrape time: its running batches' waiting and leased lines, and its counters."""
+
+    waiting: int = 0  # line tasks not granted yet
+    in_flight: int = 0  # lines leased by a worker now
+    granted: float = 0.0
+    stored: float = 0.0
+    weight: float = 1.0
 
 
 class RedisStateCollector:
@@ -253,6 +267,8 @@ class RedisStateCollector:
         pipe: RedisPipeline = self.client.pipeline(transaction=False)
         pipe.smembers(keys.ACTIVE_BATCHES)
         pipe.hgetall(STATS_KEY)
+        for field in (keys.SCHED_GRANTED, keys.TENANT_LINES, keys.SCHED_WEIGHTS):
+            pipe.hgetall(field)
         for queue in self.queues:
             for name in keys.queue_lists(queue):
                 pipe.llen(name)
@@ -262,11 +278,15 @@ class RedisStateCollector:
         replies = iter(pipe.execute())
         active = next(replies)
         stats = {_text(k): _number(v) for k, v in (next(replies) or {}).items()}
+        granted, stored, weights = (next(replies) or {}, next(replies) or {}, next(replies) or {})
         depths = [sum(int(next(replies) or 0) for _ in keys.PRIORITY_SUFFIXES) for _ in self.queues]
         limits = [(int(next(replies) or 0), _number(next(replies))) for _ in self.routes]
 
-        yield from _batch_families(self._active_statuses(active), stats)
+        statuses, tenants = self._active(active)
+        _add_counters(tenants, granted, stored, weights)
+        yield from _batch_families(statuses, stats)
         yield from _line_families(stats)
+        yield from _tenant_families(tenants)
         yield _gauge(
             "batchq_queue_depth", "Tasks waiting in the Celery queue.", "queue", zip(self.queues, depths, strict=True)
         )
@@ -283,17 +303,61 @@ class RedisStateCollector:
             ((route, t) for route, (_, t) in zip(self.routes, limits, strict=True)),
         )
 
-    def _active_statuses(self, active: Iterable[bytes | str] | None) -> dict[str, int]:
+    def _active(self, active: Iterable[bytes | str] | None) -> tuple[dict[str, int], dict[str, TenantState]]:
+        """Active batches by status, and each tenant's waiting and leased lines."""
         ids = sorted(_text(m) for m in (active or ()))
         counts: dict[str, int] = {}
+        tenants: dict[str, TenantState] = {}
         for start in range(0, len(ids), STATUS_CHUNK):
             pipe: RedisPipeline = self.client.pipeline(transaction=False)
             for batch_id in ids[start : start + STATUS_CHUNK]:
                 pipe.hget(keys.batch(batch_id), "status")
-            for status in pipe.execute():
-                if status is not None:
-                    counts[_text(status)] = counts.get(_text(status), 0) + 1
-        return counts
+                pipe.hget(keys.batch(batch_id), "account")
+                pipe.llen(keys.batch_pending(batch_id))
+                pipe.hlen(keys.batch_leases(batch_id))
+            replies = pipe.execute()
+            for status, account, waiting, leased in zip(*(iter(replies),) * 4, strict=True):
+                if status is None:
+                    continue
+                counts[_text(status)] = counts.get(_text(status), 0) + 1
+                tenant = tenants.setdefault(_text(account or b""), TenantState())
+                tenant.waiting += int(waiting or 0)
+                tenant.in_flight += int(leased or 0)
+        return counts, tenants
+
+
+def _add_counters(tenants: dict[str, TenantState], granted: Any, stored: Any, weights: Any) -> None:
+    for name, value in granted.items():
+        tenants.setdefault(_text(name), TenantState()).granted = _number(value)
+    for name, value in stored.items():
+        tenants.setdefault(_text(name), TenantState()).stored = _number(value)
+    for name, state in tenants.items():
+        state.weight = _number(weights.get(name.encode(), b"1"))
+
+
+def _tenant_families(tenants: dict[str, TenantState]) -> Iterator[Metric]:
+    rows = sorted(tenants.items())
+    stored = CounterMetricFamily("batchq_tenant_lines_stored", "Lines stored, per tenant (account).", labels=["tenant"])
+    granted = CounterMetricFamily(
+        "batchq_tenant_lines_granted",
+        "Line tasks the scheduler let into the line queue, per tenant.",
+        labels=["tenant"],
+    )
+    waiting = GaugeMetricFamily("batchq_tenant_lines_waiting", "Lines not granted yet, per tenant.", labels=["tenant"])
+    in_flight = GaugeMetricFamily("batchq_tenant_lines_in_flight", "Lines a worker holds now.", labels=["tenant"])
+    weight = GaugeMetricFamily("batchq_tenant_weight", "The tenant's scheduling weight.", labels=["tenant"])
+    for name, t in rows:
+        stored.add_metric([name], t.stored)
+        granted.add_metric([name], t.granted)
+        waiting.add_metric([name], t.waiting)
+        in_flight.add_metric([name], t.in_flight)
+        weight.add_metric([name], t.weight)
+    yield from (stored, granted, waiting, in_flight, weight)
+    yield GaugeMetricFamily(
+        "batchq_lines_waiting",
+        "Lines of running batches not granted yet, all tenants (what KEDA scales the workers on).",
+        value=sum(t.waiting for _, t in rows),
+    )
 
 
 def _batch_families(active: dict[str, int], stats: dict[str, float]) -> Iterator[Metric]:

@@ -17,12 +17,15 @@ from pydantic import BaseModel
 
 from batchq.storage import keys
 
+MAX_WEIGHT = 1000.0
+
 
 class ApiKey(BaseModel):
     id: str
     name: str
     created_at: int
     prefix: str  # the first characters of the key, to recognise it in a list
+    weight: float = 1.0  # the key's share of the workers against other keys with work (the scheduler's)
 
     @property
     def account(self) -> str:
@@ -37,15 +40,33 @@ class ApiKeyStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
-    def create(self, name: str) -> tuple[ApiKey, str]:
+    def create(self, name: str, weight: float = 1.0) -> tuple[ApiKey, str]:
         """A new key: returns its record and the key itself, which is shown once and not kept."""
+        _check_weight(weight)
         secret = "sk-" + secrets.token_urlsafe(32)
-        record = ApiKey(id="key_" + secrets.token_hex(8), name=name, created_at=int(time.time()), prefix=secret[:7])
-        pipe = self.r.pipeline()
-        pipe.set(keys.api_key(digest(secret)), record.model_dump_json())
-        pipe.hset(keys.API_KEY_INDEX, record.id, orjson.dumps({"digest": digest(secret)} | record.model_dump()))
-        pipe.execute()
+        record = ApiKey(
+            id="key_" + secrets.token_hex(8), name=name, created_at=int(time.time()), prefix=secret[:7], weight=weight
+        )
+        self._save(record, digest(secret))
         return record, secret
+
+    def set_weight(self, key_id: str, weight: float) -> ApiKey | None:
+        """Change a key's weight; the scheduler uses it from its next grant on."""
+        _check_weight(weight)
+        raw = self.r.hget(keys.API_KEY_INDEX, key_id)
+        if raw is None:
+            return None
+        stored = orjson.loads(raw)
+        record = ApiKey.model_validate(stored | {"weight": weight})
+        self._save(record, stored["digest"])
+        return record
+
+    def _save(self, record: ApiKey, key_digest: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.set(keys.api_key(key_digest), record.model_dump_json())
+        pipe.hset(keys.API_KEY_INDEX, record.id, orjson.dumps({"digest": key_digest} | record.model_dump()))
+        pipe.hset(keys.SCHED_WEIGHTS, record.account, record.weight)  # what the scheduler reads
+        pipe.execute()
 
     def lookup(self, secret: str) -> ApiKey | None:
         raw = self.r.get(keys.api_key(digest(secret)))
@@ -63,6 +84,11 @@ class ApiKeyStore:
         pipe.hdel(keys.API_KEY_INDEX, key_id)
         pipe.execute()
         return True
+
+
+def _check_weight(weight: float) -> None:
+    if not 0 < weight <= MAX_WEIGHT:
+        raise ValueError(f"a weight must be above 0 and at most {MAX_WEIGHT:g}; got {weight:g}")
 
 
 def _created(key: ApiKey) -> int:

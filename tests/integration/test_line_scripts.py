@@ -15,6 +15,7 @@ from batchq.embedded import free_port, start_redis
 from batchq.storage import keys
 from batchq.storage.batches import BatchStore
 from batchq.storage.limits import RedisLimiter
+from batchq.storage.scheduler import Scheduler
 
 pytestmark = pytest.mark.integration
 ROUTE = Route(name="solo", url="http://upstream.test", max_in_flight=1)
@@ -96,27 +97,28 @@ def queued(client: redis.Redis) -> list[bytes]:
     return list(client.lrange(keys.LINE_QUEUE, 0, -1))
 
 
-def test_a_stored_line_moves_its_batchs_next_task_into_the_queue(client: redis.Redis, store: BatchStore) -> None:
-    client.lpush(keys.batch_pending("b1"), b"task-1", b"task-2")  # task-1 is next (the right end)
-    result = response_line("c0", 200, "req", {})
-    assert store.begin_line("b1", 0, 30).verdict == "go"
-    assert store.complete_line("b1", 0, result).accepted
-    assert queued(client) == [b"task-1"] and store.pending("b1") == 1
-    assert not store.complete_line("b1", 0, result).accepted  # a duplicate lets nothing in
-    assert queued(client) == [b"task-1"]
+def test_every_delivered_task_lets_the_next_granted_line_in(client: redis.Redis, store: BatchStore) -> None:
+    sched = Scheduler(client, depth=1)
+    client.hset(keys.batch("b1"), "account", "acct")
+    sched.add("b1", "acct", [b"task-0", b"task-1", b"task-2"], time.time() + 3600, time.time())
+    assert client.rpop(keys.LINE_QUEUE) == b"task-0"  # a worker takes the one granted task
+    assert store.begin_line("b1", 0, 30, fill=sched.fill_call(time.time())).verdict == "go"
+    assert queued(client) == [b"task-1"] and sched.waiting("b1") == 1
+    client.rpop(keys.LINE_QUEUE)
+    assert store.begin_line("b1", 0, 30, fill=sched.fill_call(time.time())).verdict == "leased"  # a redelivery
+    assert queued(client) == [b"task-2"] and sched.waiting("b1") == 0  # took one out, so let one in
 
 
-def test_lines_stored_while_cancelling_or_claimed_let_nothing_in(client: redis.Redis, store: BatchStore) -> None:
-    client.lpush(keys.batch_pending("b1"), b"task-1", b"task-2")
-    store.complete_lines("b1", [(1, response_line("c1", 200, "req", {}))])  # a claim (cancel, expiry, lost)
-    client.hset(keys.batch("b1"), "status", "cancelling")
+def test_a_full_queue_lets_nothing_more_in(client: redis.Redis, store: BatchStore) -> None:
+    sched = Scheduler(client, depth=2)
+    client.hset(keys.batch("b1"), "account", "acct")
+    sched.add("b1", "acct", [b"task-0", b"task-1", b"task-2"], time.time() + 3600, time.time())
+    assert store.begin_line("b1", 0, 30, fill=sched.fill_call(time.time())).verdict == "go"
+    assert queued(client) == [b"task-1", b"task-0"] and sched.waiting("b1") == 1
+
+
+def test_a_stored_line_counts_for_its_tenant(client: redis.Redis, store: BatchStore) -> None:
+    client.hset(keys.batch("b1"), "account", "acct")
     assert store.complete_line("b1", 0, response_line("c0", 200, "req", {})).accepted
-    assert queued(client) == [] and store.pending("b1") == 2
-
-
-def test_release_pending_moves_tasks_in_order_and_stops_when_none_wait(client: redis.Redis, store: BatchStore) -> None:
-    client.lpush(keys.batch_pending("b1"), b"task-1", b"task-2", b"task-3")
-    store.release_pending("b1", 2)
-    assert client.rpop(keys.LINE_QUEUE) == b"task-1" and client.rpop(keys.LINE_QUEUE) == b"task-2"
-    store.release_pending("b1", 5)
-    assert queued(client) == [b"task-3"] and store.pending("b1") == 0
+    assert not store.complete_line("b1", 0, response_line("c0", 200, "req", {})).accepted  # counted once
+    assert client.hget(keys.TENANT_LINES, "acct") == b"1"

@@ -1,4 +1,4 @@
-"""The watchdog's window actions on a real Redis: what a stalled batch gets back, and what it does not."""
+"""The watchdog's actions on a real Redis: what a stalled batch gets back, and what it does not."""
 
 from __future__ import annotations
 
@@ -20,14 +20,18 @@ from batchq.storage import keys
 from batchq.storage.batches import pack_offsets
 
 pytestmark = pytest.mark.integration
-TOTAL, WINDOW, LEASE = 10, 3, 60
+TOTAL, DEPTH, LEASE = 10, 3, 60
 
 
 class RecordingQueue:
-    """A TaskQueue that records what the watchdog hands it."""
+    """A TaskQueue that records what the watchdog hands it; ``in_queue`` is what the line queue holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_queue: set[tuple[str, int]] | None = None) -> None:
         self.requeued: list[int] = []
+        self.in_queue = in_queue or set()
+
+    def queued_lines(self) -> set[tuple[str, int]]:
+        return self.in_queue
 
     def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
         self.requeued += [index for index, _, _ in lines]
@@ -49,15 +53,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def rt(redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    settings = Settings(_env_file=None, redis_url=redis_url, data_dir=tmp_path, dispatch_window=WINDOW)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, redis_url=redis_url, data_dir=tmp_path, queue_depth=DEPTH)  # type: ignore[call-arg]
     runtime = build_runtime(settings.model_copy(update={"line_lease_s": LEASE}), pool_size=4)
     runtime.redis.flushdb()  # this module's own server
     yield runtime
     runtime.redis.close()
 
 
-def stalled_batch(rt: Runtime, done: int, dispatched: int) -> str:
-    """A running batch: lines [0, done) stored, [0, dispatched) sent, the rest waiting; idle for two leases."""
+def stalled_batch(rt: Runtime, done: int, granted: int) -> str:
+    """A running batch: lines [0, done) stored, [0, granted) granted, the rest waiting; idle for two leases."""
     now = int(time.time())
     batch = Batch(
         id="batch_" + "7" * 32, endpoint="/v1/chat/completions", input_file_id="file-" + "7" * 32,
@@ -68,54 +72,40 @@ def stalled_batch(rt: Runtime, done: int, dispatched: int) -> str:
     rt.batches.save_offsets(batch.id, pack_offsets([(i * 10, 10) for i in range(TOTAL)]))
     for index in range(done):
         rt.batches.complete_lines(batch.id, [(index, response_line(f"c{index}", 200, "req", {}))])
-    for index in range(dispatched, TOTAL):
+    for index in range(granted, TOTAL):
         rt.redis.lpush(keys.batch_pending(batch.id), f"task-{index}")
-    rt.batches.set_fields(batch.id, progress_at=now - 2 * LEASE, queued=0)
+    rt.batches.set_fields(batch.id, progress_at=now - 2 * LEASE)
     return batch.id
 
 
-def test_an_empty_queue_gets_the_dispatched_lines_again_and_the_next_window(rt: Runtime) -> None:
-    batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
-    watchdog.check(rt, queue, batch_id, queue_length=0)  # type: ignore[arg-type]
-    assert queue.requeued == [2, 3, 4]  # sent before, never stored; not the lines still waiting
-    assert rt.redis.lrange(keys.LINE_QUEUE, 0, -1) == [b"task-7", b"task-6", b"task-5"]
-    assert rt.batches.pending(batch_id) == TOTAL - 5 - WINDOW and rt.batches.queued(batch_id) == 3 + WINDOW
+def test_lines_granted_and_lost_are_sent_again_once_nothing_waits(rt: Runtime) -> None:
+    batch_id, queue = stalled_batch(rt, done=2, granted=TOTAL), RecordingQueue()
+    watchdog.check(rt, queue, batch_id, queue.in_queue)  # type: ignore[arg-type]
+    assert queue.requeued == list(range(2, TOTAL))
+    record = rt.batches.bookkeeping(batch_id)
+    assert record is not None and (record.progress_at or 0) > time.time() - 5  # once per lease period
 
 
-def test_a_lost_window_behind_other_batches_gets_the_next_window_only(rt: Runtime) -> None:
-    batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
-    watchdog.check(rt, queue, batch_id, queue_length=500)  # type: ignore[arg-type]
+def test_lines_whose_tasks_are_still_in_the_queue_are_left_alone(rt: Runtime) -> None:
+    batch_id = stalled_batch(rt, done=2, granted=TOTAL)
+    queue = RecordingQueue({(batch_id, 4), ("batch_other", 1)})
+    watchdog.check(rt, queue, batch_id, queue.in_queue)  # type: ignore[arg-type]
+    assert queue.requeued == []  # its tasks only wait their turn in the queue
+
+
+def test_a_batch_with_waiting_lines_is_enrolled_again_not_resent(rt: Runtime) -> None:
+    batch_id, queue = stalled_batch(rt, done=2, granted=5), RecordingQueue()  # its scheduler entry was lost
+    watchdog.check(rt, queue, batch_id, queue.in_queue)  # type: ignore[arg-type]
     assert queue.requeued == []
-    assert rt.batches.pending(batch_id) == TOTAL - 5 - WINDOW and rt.batches.queued(batch_id) == WINDOW
-    progress_at = float(rt.batches.field(batch_id, "progress_at") or 0)
-    assert progress_at > time.time() - 5  # one window per lease period, not one per sweep
-    watchdog.check(rt, queue, batch_id, queue_length=500)  # type: ignore[arg-type]
-    assert rt.batches.pending(batch_id) == TOTAL - 5 - WINDOW
-
-
-def test_a_window_still_queued_behind_other_batches_is_left_alone(rt: Runtime) -> None:
-    batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
-    rt.batches.add_queued(batch_id, 3)  # its three tasks wait their turn in a busy queue
-    watchdog.check(rt, queue, batch_id, queue_length=500)  # type: ignore[arg-type]
-    assert queue.requeued == [] and rt.batches.pending(batch_id) == TOTAL - 5
+    assert rt.redis.lrange(keys.LINE_QUEUE, 0, -1) == [b"task-7", b"task-6", b"task-5"]  # granted up to the depth
+    assert rt.scheduler.waiting(batch_id) == TOTAL - 5 - DEPTH
 
 
 def test_claiming_lines_of_a_batch_whose_input_vanished_still_accounts_for_them(rt: Runtime) -> None:
-    batch_id = stalled_batch(rt, done=2, dispatched=5)  # its input file was never written to disk
+    batch_id = stalled_batch(rt, done=2, granted=5)  # its input file was never written to disk
     batch = rt.batches.get(batch_id)
     assert batch is not None
     finalize.claim_lines(rt, batch, [5, 6], *LOST)
     stored = {int(index): orjson.loads(value[1:]) for index, value in rt.batches.iter_results(batch_id)}
     assert sorted(stored) == [0, 1, 5, 6]
     assert stored[5]["custom_id"] == "" and stored[5]["error"]["code"] == LOST[0]
-
-
-def test_a_drifted_queued_count_is_capped_by_the_queue_length(rt: Runtime) -> None:
-    batch_id, queue = stalled_batch(rt, done=2, dispatched=5), RecordingQueue()
-    rt.batches.add_queued(batch_id, 40)  # tasks counted in but lost with a worker
-    rt.redis.lpush(keys.LINE_QUEUE, b"someone-else")
-    watchdog.check(rt, queue, batch_id, queue_length=1)  # type: ignore[arg-type]
-    assert rt.batches.pending(batch_id) == TOTAL - 5, "one task in the queue could be this batch's: wait"
-    rt.redis.delete(keys.LINE_QUEUE)
-    watchdog.check(rt, queue, batch_id, queue_length=0)  # type: ignore[arg-type]
-    assert queue.requeued == [2, 3, 4] and rt.batches.queued(batch_id) == 3 + WINDOW  # counted afresh

@@ -15,6 +15,9 @@ import pytest
 import yaml
 
 from batchq.config import Settings
+from batchq.observability import metrics
+from batchq.storage import keys
+from tests.unit.test_observability import StandInRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -157,18 +160,24 @@ def test_k8s_worker_concurrency_follows_the_setting_and_drains() -> None:
     assert "replicas" not in k8s_objects()[("Deployment", "batchq-worker")]["spec"], "leave replicas to KEDA"
 
 
-def test_k8s_keda_scales_workers_on_the_celery_queue() -> None:
-    from workers.celery_app import celery_config
-
-    assert "task_default_queue" not in celery_config(Settings(_env_file=None))  # type: ignore[call-arg]
+def test_k8s_keda_scales_workers_on_the_waiting_lines() -> None:
     scaled = k8s_objects()[("ScaledObject", "batchq-worker")]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "batchq-worker"
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 20)
     (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
-    assert trigger["metadata"]["listName"] == "celery"  # Celery's default queue; batchq sets no other
-    host = trigger["metadata"]["address"].split(":")[0]
-    assert host in k8s_objects()[("ConfigMap", "batchq-config")]["data"]["BATCHQ_REDIS_URL"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"] == "max(batchq_lines_waiting)"  # the API's gauge, the same on every replica
+    exposed = metrics.render_api_metrics(metrics.api_registry(StandInRedis()))[0].decode()
+    assert "\nbatchq_lines_waiting " in exposed
+
+
+def test_every_worker_consumes_the_control_and_the_line_queue() -> None:
+    from workers.celery_app import celery_config
+
+    config = celery_config(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert [q.name for q in config["task_queues"]] == [keys.CONTROL_QUEUE, keys.LINE_QUEUE]
+    assert config["task_routes"]["batchq.finalize"] == {"queue": keys.CONTROL_QUEUE}
+    assert config["task_default_queue"] == keys.LINE_QUEUE
 
 
 def test_k8s_scheduler_is_single_and_redis_persists() -> None:

@@ -41,6 +41,9 @@ class StandInPipeline:
     def llen(self, name: str) -> None:
         self.calls.append(lambda: len(self.owner.data.get(name, [])))
 
+    def hlen(self, name: str) -> None:
+        self.calls.append(lambda: len(self.owner.data.get(name, {})))
+
     def zcount(self, name: str, low: float | str, high: float | str) -> None:
         lo, hi = float(low), float(high)
         self.calls.append(lambda: sum(lo <= s <= hi for s in self.owner.data.get(name, {}).values()))
@@ -85,8 +88,8 @@ def scrape(client: StandInRedis, routes: tuple[str, ...] = ("default",)) -> tupl
     return body.decode(), content_type
 
 
-def batch_hash(status: str) -> dict[bytes, bytes]:
-    return {b"status": status.encode(), b"total": b"10"}
+def batch_hash(status: str, account: str = "acct_a") -> dict[bytes, bytes]:
+    return {b"status": status.encode(), b"total": b"10", b"account": account.encode()}
 
 
 @pytest.fixture
@@ -96,7 +99,13 @@ def state() -> StandInRedis:
         {
             keys.ACTIVE_BATCHES: {b"batch_a", b"batch_b", b"batch_c", b"batch_gone"},
             keys.batch("batch_a"): batch_hash("in_progress"),
-            keys.batch("batch_b"): batch_hash("in_progress"),
+            keys.batch("batch_b"): batch_hash("in_progress", "acct_b"),
+            keys.batch_pending("batch_a"): [b"t"] * 30,
+            keys.batch_pending("batch_b"): [b"t"] * 4,
+            keys.batch_leases("batch_b"): {b"0": b"1", b"1": b"1"},
+            keys.SCHED_GRANTED: {b"acct_a": b"70", b"acct_b": b"12"},
+            keys.TENANT_LINES: {b"acct_a": b"60", b"acct_b": b"9", b"acct_old": b"5"},
+            keys.SCHED_WEIGHTS: {b"acct_b": b"3"},
             keys.batch("batch_c"): batch_hash("validating"),
             metrics.STATS_KEY: {
                 b"lines_completed": b"10",
@@ -104,8 +113,9 @@ def state() -> StandInRedis:
                 b"batches_completed": b"3",
                 b"batches_cancelled": b"1",
             },
-            "celery": [b"t"] * 5,
-            "celery\x06\x166": [b"t"] * 2,
+            keys.LINE_QUEUE: [b"t"] * 5,
+            keys.LINE_QUEUE + "\x06\x166": [b"t"] * 2,
+            keys.CONTROL_QUEUE: [b"t"],
             keys.limit_inflight("default"): {b"a": now + 100, b"b": now + 100, b"dead": now - 10},
             keys.limit_notbefore("slow"): b"1700000000.5",
         }
@@ -134,7 +144,8 @@ def test_scrape_reports_redis_state(state: StandInRedis) -> None:
     assert "batchq_up 1.0" in text
     assert 'batchq_batches{status="in_progress"} 2.0' in text
     assert "batchq_lines_completed_total 10.0" in text
-    assert 'batchq_queue_depth{queue="celery"} 7.0' in text
+    assert 'batchq_queue_depth{queue="batchq.lines"} 7.0' in text
+    assert 'batchq_queue_depth{queue="batchq.control"} 1.0' in text
     found = samples(text)
     expected_batches = {
         "validating": 1, "in_progress": 2, "finalizing": 0, "cancelling": 0,
@@ -150,6 +161,14 @@ def test_scrape_reports_redis_state(state: StandInRedis) -> None:
     assert value(found, "batchq_upstream_in_flight", route="slow") == 0
     assert value(found, "batchq_upstream_throttled_until", route="default") == 0
     assert value(found, "batchq_upstream_throttled_until", route="slow") == 1700000000.5
+    assert value(found, "batchq_tenant_lines_waiting", tenant="acct_a") == 30
+    assert value(found, "batchq_tenant_lines_waiting", tenant="acct_b") == 4
+    assert value(found, "batchq_tenant_lines_in_flight", tenant="acct_b") == 2
+    assert value(found, "batchq_tenant_lines_stored_total", tenant="acct_old") == 5  # finished, still counted
+    assert value(found, "batchq_tenant_lines_granted_total", tenant="acct_a") == 70
+    assert value(found, "batchq_tenant_weight", tenant="acct_b") == 3
+    assert value(found, "batchq_tenant_weight", tenant="acct_a") == 1
+    assert value(found, "batchq_lines_waiting") == 34
     assert state.round_trips == 2
 
 
@@ -158,7 +177,8 @@ def test_scrape_of_empty_redis_reports_zeros() -> None:
     assert value(found, "batchq_up") == 1
     assert value(found, "batchq_batches", status="in_progress") == 0
     assert value(found, "batchq_lines_failed_total") == 0
-    assert value(found, "batchq_queue_depth", queue="celery") == 0
+    assert value(found, "batchq_queue_depth", queue="batchq.lines") == 0
+    assert value(found, "batchq_lines_waiting") == 0
     assert value(found, "batchq_upstream_in_flight", route="default") == 0
 
 

@@ -36,11 +36,10 @@ def facts(
     expired_leases: list[int] | None = None,
     live_leases: int = 0,
     progress_at: float = NOW,
-    queue_empty: bool = False,
-    pending: int = 0,
-    queued: int = 0,
+    waiting: int = 0,
+    in_queue: int = 0,
 ) -> Facts:
-    return Facts(b, now, expired_leases or [], live_leases, progress_at, queue_empty, pending, queued)
+    return Facts(b, now, expired_leases or [], live_leases, progress_at, waiting, in_queue)
 
 
 # --- finalize --------------------------------------------------------------------------------
@@ -83,7 +82,7 @@ def test_validating_longer_than_a_lease_is_submitted_again() -> None:
 @pytest.mark.parametrize("age", [0, 60, LEASE])
 def test_validating_within_a_lease_waits(age: float) -> None:
     b = batch(Status.VALIDATING, created_at=int(NOW - age))
-    assert plan(facts(b, queue_empty=True), LEASE) == "wait"
+    assert plan(facts(b, in_queue=3), LEASE) == "wait"
 
 
 # --- finalizing ------------------------------------------------------------------------------
@@ -117,55 +116,30 @@ def test_expired_leases_are_requeued() -> None:
     assert plan(facts(b, expired_leases=[3, 7], live_leases=2), LEASE) == "requeue_expired"
 
 
-def test_requeue_all_when_stalled_with_no_leases_and_empty_queue() -> None:
+def test_lost_lines_are_resent_when_stalled_with_nothing_leased_waiting_or_queued() -> None:
     b = batch(Status.IN_PROGRESS, completed=3)
-    f = facts(b, progress_at=NOW - LEASE - 1, live_leases=0, queue_empty=True)
-    assert plan(f, LEASE) == "requeue_all"
+    f = facts(b, progress_at=NOW - LEASE - 1, live_leases=0)
+    assert plan(f, LEASE) == "resend_lost"
 
 
 @pytest.mark.parametrize(
-    ("progress_age", "live", "queue_empty"),
+    ("progress_age", "live", "waiting", "in_queue"),
     [
-        pytest.param(LEASE, 0, True, id="not-stalled"),
-        pytest.param(LEASE + 1, 1, True, id="live-lease"),
-        pytest.param(LEASE + 1, 0, False, id="queue-not-empty"),
+        pytest.param(LEASE, 0, 0, 0, id="not-stalled"),
+        pytest.param(LEASE + 1, 1, 0, 0, id="live-lease"),
+        pytest.param(LEASE + 1, 0, 2000, 0, id="lines-wait-their-turn"),
+        pytest.param(LEASE + 1, 0, 0, 2, id="tasks-in-the-queue"),
     ],
 )
-def test_no_requeue_all_unless_stalled_and_idle_and_queue_empty(
-    progress_age: float, live: int, queue_empty: bool
+def test_nothing_is_resent_unless_stalled_with_nothing_leased_waiting_or_queued(
+    progress_age: float, live: int, waiting: int, in_queue: int
 ) -> None:
+    b = batch(Status.IN_PROGRESS, total=5000, completed=3)
+    f = facts(b, progress_at=NOW - progress_age, live_leases=live, waiting=waiting, in_queue=in_queue)
+    assert plan(f, LEASE) == "wait"
+
+
+def test_expired_leases_take_precedence_over_resending() -> None:
     b = batch(Status.IN_PROGRESS, completed=3)
-    f = facts(b, progress_at=NOW - progress_age, live_leases=live, queue_empty=queue_empty)
-    assert plan(f, LEASE) == "wait"
-
-
-def test_a_stalled_batch_with_waiting_lines_lets_the_next_window_in() -> None:
-    b = batch(Status.IN_PROGRESS, total=5000, completed=3)
-    f = facts(b, progress_at=NOW - LEASE - 1, queue_empty=False, pending=2000)
-    assert plan(f, LEASE) == "top_up"
-
-
-@pytest.mark.parametrize(
-    ("progress_age", "live", "pending"),
-    [
-        pytest.param(LEASE, 0, 2000, id="not-stalled"),
-        pytest.param(LEASE + 1, 1, 2000, id="live-lease"),
-        pytest.param(LEASE + 1, 0, 0, id="nothing-waiting"),
-    ],
-)
-def test_no_top_up_unless_stalled_and_idle_with_lines_waiting(progress_age: float, live: int, pending: int) -> None:
-    b = batch(Status.IN_PROGRESS, total=5000, completed=3)
-    f = facts(b, progress_at=NOW - progress_age, live_leases=live, pending=pending)
-    assert plan(f, LEASE) == "wait"
-
-
-def test_no_top_up_while_the_batchs_tasks_only_wait_behind_other_batches() -> None:
-    b = batch(Status.IN_PROGRESS, total=5000, completed=3)
-    f = facts(b, progress_at=NOW - LEASE - 1, queue_empty=False, pending=2000, queued=2048)
-    assert plan(f, LEASE) == "wait"
-
-
-def test_expired_leases_take_precedence_over_requeue_all() -> None:
-    b = batch(Status.IN_PROGRESS, completed=3)
-    f = facts(b, expired_leases=[5], progress_at=NOW - LEASE - 1, queue_empty=True)
+    f = facts(b, expired_leases=[5], progress_at=NOW - LEASE - 1)
     assert plan(f, LEASE) == "requeue_expired"
