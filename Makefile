@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test pytest lint typecheck bench clean
+.PHONY: install demo test pytest lint typecheck bench bench-fairness clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,9 @@ typecheck: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+bench-fairness: install  ## small batches behind big ones, tenants sharing the workers
+	$(BIN)/python -m bench.fairness
 
 clean:
 	rm -rf $(VENV) batchq-demo batchq-data .pytest_cache .mypy_cache .ruff_cache

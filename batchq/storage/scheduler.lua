@@ -1,15 +1,16 @@
 -- The scheduler: which waiting line enters the line queue next (batchq/storage/scheduler.py).
 --
 -- sched  k: queue (the Celery line queue), tenants (zset tenant -> pass), urgent (zset batch ->
---           time it becomes urgent), state (hash: vclock, last:<tenant>), weights (hash tenant ->
---           weight), granted (hash tenant -> lines granted).
+--           time it becomes urgent), state (hash: vclock when no tenant has work, last:<tenant>),
+--           weights (hash tenant -> weight), granted (hash tenant -> lines granted).
 --        a: now, depth (the line queue's target length), batch_prefix ('batchq:batch:{'),
 --           tenant_prefix ('batchq:sched:tenant:').
 --
 -- Stride scheduling at two levels. Each tenant has a pass (virtual time); the tenant with the
 -- least pass is served and its pass grows by 1/weight. Within the tenant each batch has its own
--- pass, grown by 1 per line. A tenant (or batch) that joins starts at the current virtual time, so
--- it neither waits behind the backlog of the others nor takes a burst for the time it was away.
+-- pass, grown by 1 per line. A tenant (or batch) that joins starts at the current virtual time (the
+-- least pass of those with work), so it neither waits behind the backlog of the others nor takes a
+-- burst for the time it was away.
 -- A batch whose urgent time has passed (close to its expires_at) is served before all of them,
 -- earliest first, and still charged to its tenant.
 
@@ -17,12 +18,17 @@ local function sched_batch_key(a, b) return a.batch_prefix .. b .. '}' end
 local function sched_pending_key(a, b) return a.batch_prefix .. b .. '}:pending' end
 local function sched_batches_key(a, t) return a.tenant_prefix .. t .. ':batches' end
 
+-- The virtual time: the least pass of the tenants with work, or the last one's when none has.
+local function sched_vclock(k)
+  local least = redis.call('ZRANGE', k.tenants, 0, 0, 'WITHSCORES')[2]
+  return tonumber(least or redis.call('HGET', k.state, 'vclock') or '0')
+end
+
 -- Make batch b of tenant t eligible (idempotent).
 local function sched_enroll(k, a, b, t, urgent_at)
   if not redis.call('ZSCORE', k.tenants, t) then
-    local vclock = tonumber(redis.call('HGET', k.state, 'vclock') or '0')
     local last = tonumber(redis.call('HGET', k.state, 'last:' .. t) or '0')
-    redis.call('ZADD', k.tenants, math.max(vclock, last), t)
+    redis.call('ZADD', k.tenants, math.max(sched_vclock(k), last), t)
   end
   local tb = sched_batches_key(a, t)
   if not redis.call('ZSCORE', tb, b) then
@@ -39,32 +45,31 @@ local function sched_retire(k, a, b, t)
   redis.call('ZREM', k.urgent, b)
   if redis.call('ZCARD', tb) == 0 then
     local pass = redis.call('ZSCORE', k.tenants, t)
-    if pass then redis.call('HSET', k.state, 'last:' .. t, pass) end
     redis.call('ZREM', k.tenants, t)
+    if pass then
+      redis.call('HSET', k.state, 'last:' .. t, pass)
+      if redis.call('ZCARD', k.tenants) == 0 then redis.call('HSET', k.state, 'vclock', pass) end
+    end
   end
 end
 
--- The next batch to serve: {batch, tenant, urgent}; batch is false when the tenant has none left.
+-- The next batch to serve: {batch, tenant}; batch is false when the tenant has none left.
 local function sched_pick(k, a)
   local u = redis.call('ZRANGEBYSCORE', k.urgent, '-inf', a.now, 'LIMIT', 0, 1)[1]
   if u then
     local t = redis.call('HGET', sched_batch_key(a, u), 'account') or ''
-    return {u, t, true}
+    return {u, t}
   end
   local t = redis.call('ZRANGE', k.tenants, 0, 0)[1]
   if not t then return nil end
   local b = redis.call('ZRANGE', sched_batches_key(a, t), 0, 0)[1]
-  return {b or false, t, false}
+  return {b or false, t}
 end
 
-local function sched_charge(k, a, b, t, urgent)
+local function sched_charge(k, a, b, t)
   local w = tonumber(redis.call('HGET', k.weights, t) or '1') or 1
   if w <= 0 then w = 1 end
-  local pass = redis.call('ZSCORE', k.tenants, t)
-  if pass then
-    if not urgent then redis.call('HSET', k.state, 'vclock', pass) end
-    redis.call('ZADD', k.tenants, 'XX', 'INCR', 1 / w, t)
-  end
+  redis.call('ZADD', k.tenants, 'XX', 'INCR', 1 / w, t)
   redis.call('ZADD', sched_batches_key(a, t), 'XX', 'INCR', 1, b)
   redis.call('HINCRBY', k.granted, t, 1)
 end
@@ -74,7 +79,7 @@ local function sched_grant_one(k, a)
   for _ = 1, 32 do  -- stale entries (finished, cancelled or lost batches) are dropped on the way
     local pick = sched_pick(k, a)
     if not pick then return false end
-    local b, t, urgent = pick[1], pick[2], pick[3]
+    local b, t = pick[1], pick[2]
     if not b then
       redis.call('ZREM', k.tenants, t)
     else
@@ -84,9 +89,8 @@ local function sched_grant_one(k, a)
       end
       if msg then
         redis.call('LPUSH', k.queue, msg)
-        sched_charge(k, a, b, t, urgent)
-        if redis.call('LLEN', sched_pending_key(a, b)) == 0 then sched_retire(k, a, b, t) end
-        return true
+        sched_charge(k, a, b, t)
+        return true  -- a batch whose list ran dry leaves at its next pick
       end
       sched_retire(k, a, b, t)
     end

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchq.embedded import free_port
+from batchq.embedded import free_port, start_redis
 from batchq.stack import Stack
 
 FAST = {
@@ -99,3 +99,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Itera
     running = start_stack(workdir, hooks, workers=1, concurrency=16)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the test module's own, on a free port (the module may flush it)."""
+    port = free_port()
+    server = start_redis(port, Path(tmp_path_factory.mktemp("redis")))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)

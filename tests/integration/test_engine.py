@@ -120,8 +120,8 @@ def completed(sdk: OpenAI, batch_id: str) -> int:
 
 @pytest.fixture(scope="module")
 def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One worker with 4 threads and a dispatch window of 8 lines per batch."""
-    stack = Stack(tmp_path_factory.mktemp("narrow"), env_overrides=FAST | {"BATCHQ_DISPATCH_WINDOW": "8"})
+    """One worker with 4 threads and a line queue of 2 granted tasks."""
+    stack = Stack(tmp_path_factory.mktemp("narrow"), env_overrides=FAST | {"BATCHQ_QUEUE_DEPTH": "2"})
     try:
         yield stack.start(workers=1, concurrency=4)
     finally:

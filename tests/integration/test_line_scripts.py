@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
 from batchq.domain.results import response_line
 from batchq.domain.routing import Release, Route
-from batchq.embedded import free_port, start_redis
 from batchq.storage import keys
 from batchq.storage.batches import BatchStore
 from batchq.storage.limits import RedisLimiter
@@ -22,14 +20,9 @@ ROUTE = Route(name="solo", url="http://upstream.test", max_in_flight=1)
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    port = free_port()
-    server = start_redis(port, Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield redis.Redis(port=port)
-    finally:
-        server.terminate()
-        server.wait(10)
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as connected:
+        yield connected
 
 
 @pytest.fixture

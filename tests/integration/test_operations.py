@@ -80,16 +80,19 @@ def test_health_checks_redis_and_livez_checks_only_the_process(stack: Stack) -> 
 
 def test_top_shows_every_tenants_unfinished_batches(stack: Stack) -> None:
     sdk = client(stack, user="top-watched")
-    batch = submit(sdk, [chat_row(f"slow{i}", latency_ms=1500) for i in range(3)])
+    batch = submit(sdk, [chat_row(f"slow{i}", latency_ms=1500) for i in range(80)])  # 5 rounds of 16 threads
     stack.wait_until(lambda: sdk.batches.retrieve(batch.id).status == "in_progress", 20, "in progress")
     env = os.environ | {"BATCHQ_REDIS_URL": stack.redis_url or ""}
     run = [sys.executable, "-m", "batchq", "top"]
     shown = subprocess.run([*run, "--json"], env=env, capture_output=True, text=True, timeout=60, check=True)
     overview = orjson.loads(shown.stdout)
     (row,) = [b for b in overview["batches"] if b["id"] == batch.id]
-    assert row["owner"]["user"] == "top-watched" and row["status"] == "in_progress" and row["total"] == 3
-    assert row["waiting"] == 0  # 3 lines: all within the dispatch window
+    assert row["owner"]["user"] == "top-watched" and row["status"] == "in_progress" and row["total"] == 80
+    assert row["waiting"] > 0 and row["leased"] > 0  # 16 threads and a queue of 8: the rest wait their turn
     assert isinstance(overview["queue_depth"], int) and set(overview["in_flight"]) == {"default"}
+    (tenant,) = [t for t in overview["tenants"] if t["account"] == row["owner"]["account"]]
+    assert tenant["weight"] == 1 and tenant["in_flight"] >= row["leased"] and tenant["waiting"] >= row["waiting"]
+    assert tenant["lines_per_s"] is not None  # measured between the two snapshots
     table = subprocess.run([*run, "--once"], env=env | {"COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and batch.id in table.stdout and "top-watched" in table.stdout
     wait(sdk, batch.id)

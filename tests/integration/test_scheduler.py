@@ -8,12 +8,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-from batchq.embedded import free_port, start_redis
 from batchq.storage import keys
 from batchq.storage.scheduler import Scheduler
 
@@ -22,18 +20,13 @@ FAR = time.time() + 86_400  # not urgent
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    port = free_port()
-    server = start_redis(port, Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield redis.Redis(port=port)
-    finally:
-        server.terminate()
-        server.wait(10)
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as connected:
+        yield connected
 
 
 @pytest.fixture
-def client_(client: redis.Redis) -> redis.Redis:
+def db(client: redis.Redis) -> redis.Redis:
     client.flushdb()  # a private server: this module's own
     return client
 
@@ -59,96 +52,96 @@ def batches(taken: list[str]) -> Counter[str]:
     return Counter(label.split(":")[0] for label in taken)
 
 
-def test_the_line_queue_holds_only_its_depth(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=4)
-    add(client_, sched, "A1", "a", 100)
-    assert client_.llen(keys.LINE_QUEUE) == 4 and sched.waiting("A1") == 96
-    assert take(client_, sched, 3) == ["A1:0", "A1:1", "A1:2"]  # a batch's own lines stay in order
-    assert client_.llen(keys.LINE_QUEUE) == 4
+def test_the_line_queue_holds_only_its_depth(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=4)
+    add(db, sched, "A1", "a", 100)
+    assert db.llen(keys.LINE_QUEUE) == 4 and sched.waiting("A1") == 96
+    assert take(db, sched, 3) == ["A1:0", "A1:1", "A1:2"]  # a batch's own lines stay in order
+    assert db.llen(keys.LINE_QUEUE) == 4
 
 
-def test_a_newcomer_is_granted_next_not_behind_the_backlog(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=4)
-    add(client_, sched, "A1", "a", 5000)
-    take(client_, sched, 1000)
-    add(client_, sched, "B1", "b", 10)
-    taken = take(client_, sched, 4 + 20)  # the 4 granted before B came, then B alternates with A
+def test_a_newcomer_is_granted_next_not_behind_the_backlog(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=4)
+    add(db, sched, "A1", "a", 5000)
+    take(db, sched, 1000)
+    add(db, sched, "B1", "b", 10)
+    taken = take(db, sched, 4 + 20)  # the 4 granted before B came, then B alternates with A
     assert taken[:4] == [f"A1:{i}" for i in range(1000, 1004)]
     assert batches(taken[4:]) == {"A1": 10, "B1": 10}
     assert sched.waiting("B1") == 0
 
 
 @pytest.mark.parametrize(("weight_a", "expected_a"), [(1, 500), (3, 750)])
-def test_tenants_share_by_weight(client_: redis.Redis, weight_a: int, expected_a: int) -> None:
-    sched = Scheduler(client_, depth=1)
+def test_tenants_share_by_weight(db: redis.Redis, weight_a: int, expected_a: int) -> None:
+    sched = Scheduler(db, depth=1)
     sched.set_weight("a", weight_a)
-    add(client_, sched, "A1", "a", 5000)
-    add(client_, sched, "B1", "b", 5000)
-    shares = batches(take(client_, sched, 1000))
+    add(db, sched, "A1", "a", 5000)
+    add(db, sched, "B1", "b", 5000)
+    shares = batches(take(db, sched, 1000))
     assert abs(shares["A1"] - expected_a) <= 2
 
 
-def test_a_tenant_with_more_batches_gets_no_more_than_its_share(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=1)
+def test_a_tenant_with_more_batches_gets_no_more_than_its_share(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=1)
     for n in range(4):
-        add(client_, sched, f"A{n}", "a", 3000)
-    add(client_, sched, "B1", "b", 3000)
-    shares = batches(take(client_, sched, 800))
+        add(db, sched, f"A{n}", "a", 3000)
+    add(db, sched, "B1", "b", 3000)
+    shares = batches(take(db, sched, 800))
     assert abs(shares["B1"] - 400) <= 2  # the tenants split evenly
     assert all(abs(shares[f"A{n}"] - 100) <= 2 for n in range(4))  # and tenant a's batches split its half
 
 
-def test_an_urgent_batch_goes_first(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=1)
-    add(client_, sched, "A1", "a", 100)
-    add(client_, sched, "B1", "b", 100)
-    add(client_, sched, "C1", "c", 5, urgent_at=time.time() - 1)
-    taken = take(client_, sched, 8)
+def test_an_urgent_batch_goes_first(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=1)
+    add(db, sched, "A1", "a", 100)
+    add(db, sched, "B1", "b", 100)
+    add(db, sched, "C1", "c", 5, urgent_at=time.time() - 1)
+    taken = take(db, sched, 8)
     assert taken[1:6] == [f"C1:{i}" for i in range(5)]  # right after the one granted before it came
     assert batches(taken[6:]) == {"A1": 1, "B1": 1}
 
 
-def test_a_batch_that_stopped_running_is_granted_nothing(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=1)
-    add(client_, sched, "A1", "a", 100)
-    add(client_, sched, "B1", "b", 100)
-    client_.hset(keys.batch("A1"), "status", "cancelling")
-    assert batches(take(client_, sched, 10)) == {"A1": 1, "B1": 9}  # only the one granted before
-    assert client_.zscore(keys.sched_tenant_batches("a"), "A1") is None  # dropped from the scheduler
+def test_a_batch_that_stopped_running_is_granted_nothing(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=1)
+    add(db, sched, "A1", "a", 100)
+    add(db, sched, "B1", "b", 100)
+    db.hset(keys.batch("A1"), "status", "cancelling")
+    assert batches(take(db, sched, 10)) == {"A1": 1, "B1": 9}  # only the one granted before
+    assert db.zscore(keys.sched_tenant_batches("a"), "A1") is None  # dropped from the scheduler
 
 
-def test_lines_put_back_run_first_in_their_batch(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=1)
-    add(client_, sched, "A1", "a", 10)
-    take(client_, sched, 3)
+def test_lines_put_back_run_first_in_their_batch(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=1)
+    add(db, sched, "A1", "a", 10)
+    take(db, sched, 3)
     sched.put_back("A1", "a", [b"A1:1"], FAR, time.time())
-    assert take(client_, sched, 2) == ["A1:3", "A1:1"]
+    assert take(db, sched, 2) == ["A1:3", "A1:1"]
 
 
-def test_enrolling_again_changes_nothing(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=2)
-    add(client_, sched, "A1", "a", 10)
-    before = client_.zrange(keys.SCHED_TENANTS, 0, -1, withscores=True)
+def test_enrolling_again_changes_nothing(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=2)
+    add(db, sched, "A1", "a", 10)
+    before = db.zrange(keys.SCHED_TENANTS, 0, -1, withscores=True)
     sched.enroll("A1", "a", FAR, time.time())
-    assert client_.zrange(keys.SCHED_TENANTS, 0, -1, withscores=True) == before
-    assert client_.llen(keys.LINE_QUEUE) == 2
+    assert db.zrange(keys.SCHED_TENANTS, 0, -1, withscores=True) == before
+    assert db.llen(keys.LINE_QUEUE) == 2
 
 
-def test_state_lost_with_redis_is_rebuilt_by_enrolling(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=2)
-    add(client_, sched, "A1", "a", 10)
-    client_.delete(keys.SCHED_TENANTS, keys.sched_tenant_batches("a"), keys.SCHED_URGENT, keys.LINE_QUEUE)
+def test_state_lost_with_redis_is_rebuilt_by_enrolling(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=2)
+    add(db, sched, "A1", "a", 10)
+    db.delete(keys.SCHED_TENANTS, keys.sched_tenant_batches("a"), keys.SCHED_URGENT, keys.LINE_QUEUE)
     assert sched.fill(time.time()) == 0  # nothing known: nothing granted
     sched.enroll("A1", "a", FAR, time.time())
-    assert client_.llen(keys.LINE_QUEUE) == 2
+    assert db.llen(keys.LINE_QUEUE) == 2
 
 
-def test_shares_count_grants_per_tenant(client_: redis.Redis) -> None:
-    sched = Scheduler(client_, depth=1)
+def test_shares_count_grants_per_tenant(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=1)
     sched.set_weight("a", 2)
-    add(client_, sched, "A1", "a", 10)
-    add(client_, sched, "B1", "b", 10)
-    take(client_, sched, 5)
+    add(db, sched, "A1", "a", 10)
+    add(db, sched, "B1", "b", 10)
+    take(db, sched, 5)
     shares = {s.tenant: s for s in sched.shares()}
     assert shares["a"].weight == 2 and shares["b"].weight == 1
     assert shares["a"].granted + shares["b"].granted == 6  # the first grant and one per take

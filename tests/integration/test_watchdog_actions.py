@@ -13,7 +13,6 @@ from batchq.config import Settings
 from batchq.domain.models import Batch, Owner, RequestCounts
 from batchq.domain.results import LOST, response_line
 from batchq.domain.status import Status
-from batchq.embedded import free_port, start_redis
 from batchq.execution import finalize, watchdog
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
@@ -40,17 +39,6 @@ class RecordingQueue:
         raise AssertionError("not finished")
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    server = start_redis(port, Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
 @pytest.fixture
 def rt(redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
     settings = Settings(_env_file=None, redis_url=redis_url, data_dir=tmp_path, queue_depth=DEPTH)  # type: ignore[call-arg]
@@ -58,6 +46,7 @@ def rt(redis_url: str, tmp_path: Path) -> Iterator[Runtime]:
     runtime.redis.flushdb()  # this module's own server
     yield runtime
     runtime.redis.close()
+    runtime.redis.connection_pool.disconnect()  # an explicit pool outlives close()
 
 
 def stalled_batch(rt: Runtime, done: int, granted: int) -> str:
