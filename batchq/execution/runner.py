@@ -29,6 +29,7 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
     """
     source = rt.batches.line_source(batch_id)
     if source is None:
+        rt.scheduler.fill(time.time())  # the task left the queue all the same: let the next one in
         return None  # the batch is gone
     try:
         request = read_request(rt, source.input_file_id, offset, length)

@@ -96,7 +96,7 @@ def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str,
     action = plan(facts, rt.settings.line_lease_s)
     if action is not Action.WAIT:
         log.info("watchdog acts", extra={"batch_id": batch_id, "action": action.value})
-    _act(rt, queue, batch, action, facts, in_queue)
+    _act(rt, queue, batch, action, facts)
 
 
 def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]]) -> Facts:
@@ -111,9 +111,7 @@ def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]]) -> Facts:
     return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine)
 
 
-def _act(
-    rt: Runtime, queue: TaskQueue, batch: Batch, action: Action, facts: Facts, in_queue: set[tuple[str, int]]
-) -> None:
+def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: Action, facts: Facts) -> None:
     if action is Action.FINALIZE:
         queue.finalize_batch(batch.id)
     elif action is Action.SUBMIT:
@@ -121,8 +119,18 @@ def _act(
     elif action is Action.REQUEUE_EXPIRED:
         requeue(rt, queue, batch, facts.expired_leases)
     elif action is Action.RESEND_LOST:
-        lost = [i for i in missing_lines(rt, batch.id, batch.request_counts.total) if (batch.id, i) not in in_queue]
-        requeue(rt, queue, batch, lost)
+        resend_lost(rt, queue, batch)
+
+
+def resend_lost(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
+    """Send again every unfinished line whose task is nowhere: looked at afresh, since a line
+    granted after the sweep read the queue is not lost (and each resend spends its budget)."""
+    in_queue = queue.queued_lines()
+    if rt.scheduler.waiting(batch.id) or any(b == batch.id for b, _ in in_queue):
+        return
+    leases = rt.batches.leases(batch.id)
+    missing = missing_lines(rt, batch.id, batch.request_counts.total)
+    requeue(rt, queue, batch, [i for i in missing if i not in leases])
 
 
 def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> None:

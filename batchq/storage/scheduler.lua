@@ -53,10 +53,16 @@ local function sched_retire(k, a, b, t)
   end
 end
 
+-- Whether an urgent batch may take this grant: every fourth grant goes to the fair order even
+-- then, so a batch at risk cannot hold every worker (say, waiting on its own saturated route).
+local function sched_urgent_turn(k)
+  return redis.call('HINCRBY', k.state, 'turn', 1) % 4 ~= 0
+end
+
 -- The next batch to serve: {batch, tenant}; batch is false when the tenant has none left.
 local function sched_pick(k, a)
   local u = redis.call('ZRANGEBYSCORE', k.urgent, '-inf', a.now, 'LIMIT', 0, 1)[1]
-  if u then
+  if u and sched_urgent_turn(k) then
     local t = redis.call('HGET', sched_batch_key(a, u), 'account') or ''
     return {u, t}
   end
@@ -74,34 +80,46 @@ local function sched_charge(k, a, b, t)
   redis.call('HINCRBY', k.granted, t, 1)
 end
 
--- Move one waiting line into the line queue. Returns true if one moved.
+-- A running batch's next task, or false (the batch stopped, expired, or has none left).
+local function sched_take(a, b)
+  local bk = sched_batch_key(a, b)
+  local rec = redis.call('HMGET', bk, 'status', 'expires_at')
+  if rec[1] ~= 'in_progress' or (rec[2] and a.now >= tonumber(rec[2])) then return false end
+  return redis.call('RPOP', bk .. ':pending')
+end
+
+-- Move one waiting line into the line queue. Returns 'granted', 'none' (no work at all) or
+-- 'busy' (this call's budget went on dropping stale entries: call again).
 local function sched_grant_one(k, a)
-  for _ = 1, 32 do  -- stale entries (finished, cancelled or lost batches) are dropped on the way
+  for _ = 1, 64 do  -- stale entries (finished, cancelled, expired or lost batches) are dropped
     local pick = sched_pick(k, a)
-    if not pick then return false end
+    if not pick then return 'none' end
     local b, t = pick[1], pick[2]
     if not b then
       redis.call('ZREM', k.tenants, t)
     else
-      local msg = false
-      if redis.call('HGET', sched_batch_key(a, b), 'status') == 'in_progress' then
-        msg = redis.call('RPOP', sched_pending_key(a, b))
-      end
+      local msg = sched_take(a, b)
       if msg then
         redis.call('LPUSH', k.queue, msg)
         sched_charge(k, a, b, t)
-        return true  -- a batch whose list ran dry leaves at its next pick
+        if redis.call('LLEN', sched_pending_key(a, b)) == 0 then sched_retire(k, a, b, t) end
+        return 'granted'
       end
       sched_retire(k, a, b, t)
     end
   end
-  return false
+  return 'busy'
 end
 
 -- Top the line queue up to its target length. Returns how many lines were granted.
 local function sched_fill(k, a)
   local want = a.depth - redis.call('LLEN', k.queue)
-  local granted = 0
-  while granted < want and sched_grant_one(k, a) do granted = granted + 1 end
+  local granted, rounds = 0, 0
+  while granted < want and rounds < 16 + want do
+    local outcome = sched_grant_one(k, a)
+    if outcome == 'none' then break end
+    if outcome == 'granted' then granted = granted + 1 end
+    rounds = rounds + 1
+  end
   return granted
 end

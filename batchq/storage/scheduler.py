@@ -4,12 +4,14 @@ A batch's line tasks wait, already serialized, in the batch's own list (``batch:
 The Celery line queue holds only a short run of **granted** tasks: ``BATCHQ_QUEUE_DEPTH``, about
 what the workers take next. Every task a worker takes from the queue grants the next line in the
 same Redis call that begins it (``BEGIN_LINE`` runs ``sched_fill``), so the queue stays at its
-depth while there is work, and a newcomer's first line waits behind at most that depth.
+depth while there is work, and a newcomer's first line waits behind about that depth.
 
 Which line is granted (``scheduler.lua``, the only place the order is decided):
 
 1. A batch whose **urgent time** has passed (the last ``BATCHQ_URGENT_SHARE`` of its completion
-   window) goes first, earliest first, so it does not expire with lines never started.
+   window) goes first, earliest first, so it does not expire with lines never started. It takes
+   at most three of every four grants: the fourth follows the fair order, so a batch at risk
+   cannot hold every worker. A batch past its ``expires_at`` is granted nothing.
 2. Otherwise the **tenant** (the API key's account) with the least pass, where each granted line
    adds ``1 / weight`` to its tenant's pass: tenants with work share the workers in proportion to
    their weights (``batchq keys create --weight N``; 1 by default).
@@ -75,25 +77,25 @@ class Scheduler:
     def add(self, batch_id: str, tenant: str, messages: Iterable[bytes], urgent_at: float, now: float) -> None:
         """A batch's line tasks, in line order, join the waiting work; the queue is topped up.
 
-        The batch is enrolled after its first chunk, so its first lines can run while the rest
-        is still being written, and again after the last (in case the first ran dry meanwhile).
+        The batch is enrolled after each chunk, so its first lines run while the rest is still
+        being written (a batch whose list ran dry in between is enrolled again).
         """
         pending = keys.batch_pending(batch_id)
         stream = iter(messages)
-        chunks = 0
         while chunk := list(itertools.islice(stream, CHUNK)):
-            self.r.lpush(pending, *chunk)  # the next one at the right end
-            chunks += 1
-            if chunks == 1:
-                self.r.expire(pending, keys.RESULT_TTL_S)
-                self.enroll(batch_id, tenant, urgent_at, now)
-        if chunks > 1:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.lpush(pending, *chunk)  # the next one at the right end
+            pipe.expire(pending, keys.RESULT_TTL_S)
+            pipe.execute()
             self.enroll(batch_id, tenant, urgent_at, now)
 
     def put_back(self, batch_id: str, tenant: str, messages: Sequence[bytes], urgent_at: float, now: float) -> None:
         """Tasks to run again (lost with a worker) go first in their batch's turn."""
         if messages:
-            self.r.rpush(keys.batch_pending(batch_id), *messages)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.rpush(keys.batch_pending(batch_id), *messages)
+            pipe.expire(keys.batch_pending(batch_id), keys.RESULT_TTL_S)
+            pipe.execute()
             self.enroll(batch_id, tenant, urgent_at, now)
 
     def enroll(self, batch_id: str, tenant: str, urgent_at: float, now: float) -> int:

@@ -91,14 +91,33 @@ def test_a_tenant_with_more_batches_gets_no_more_than_its_share(db: redis.Redis)
     assert all(abs(shares[f"A{n}"] - 100) <= 2 for n in range(4))  # and tenant a's batches split its half
 
 
-def test_an_urgent_batch_goes_first(db: redis.Redis) -> None:
+def test_an_urgent_batch_goes_first_but_leaves_every_fourth_grant_to_the_others(db: redis.Redis) -> None:
     sched = Scheduler(db, depth=1)
     add(db, sched, "A1", "a", 100)
     add(db, sched, "B1", "b", 100)
-    add(db, sched, "C1", "c", 5, urgent_at=time.time() - 1)
-    taken = take(db, sched, 8)
-    assert taken[1:6] == [f"C1:{i}" for i in range(5)]  # right after the one granted before it came
-    assert batches(taken[6:]) == {"A1": 1, "B1": 1}
+    add(db, sched, "C1", "c", 6, urgent_at=time.time() - 1)
+    taken = take(db, sched, 10)[1:]  # after the one granted before C came
+    assert [t for t in taken if t.startswith("C1")] == [f"C1:{i}" for i in range(6)]
+    assert batches(taken[:8]) == {"C1": 6, "A1": 1, "B1": 1}  # three of every four grants, not all
+
+
+def test_an_expired_batch_is_granted_nothing_and_its_tenant_not_charged(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=1)
+    add(db, sched, "A1", "a", 10)
+    add(db, sched, "A2", "a", 10, urgent_at=time.time() - 1)
+    db.hset(keys.batch("A2"), "expires_at", int(time.time()) - 1)  # still in_progress until finalized
+    assert batches(take(db, sched, 5)) == {"A1": 5}
+    assert db.zscore(keys.SCHED_URGENT, "A2") is None
+
+
+def test_many_finished_batches_do_not_stall_the_others(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=8)
+    for n in range(300):
+        add(db, sched, f"A{n:03}", "a", 1)
+    add(db, sched, "B1", "b", 1000)
+    taken = take(db, sched, 700)
+    assert len(taken) == 700 and batches(taken)["B1"] == 400
+    assert db.zcard(keys.sched_tenant_batches("a")) == 0  # each left when its one line was granted
 
 
 def test_a_batch_that_stopped_running_is_granted_nothing(db: redis.Redis) -> None:

@@ -98,3 +98,10 @@ def test_claiming_lines_of_a_batch_whose_input_vanished_still_accounts_for_them(
     stored = {int(index): orjson.loads(value[1:]) for index, value in rt.batches.iter_results(batch_id)}
     assert sorted(stored) == [0, 1, 5, 6]
     assert stored[5]["custom_id"] == "" and stored[5]["error"]["code"] == LOST[0]
+
+
+def test_the_queue_is_read_afresh_before_lines_are_sent_again(rt: Runtime) -> None:
+    batch_id = stalled_batch(rt, done=2, granted=TOTAL)
+    queue = RecordingQueue({(batch_id, 4)})  # granted after the sweep read the queue
+    watchdog.check(rt, queue, batch_id, set())  # type: ignore[arg-type]
+    assert queue.requeued == []
