@@ -14,6 +14,7 @@ import orjson
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from batchq.domain.health import BreakerPolicy
 from batchq.domain.routing import Route
 
 MB = 1024 * 1024
@@ -42,6 +43,11 @@ class Settings(BaseSettings):
     upstream_rpm: int = Field(default=0, ge=0)
     upstream_adaptive: bool = True
     upstreams: Annotated[list[Route], NoDecode] = Field(default_factory=list)  # JSON list of routes
+    # Route health: down outcomes in a row (no answer, 502/503/504) that stop sending on a route
+    # (0: no breaker), one probe per probe_s while it is down, and how long lines wait for it.
+    upstream_breaker_failures: int = Field(default=5, ge=0)
+    upstream_probe_s: float = Field(default=1.0, gt=0)
+    upstream_max_outage_s: float = Field(default=1800.0, gt=0)
 
     # Limits
     max_file_bytes: int = Field(default=200 * MB, gt=0)
@@ -77,6 +83,10 @@ class Settings(BaseSettings):
     log_json: bool = True  # one JSON object per line on stdout; false: plain text
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)  # each worker's /metrics; 0: off
 
+    # Web dashboard at /ui (off unless a secret is set; see docs/ui.md)
+    ui_secret: str | None = Field(default=None, min_length=32)  # signs the session cookie
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # keys that see the operators page
+
     # What POST /batches accepts
     endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
@@ -84,7 +94,7 @@ class Settings(BaseSettings):
     min_completion_window: str = "1h"
     max_completion_window: str = "7d"
 
-    @field_validator("api_keys", "endpoints", mode="before")
+    @field_validator("api_keys", "endpoints", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -102,6 +112,9 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    def breaker(self) -> BreakerPolicy:
+        return BreakerPolicy(self.upstream_breaker_failures, self.upstream_probe_s, self.upstream_max_outage_s)
 
     def routes(self) -> list[Route]:
         """The configured routes, or one route from the ``BATCHQ_UPSTREAM_*`` settings."""

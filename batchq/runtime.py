@@ -55,7 +55,9 @@ class Runtime:
     def upstream(self) -> Upstream:
         if self._upstream is None:
             s = self.settings
-            limiter = RedisLimiter(self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s)
+            limiter = RedisLimiter(
+                self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s, breaker=s.breaker()
+            )
             self._upstream = Upstream(s, limiter, metrics=worker_metrics())
         return self._upstream
 

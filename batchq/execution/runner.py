@@ -14,7 +14,7 @@ from batchq.domain.routing import Release, Route
 from batchq.domain.scheduling import Verdict
 from batchq.execution.upstream import Outcome, no_upstream
 from batchq.runtime import Runtime
-from batchq.storage.batches import Progress
+from batchq.storage.batches import LineSource, Progress
 from batchq.storage.lua import Call
 
 log = logging.getLogger("batchq.runner")
@@ -43,7 +43,8 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
     if start.verdict is not Verdict.GO:
         return None
     try:
-        outcome, done = _send(rt, batch_id, index, route, source.endpoint, body, ask[0] if ask and start.slot else None)
+        held = ask[0] if ask and start.slot else None
+        outcome, done = _send(rt, batch_id, index, route, source, body, held)
     except BaseException:
         rt.batches.drop_lease(batch_id, index)  # let the watchdog hand it out again at once
         raise
@@ -68,13 +69,22 @@ def _fill(rt: Runtime) -> Call:
 
 
 def _send(
-    rt: Runtime, batch_id: str, index: int, route: Route | None, endpoint: str, body: dict[str, Any], held: str | None
+    rt: Runtime,
+    batch_id: str,
+    index: int,
+    route: Route | None,
+    source: LineSource,
+    body: dict[str, Any],
+    held: str | None,
 ) -> tuple[Outcome, Release | None]:
     if route is None:
-        return no_upstream(endpoint, body.get("model")), None
+        return no_upstream(source.endpoint, body.get("model")), None
     lease = rt.settings.line_lease_s
     renew = functools.partial(rt.batches.renew_lease, batch_id, index, lease)
-    return rt.upstream.send_on(route, endpoint, orjson.dumps(body), held, heartbeat=renew, every=lease / 3)
+    payload = orjson.dumps(body)
+    return rt.upstream.send_on(
+        route, source.endpoint, payload, held, heartbeat=renew, every=lease / 3, deadline=source.expires_at
+    )
 
 
 def _complete(rt: Runtime, batch_id: str, index: int, result: ResultLine, done: Release | None) -> Progress:

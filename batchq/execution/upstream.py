@@ -25,6 +25,7 @@ import httpx2
 import orjson
 
 from batchq.config import Settings
+from batchq.domain.health import RouteDown, RouteState, is_down
 from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, parse_retry_after, should_retry
 from batchq.domain.routing import Release, Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
@@ -48,9 +49,11 @@ class Outcome:
 
 
 class Limiter(Protocol):
-    def acquire(self, route: Route) -> str | None: ...
+    def acquire(self, route: Route, deadline: float | None = None) -> str | None:
+        """Wait for a slot; raises ``RouteDown`` when the route stayed down too long."""
 
-    def release(self, done: Release) -> None: ...
+    def release(self, done: Release) -> RouteState:
+        """Give the slot back, record the outcome in the route's health; returns the route's state."""
 
     def acquire_call(self, route: Route) -> tuple[str, Call] | None:
         """A token and the script call that would take a slot for it, to fold into another script."""
@@ -60,11 +63,11 @@ class Limiter(Protocol):
 
 
 class NoLimiter:
-    def acquire(self, route: Route) -> str | None:
+    def acquire(self, route: Route, deadline: float | None = None) -> str | None:
         return None
 
-    def release(self, done: Release) -> None:
-        return None
+    def release(self, done: Release) -> RouteState:
+        return RouteState.CLOSED
 
     def acquire_call(self, route: Route) -> tuple[str, Call] | None:
         return None
@@ -149,6 +152,7 @@ class Upstream:
         held: str | None = None,
         heartbeat: Heartbeat = None,
         every: float = 30,
+        deadline: float | None = None,
     ) -> tuple[Outcome, Release]:
         """Send through ``route``; the first attempt uses the slot ``held`` when given.
 
@@ -156,20 +160,34 @@ class Upstream:
         process's event loop. ``heartbeat`` is called every ``every`` seconds while waiting. The
         last attempt's slot is not given back: the caller hands the returned ``Release`` to the
         limiter (or folds it into its own Redis call). If this raises, every slot is given back.
+
+        While the route is down (its breaker open) the line waits without spending attempts, and
+        the wait does not count against the retry time budget; it gives up when the outage
+        outlasts ``BATCHQ_UPSTREAM_MAX_OUTAGE_S`` or ``deadline`` (its batch's expiry) passes.
         """
-        started = time.monotonic()
-        attempt = 0
+        tries = _Tries(time.monotonic())
+        token = held
         while True:
-            attempt += 1
-            token = held if attempt == 1 and held is not None else self.limiter.acquire(route)
+            if token is None:
+                try:
+                    token = tries.blocked(lambda: self.limiter.acquire(route, deadline))
+                except RouteDown as down:
+                    return _outage(down, tries.count), Release(route, None, "error")
+            tries.count += 1
             outcome, done = self._attempt_holding(route, token, path, payload, heartbeat, every)
-            outcome = dataclasses.replace(outcome, attempts=attempt)
+            outcome = dataclasses.replace(outcome, attempts=tries.count)
+            token = None
             if not _retryable(outcome):
                 return outcome, done
-            wait = backoff_s(self.policy, attempt, done.retry_after, self.rng)
-            if not should_retry(self.policy, attempt, time.monotonic() - started, wait):
-                return outcome, done
-            self.limiter.release(done)
+            if done.outcome == "down" and self.limiter.release(done) is RouteState.OPEN:
+                tries.count -= 1  # an outage, not this line's failure: wait for the route instead
+                continue
+            released = done.outcome == "down"
+            wait = backoff_s(self.policy, tries.count, done.retry_after, self.rng)
+            if not should_retry(self.policy, tries.count, tries.elapsed(), wait):
+                return outcome, (Release(route, None, "error") if released else done)
+            if not released:
+                self.limiter.release(done)
             self.metrics.retried(route.name)
             _sleep(wait, heartbeat, every)
 
@@ -255,7 +273,32 @@ def _sleep(seconds: float, heartbeat: Heartbeat, every: float) -> None:
 def _kind(outcome: Outcome) -> str:
     if outcome.status == 429:
         return "throttled"
+    if is_down(outcome.status):
+        return "down"
     return "ok" if outcome.status is not None and outcome.status < 500 else "error"
+
+
+@dataclass
+class _Tries:
+    """A line's attempts, and the time it spent blocked waiting for a route that was down."""
+
+    started: float
+    count: int = 0
+    waited: float = 0.0
+
+    def blocked(self, wait: Callable[[], T]) -> T:
+        begun = time.monotonic()
+        try:
+            return wait()
+        finally:
+            self.waited += time.monotonic() - begun
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started - self.waited
+
+
+def _outage(down: RouteDown, attempts: int) -> Outcome:
+    return Outcome(None, error_code="upstream_unreachable", error_message=str(down), attempts=attempts)
 
 
 def _headers(route: Route) -> dict[str, str]:

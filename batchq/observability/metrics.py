@@ -275,12 +275,16 @@ class RedisStateCollector:
         for route in self.routes:
             pipe.zcount(keys.limit_inflight(route), now, "+inf")  # unexpired tokens: a dead worker's do not count
             pipe.get(keys.limit_notbefore(route))
+            pipe.hget(keys.limit_health(route), "open_since")
+            pipe.hget(keys.limit_health(route), "opened_total")
         replies = iter(pipe.execute())
         active = next(replies)
         stats = {_text(k): _number(v) for k, v in (next(replies) or {}).items()}
         granted, stored, weights = (next(replies) or {}, next(replies) or {}, next(replies) or {})
         depths = [sum(int(next(replies) or 0) for _ in keys.PRIORITY_SUFFIXES) for _ in self.queues]
-        limits = [(int(next(replies) or 0), _number(next(replies))) for _ in self.routes]
+        per_route = [[next(replies) for _ in range(4)] for _ in self.routes]
+        limits = [(int(n or 0), _number(until)) for n, until, _, _ in per_route]
+        health = [(_number(since), _number(opened)) for _, _, since, opened in per_route]
 
         statuses, tenants = self._active(active)
         _add_counters(tenants, granted, stored, weights)
@@ -302,6 +306,7 @@ class RedisStateCollector:
             "route",
             ((route, t) for route, (_, t) in zip(self.routes, limits, strict=True)),
         )
+        yield from _route_health_families(self.routes, health, now)
 
     def _active(self, active: Iterable[bytes | str] | None) -> tuple[dict[str, int], dict[str, TenantState]]:
         """Active batches by status, and each tenant's waiting and leased lines."""
@@ -358,6 +363,23 @@ def _tenant_families(tenants: dict[str, TenantState]) -> Iterator[Metric]:
         "Lines of running batches not granted yet, all tenants (what KEDA scales the workers on).",
         value=sum(t.waiting for _, t in rows),
     )
+
+
+def _route_health_families(routes: Sequence[str], health: list[tuple[float, float]], now: float) -> Iterator[Metric]:
+    """The routes' breakers: open (1) or closed (0), for how long, and how often they opened."""
+    rows = list(zip(routes, health, strict=True))
+    yield _gauge(
+        "batchq_route_state", "1 while the route's breaker is open (upstream down), else 0.", "route",
+        ((route, float(since > 0)) for route, (since, _) in rows),
+    )  # fmt: skip
+    yield _gauge(
+        "batchq_route_open_seconds", "How long the route's breaker has been open; 0 when closed.", "route",
+        ((route, max(0.0, now - since) if since else 0.0) for route, (since, _) in rows),
+    )  # fmt: skip
+    opened = CounterMetricFamily("batchq_route_opened", "Times the route's breaker opened.", labels=["route"])
+    for route, (_, total) in rows:
+        opened.add_metric([route], total)
+    yield opened
 
 
 def _batch_families(active: dict[str, int], stats: dict[str, float]) -> Iterator[Metric]:

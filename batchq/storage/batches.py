@@ -50,6 +50,7 @@ class LineSource:
 
     input_file_id: str
     endpoint: str
+    expires_at: float | None = None  # a line waiting for a down upstream stops waiting then
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,13 @@ class BatchStore:
     def line_source(self, batch_id: str) -> LineSource | None:
         source = self._sources.get(batch_id)
         if source is None:
-            file_id, endpoint = self.r.hmget(keys.batch(batch_id), ["input_file_id", "endpoint"])
+            file_id, endpoint, expires = self.r.hmget(keys.batch(batch_id), ["input_file_id", "endpoint", "expires_at"])
             if file_id is None or endpoint is None:
                 return None
             if len(self._sources) >= 4096:
                 self._sources.clear()
-            source = self._sources[batch_id] = LineSource(file_id.decode(), endpoint.decode())
+            deadline = float(expires) if expires else None
+            source = self._sources[batch_id] = LineSource(file_id.decode(), endpoint.decode(), deadline)
         return source
 
     def begin_line(

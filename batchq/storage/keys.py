@@ -110,6 +110,17 @@ def limit_freed(route: str) -> str:
     return f"{_limit(route)}:freed"
 
 
+def limit_health(route: str) -> str:
+    """Hash: the route's circuit breaker: ``open_since`` (absent: closed), ``failures`` (down outcomes
+    in a row), ``opened_total``, ``closed_at``."""
+    return f"{_limit(route)}:health"
+
+
+def limit_probe(route: str) -> str:
+    """String with a TTL: taken by the one request that may probe an open route."""
+    return f"{_limit(route)}:probe"
+
+
 def limit_window(route: str) -> str:
     """Hash: AIMD congestion window ``w`` and time of its last decrease ``at``."""
     return f"{_limit(route)}:window"

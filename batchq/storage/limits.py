@@ -1,24 +1,44 @@
-"""A distributed concurrency cap, rate limit and 429 back-off per upstream route, in Redis.
+"""A distributed concurrency cap, rate limit, 429 back-off and circuit breaker per upstream route, in Redis.
 
 All workers share, per route: a sorted set of in-flight request tokens (each with an expiry, so
 a dead worker's slots come back), a "not before" time pushed forward by any 429 with Retry-After,
-a GCRA rate limiter, and an AIMD congestion window (halved at most once a second on 429s, grown by
-1/window per success) that adapts the effective cap to what the upstream keeps up with.
+a GCRA rate limiter, an AIMD congestion window (halved at most once a second on 429s, grown by
+1/window per success) that adapts the effective cap to what the upstream keeps up with, and the
+route's health (``batchq.domain.health``): a breaker that stops every request while the upstream is
+down, lets one probe out a second, and closes on the first answer.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import time
+from dataclasses import dataclass
 
 import redis
 
+from batchq.domain.health import BreakerPolicy, RouteDown, RouteState, gives_up
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys, scripts
 from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
+log = logging.getLogger("batchq.limits")
+
+
+@dataclass(frozen=True)
+class Health:
+    """A route's breaker after a release: its state, and whether this release changed it."""
+
+    state: RouteState
+    changed: bool = False
+
+    @classmethod
+    def parse(cls, reply: bytes | str | None) -> Health:
+        text = reply.decode() if isinstance(reply, bytes) else (reply or "closed:")
+        state, _, change = text.partition(":")
+        return cls(RouteState(state or "closed"), bool(change))
 
 
 class RedisLimiter:
@@ -28,25 +48,39 @@ class RedisLimiter:
     keeping these calls off the event loop keeps the loop's latency low for the HTTP traffic.
     """
 
-    def __init__(self, client: redis.Redis, adaptive: bool, default_timeout_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, adaptive: bool, default_timeout_s: float, breaker: BreakerPolicy | None = None
+    ) -> None:
         self.adaptive = adaptive
         self.default_timeout_s = default_timeout_s
+        self.breaker = breaker or BreakerPolicy(failures=0)
         self._client = client
         self._acquire = Script(client, scripts.ACQUIRE)
         self._release = Script(client, scripts.RELEASE)
 
-    def acquire(self, route: Route) -> str | None:
-        """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited)."""
+    def acquire(self, route: Route, deadline: float | None = None) -> str | None:
+        """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited).
+
+        Raises ``RouteDown`` when the route is down and the wait has lasted too long (or ``deadline``,
+        the batch's expiry, has passed).
+        """
         ask = self.acquire_call(route)
         if ask is None:
             return None
         token, call = ask
-        while not self._granted(route, self._acquire.run({"slot": call})):
+        while not self._granted(route, self._acquire.run({"slot": call}), deadline):
             call = self._acquire_call(route, token)  # asked again now, with the time of now
         return token
 
-    def _granted(self, route: Route, reply: bytes) -> bool:
+    def _granted(self, route: Route, reply: bytes, deadline: float | None) -> bool:
         """True when an ACQUIRE reply granted the slot; otherwise waits as the reply says first."""
+        if reply.startswith(b"o"):  # the route is down: wait for the next probe
+            left, _, since = reply[1:].partition(b":")
+            now = time.time()
+            if gives_up(float(since), now, self.breaker, deadline):
+                raise RouteDown(route.name, now - float(since))
+            time.sleep(float(left) * random.uniform(1.0, 1.2))
+            return False
         wait = float(reply)
         if wait == 0:
             return True
@@ -56,26 +90,31 @@ class RedisLimiter:
             time.sleep(wait)
         return False
 
-    def release(self, done: Release) -> None:
+    def release(self, done: Release) -> RouteState:
+        """Give the slot back and record the outcome in the route's health; returns its state now."""
         call = self.release_call(done)
-        if call is not None:
-            self._release.run({"slot": call})
+        if call is None:
+            return RouteState.CLOSED
+        health = Health.parse(self._release.run({"slot": call}))
+        log_change(done.route.name, health)
+        return health.state
 
     def acquire_call(self, route: Route) -> tuple[str, Call] | None:
         """A new token and the ACQUIRE call for it, to run inside another script (None: unlimited)."""
-        if not route.limited:
+        if not (route.limited or self.breaker.enabled):
             return None
         token = secrets.token_hex(8)
         return token, self._acquire_call(route, token)
 
     def release_call(self, done: Release) -> Call | None:
-        """The RELEASE call that gives back ``done``'s slot (None: nothing to give back)."""
+        """The RELEASE call that gives back ``done``'s slot and records its outcome (None: nothing to do)."""
         route = done.route
-        if done.token is None and not (route.limited and done.outcome == "throttled"):
+        if done.token is None and not (route.limited and done.outcome == "throttled") and not self.breaker.enabled:
             return None
         args = {
             "token": done.token or "", "now": time.time(), "outcome": done.outcome,
             "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "adaptive": int(self.adaptive),
+            "failures": self.breaker.failures,
         }  # fmt: skip
         return Call(_release_keys(route.name), args)
 
@@ -83,20 +122,31 @@ class RedisLimiter:
         slot_ttl_s = (route.timeout_s or self.default_timeout_s) + 30  # a dead worker's slot comes back after
         args = {
             "now": time.time(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
-            "adaptive": int(self.adaptive),
+            "adaptive": int(self.adaptive), "breaker": int(self.breaker.enabled),
+            "probe_ms": int(self.breaker.probe_s * 1000),
         }  # fmt: skip
         return Call(_acquire_keys(route.name), args)
+
+
+def log_change(route: str, health: Health) -> None:
+    """One log line when a route opens (down) or closes (back)."""
+    if not health.changed:
+        return
+    if health.state is RouteState.OPEN:
+        log.warning("upstream route down: breaker open, lines wait", extra={"route": route})
+    else:
+        log.warning("upstream route back: breaker closed", extra={"route": route})
 
 
 def _acquire_keys(name: str) -> dict[str, str]:
     return {
         "inflight": keys.limit_inflight(name), "notbefore": keys.limit_notbefore(name), "tat": keys.limit_tat(name),
-        "window": keys.limit_window(name),
+        "window": keys.limit_window(name), "health": keys.limit_health(name), "probe": keys.limit_probe(name),
     }  # fmt: skip
 
 
 def _release_keys(name: str) -> dict[str, str]:
     return {
         "inflight": keys.limit_inflight(name), "notbefore": keys.limit_notbefore(name),
-        "window": keys.limit_window(name), "freed": keys.limit_freed(name),
+        "window": keys.limit_window(name), "freed": keys.limit_freed(name), "health": keys.limit_health(name),
     }  # fmt: skip

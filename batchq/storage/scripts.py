@@ -97,12 +97,22 @@ local function complete_line(k, a)
 end
 """
 
-# The limiter of one upstream route (batchq.storage.limits).
-# slot  k: inflight, notbefore, tat, window.  a: now, token, ttl, cap, rpm, adaptive (0/1).
-# Returns "0" (acquired), "-1" (at the cap: wait for a freed slot) or seconds to wait (string).
+# The limiter of one upstream route (batchq.storage.limits), with its circuit breaker.
+# slot  k: inflight, notbefore, tat, window, health (hash: open_since, failures, opened_total),
+#          probe (the one probe allowed while open).
+#       a: now, token, ttl, cap, rpm, adaptive (0/1), breaker (0/1), probe_ms.
+# Returns "0" (acquired), "-1" (at the cap: wait for a freed slot), seconds to wait (string), or
+# "o<seconds>:<open_since>" (the route is down: wait for the next probe).
 _ACQUIRE_FN = """
 local function acquire(k, a)
   local now = a.now
+  if a.breaker == 1 then
+    local since = redis.call('HGET', k.health, 'open_since')
+    if since and not redis.call('SET', k.probe, '1', 'NX', 'PX', a.probe_ms) then
+      local left = math.max(50, redis.call('PTTL', k.probe))
+      return 'o' .. tostring(left / 1000) .. ':' .. since
+    end
+  end
   local nb = tonumber(redis.call('GET', k.notbefore) or '0')
   if nb > now then return tostring(nb - now) end
   if a.cap > 0 then
@@ -126,9 +136,35 @@ local function acquire(k, a)
 end
 """
 
-# slot  k: inflight, notbefore, window, freed.
-#       a: token, now, outcome (ok|throttled|error), retry_after, cap, adaptive (0/1).
-_RELEASE_FN = """
+# slot  k: inflight, notbefore, window, freed, health.
+#       a: token, now, outcome (ok|throttled|error|down), retry_after, cap, adaptive (0/1),
+#          failures (down outcomes in a row that open the breaker; 0: no breaker).
+# Returns the route's state after it and what changed: "open:opened", "open:", "closed:closed", "closed:".
+_HEALTH_FN = """
+local function record_health(k, a)
+  if a.failures <= 0 then return 'closed:' end
+  if a.outcome == 'down' then
+    local n = redis.call('HINCRBY', k.health, 'failures', 1)
+    if redis.call('HGET', k.health, 'open_since') then return 'open:' end
+    if n < a.failures then return 'closed:' end
+    redis.call('HSET', k.health, 'open_since', a.now)
+    redis.call('HINCRBY', k.health, 'opened_total', 1)
+    return 'open:opened'
+  end
+  local f = redis.call('HGET', k.health, 'failures')
+  if (not f) or f == '0' then return 'closed:' end
+  redis.call('HSET', k.health, 'failures', 0)
+  if redis.call('HDEL', k.health, 'open_since') == 1 then
+    redis.call('HSET', k.health, 'closed_at', a.now)
+    return 'closed:closed'
+  end
+  return 'closed:'
+end
+"""
+
+_RELEASE_FN = (
+    _HEALTH_FN
+    + """
 local function release(k, a)
   local now = a.now
   local cap = a.cap
@@ -154,9 +190,10 @@ local function release(k, a)
     local w = tonumber(redis.call('HGET', k.window, 'w') or cap)
     if w < cap then redis.call('HSET', k.window, 'w', tostring(math.min(cap, w + 1 / w))) end
   end
-  return 1
+  return record_health(k, a)
 end
 """
+)
 
 # Parts: line (BEGIN_LINE's), optional slot (ACQUIRE's: taken only if the line may run),
 # optional sched (the scheduler's fill: every delivered task lets the next granted line in).
@@ -177,13 +214,17 @@ return {verdict, slot}
 )
 
 # Parts: line (COMPLETE_LINE's), optional slot (RELEASE's: the last attempt's slot given back).
+# Returns COMPLETE_LINE's reply and, fourth, RELEASE's ('' without a slot part).
 COMPLETE_LINE = (
     _COMPLETE_LINE_FN
     + _RELEASE_FN
     + """
+local health = ''
 local rk, ra = part('slot')
-if rk then release(rk, ra) end
-return complete_line(part('line'))
+if rk then health = release(rk, ra) end
+local reply = complete_line(part('line'))
+reply[4] = health
+return reply
 """
 )
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from batchq.domain.health import BreakerPolicy, RouteDown, RouteState
 from batchq.domain.results import response_line
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys
@@ -115,3 +116,37 @@ def test_a_stored_line_counts_for_its_tenant(client: redis.Redis, store: BatchSt
     assert store.complete_line("b1", 0, response_line("c0", 200, "req", {})).accepted
     assert not store.complete_line("b1", 0, response_line("c0", 200, "req", {})).accepted  # counted once
     assert client.hget(keys.TENANT_LINES, "acct") == b"1"
+
+
+def test_down_outcomes_in_a_row_open_the_breaker_and_an_answer_closes_it(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=BreakerPolicy(3, probe_s=5))
+    route = Route(name="flaky", url="http://upstream.test", max_in_flight=0)
+    states = [limiter.release(Release(route, None, "down")) for _ in range(3)]
+    assert states == [RouteState.CLOSED, RouteState.CLOSED, RouteState.OPEN]
+    probe = limiter.acquire_call(route)
+    assert probe is not None and limiter._acquire.run({"slot": probe[1]}) == b"0"  # one probe goes out
+    again = limiter.acquire_call(route)
+    assert again is not None
+    assert limiter._acquire.run({"slot": again[1]}).startswith(b"o")  # the others wait for the next one
+    assert limiter.release(Release(route, None, "ok")) is RouteState.CLOSED
+    assert client.hget(keys.limit_health(route.name), "open_since") is None
+    assert limiter._acquire.run({"slot": again[1]}) == b"0"
+
+
+def test_an_answer_between_down_outcomes_keeps_the_breaker_closed(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=BreakerPolicy(3))
+    route = Route(name="flaky", url="http://upstream.test", max_in_flight=0)
+    outcomes = ["down", "down", "error", "down", "down"]  # a 500 is an answer: the upstream is there
+    assert {limiter.release(Release(route, None, o)) for o in outcomes} == {RouteState.CLOSED}
+
+
+def test_a_waiting_line_gives_up_once_the_outage_outlasts_its_limit(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=BreakerPolicy(1, 5, max_outage_s=60))
+    route = Route(name="gone", url="http://upstream.test", max_in_flight=4)
+    client.hset(keys.limit_health(route.name), mapping={"open_since": time.time() - 61, "failures": 9})
+    client.set(keys.limit_probe(route.name), "1", px=5000)  # another worker's probe is out
+    with pytest.raises(RouteDown):
+        limiter.acquire(route)

@@ -118,6 +118,7 @@ def state() -> StandInRedis:
             keys.CONTROL_QUEUE: [b"t"],
             keys.limit_inflight("default"): {b"a": now + 100, b"b": now + 100, b"dead": now - 10},
             keys.limit_notbefore("slow"): b"1700000000.5",
+            keys.limit_health("slow"): {b"open_since": str(now - 30).encode(), b"opened_total": b"2"},
         }
     )
 
@@ -161,6 +162,12 @@ def test_scrape_reports_redis_state(state: StandInRedis) -> None:
     assert value(found, "batchq_upstream_in_flight", route="slow") == 0
     assert value(found, "batchq_upstream_throttled_until", route="default") == 0
     assert value(found, "batchq_upstream_throttled_until", route="slow") == 1700000000.5
+    assert (
+        value(found, "batchq_route_state", route="slow") == 1
+        and value(found, "batchq_route_state", route="default") == 0
+    )
+    assert 29 <= value(found, "batchq_route_open_seconds", route="slow") <= 60
+    assert value(found, "batchq_route_opened_total", route="slow") == 2
     assert value(found, "batchq_tenant_lines_waiting", tenant="acct_a") == 30
     assert value(found, "batchq_tenant_lines_waiting", tenant="acct_b") == 4
     assert value(found, "batchq_tenant_lines_in_flight", tenant="acct_b") == 2

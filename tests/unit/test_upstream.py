@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from batchq.config import Settings
+from batchq.domain.health import RouteDown, RouteState
 from batchq.domain.routing import Release, Route
 from batchq.execution.upstream import NoLimiter, Outcome, Upstream, join_url
 
@@ -187,20 +188,30 @@ def test_non_json_body_is_kept_as_text() -> None:
 class RecordingLimiter(NoLimiter):
     """Hands out numbered tokens and records every slot given back."""
 
-    def __init__(self) -> None:
+    def __init__(self, open_for: int = 0, down_after: int | None = None) -> None:
         self.acquired = 0
         self.released: list[Release] = []
+        self.open_for = open_for  # this many down outcomes find the route's breaker open
+        self.down_after = down_after  # acquire raises RouteDown after this many grants
 
-    def acquire(self, route: Route) -> str | None:
+    def acquire(self, route: Route, deadline: float | None = None) -> str | None:
+        if self.down_after is not None and self.acquired >= self.down_after:
+            raise RouteDown(route.name, 1800)
         self.acquired += 1
         return f"t{self.acquired}"
 
-    def release(self, done: Release) -> None:
+    def release(self, done: Release) -> RouteState:
         self.released.append(done)
+        if done.outcome == "down" and self.open_for > 0:
+            self.open_for -= 1
+            return RouteState.OPEN
+        return RouteState.CLOSED
 
 
-def limited(handler: Handler, **overrides: Any) -> tuple[Upstream, RecordingLimiter, Route]:
-    limiter = RecordingLimiter()
+def limited(
+    handler: Handler, limiter: RecordingLimiter | None = None, **overrides: Any
+) -> tuple[Upstream, RecordingLimiter, Route]:
+    limiter = limiter or RecordingLimiter()
     upstream = Upstream(settings(**overrides), limiter, transport=httpx2.MockTransport(handler))
     route = upstream.route(PATH, "m")
     assert route is not None
@@ -241,3 +252,37 @@ def test_an_attempt_that_raises_gives_its_slot_back() -> None:
     finally:
         upstream.close()
     assert [(r.token, r.outcome) for r in limiter.released] == [("held", "error")]
+
+
+def test_attempts_that_find_the_route_down_are_not_spent() -> None:
+    responses = Recorder(httpx2.Response(503), httpx2.Response(502), httpx2.Response(503), httpx2.Response(200))
+    upstream, limiter, route = limited(responses, RecordingLimiter(open_for=3), upstream_max_attempts=2)
+    try:
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD)
+    finally:
+        upstream.close()
+    assert (outcome.status, outcome.attempts) == (200, 1)  # three outage answers, then the first real one
+    assert [r.outcome for r in limiter.released] == ["down", "down", "down"]
+    assert done.outcome == "ok"
+
+
+def test_down_answers_while_the_route_stays_up_count_as_attempts() -> None:
+    upstream, limiter, route = limited(Recorder(httpx2.Response(503), httpx2.Response(503)), upstream_max_attempts=2)
+    try:
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD)
+    finally:
+        upstream.close()
+    assert (outcome.status, outcome.attempts) == (503, 2)
+    assert (done.token, len(limiter.released)) == (None, 2)  # each counted once, none left to the caller
+
+
+def test_a_line_gives_up_when_the_route_stays_down_too_long() -> None:
+    limiter = RecordingLimiter(open_for=100, down_after=1)
+    upstream, _, route = limited(Recorder(httpx2.Response(503)), limiter, upstream_max_attempts=5)
+    try:
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD)
+    finally:
+        upstream.close()
+    assert (outcome.status, outcome.error_code, outcome.attempts) == (None, "upstream_unreachable", 0)
+    assert "unreachable for 1800 s" in (outcome.error_message or "")
+    assert done.token is None

@@ -1,0 +1,58 @@
+"""An upstream outage with real processes: the upstream is killed mid-batch and started again.
+
+Retries here are fast (FAST: 4 attempts, at most 0.2 s apart), so without the route's breaker
+every line in flight during the outage would fail within a second. With it, lines wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+import redis
+
+from batchq.stack import Stack
+from batchq.storage import keys
+from tests.integration.conftest import FAST
+from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait
+
+pytestmark = pytest.mark.integration
+OUTAGE_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = FAST | {"BATCHQ_UPSTREAM_PROBE_S": "0.25", "BATCHQ_UPSTREAM_BREAKER_FAILURES": "3"}
+    running = Stack(tmp_path_factory.mktemp("outage"), env_overrides=env)
+    try:
+        yield running.start(workers=1, concurrency=16)
+    finally:
+        running.stop()
+
+
+def test_lines_wait_out_an_upstream_outage_and_none_fails(stack: Stack) -> None:
+    sdk = client(stack, user="outage")
+    rows = [chat_row(f"line{i}", latency_ms=20) for i in range(300)]
+    batch = submit(sdk, rows)
+    stack.wait_until(lambda: _done(sdk, batch.id) >= 30, 30, "the batch to run")
+    stack.kill("upstream")
+    time.sleep(OUTAGE_S / 2)
+    r = redis.Redis.from_url(stack.redis_url or "")
+    assert r.hget(keys.limit_health("default"), "open_since") is not None, "the route's breaker is open"
+    stalled = _done(sdk, batch.id)
+    time.sleep(OUTAGE_S / 2)
+    assert _done(sdk, batch.id) == stalled, "nothing is stored while the upstream is down"
+    stack.start_upstream()  # the same port
+    final = wait(sdk, batch.id, timeout=60)
+    assert final.status == "completed"
+    assert final.request_counts is not None and final.request_counts.failed == 0
+    assert_exactly_once(sdk, final, [str(row["custom_id"]) for row in rows])
+    assert r.hget(keys.limit_health("default"), "open_since") is None, "closed again"
+    assert httpx2.get(stack.api_url + "/metrics").text.count('batchq_route_state{route="default"} 0.0') == 1
+
+
+def _done(sdk: object, batch_id: str) -> int:
+    counts = sdk.batches.retrieve(batch_id).request_counts  # type: ignore[attr-defined]
+    return (counts.completed + counts.failed) if counts else 0
