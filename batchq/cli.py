@@ -305,13 +305,15 @@ Weight = Annotated[
 
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option(help="A label for the key, e.g. the team using it.")], weight: Weight = 1.0
+    name: Annotated[str, typer.Option(help="A label for the key, e.g. the team using it.")],
+    weight: Weight = 1.0,
+    admin: Annotated[bool, typer.Option("--admin", help="The key also sees the dashboard's operators page.")] = False,
 ) -> None:
     """Create an API key and print it once; only its SHA-256 is stored."""
-    record, secret = _key_store().create(name, weight)
-    ERR.print(
-        f"Created {record.id} ({record.name}, weight {record.weight:g}). Store the key now: it is not shown again."
-    )
+    record, secret = _key_store().create(name, weight, admin)
+    role = ", admin" if record.admin else ""
+    ERR.print(f"Created {record.id} ({record.name}, weight {record.weight:g}{role}).")
+    ERR.print("Store the key now: it is not shown again.")
     typer.echo(secret)
 
 

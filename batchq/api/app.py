@@ -9,7 +9,7 @@ from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
-from batchq import __version__
+from batchq import __version__, ui
 from batchq.api import errors
 from batchq.api.routes import batches, files
 from batchq.observability.metrics import api_registry, render_api_metrics
@@ -39,6 +39,7 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
         app.include_router(files.router, prefix=prefix)
         app.include_router(batches.router, prefix=prefix)
     errors.install(app)
+    ui.install(app)
     app.openapi = functools.partial(openapi_without_422, app)  # type: ignore[method-assign]
 
     @app.get("/health", tags=["operations"])

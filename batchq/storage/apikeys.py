@@ -26,6 +26,7 @@ class ApiKey(BaseModel):
     created_at: int
     prefix: str  # the first characters of the key, to recognise it in a list
     weight: float = 1.0  # the key's share of the workers against other keys with work (the scheduler's)
+    admin: bool = False  # sees every tenant on the dashboard's operators page
 
     @property
     def account(self) -> str:
@@ -40,13 +41,14 @@ class ApiKeyStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
-    def create(self, name: str, weight: float = 1.0) -> tuple[ApiKey, str]:
+    def create(self, name: str, weight: float = 1.0, admin: bool = False) -> tuple[ApiKey, str]:
         """A new key: returns its record and the key itself, which is shown once and not kept."""
         _check_weight(weight)
         secret = "sk-" + secrets.token_urlsafe(32)
         record = ApiKey(
-            id="key_" + secrets.token_hex(8), name=name, created_at=int(time.time()), prefix=secret[:7], weight=weight
-        )
+            id="key_" + secrets.token_hex(8), name=name, created_at=int(time.time()), prefix=secret[:7], weight=weight,
+            admin=admin,
+        )  # fmt: skip
         self._save(record, digest(secret))
         return record, secret
 
@@ -69,7 +71,11 @@ class ApiKeyStore:
         pipe.execute()
 
     def lookup(self, secret: str) -> ApiKey | None:
-        raw = self.r.get(keys.api_key(digest(secret)))
+        return self.lookup_digest(digest(secret))
+
+    def lookup_digest(self, key_digest: str) -> ApiKey | None:
+        """The key whose SHA-256 is ``key_digest`` (the dashboard's session holds only the digest)."""
+        raw = self.r.get(keys.api_key(key_digest))
         return ApiKey.model_validate_json(raw) if raw else None
 
     def list(self) -> list[ApiKey]:
