@@ -37,6 +37,7 @@ def overview_json(snapshot: Overview, previous: Overview | None = None) -> dict[
         for row in snapshot.batches
     ]
     summary = {"at": snapshot.at, "queue_depth": snapshot.queue_depth, "in_flight": snapshot.in_flight}
+    summary["down_since"] = snapshot.down_since
     rates = tenant_rates(snapshot, previous)
     tenants = [asdict(t) | {"lines_per_s": rates.get(t.account)} for t in snapshot.tenants]
     return summary | {"batches": rows, "tenants": tenants}
@@ -64,7 +65,7 @@ def overview_tables(snapshot: Overview, previous: Overview | None = None) -> Gro
 
 def overview_table(snapshot: Overview, previous: Overview | None = None) -> Table:
     before = {row.id: row for row in previous.batches} if previous else {}
-    flights = ", ".join(f"{name} {n}" for name, n in snapshot.in_flight.items()) or "-"
+    flights = ", ".join(_route_cell(snapshot, name, n) for name, n in snapshot.in_flight.items()) or "-"
     waiting = sum(row.waiting for row in snapshot.batches)
     title = f"{len(snapshot.batches)} unfinished batches · line queue {snapshot.queue_depth} (+{waiting} waiting)"
     title += f" · in flight: {flights}"
@@ -77,6 +78,11 @@ def overview_table(snapshot: Overview, previous: Overview | None = None) -> Tabl
             f"{speed:.1f}" if speed is not None else "-", span(eta), span(snapshot.at - row.created_at),
         )  # fmt: skip
     return table
+
+
+def _route_cell(snapshot: Overview, route: str, in_flight: int) -> str:
+    since = snapshot.down_since.get(route)
+    return f"{route} {in_flight}" + (f" (DOWN for {span(snapshot.at - since)})" if since else "")
 
 
 def span(seconds: float | None) -> str:

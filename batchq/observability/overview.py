@@ -58,6 +58,7 @@ class Overview:
     queue_depth: int  # granted line tasks waiting in the Celery queue, all batches together
     in_flight: dict[str, int]  # requests in flight per upstream route, all workers together
     tenants: list[TenantRow] = field(default_factory=list)
+    down_since: dict[str, float] = field(default_factory=dict)  # routes whose breaker is open: since when
 
 
 def read_overview(client: redis.Redis, routes: Sequence[str], queue: str = keys.LINE_QUEUE) -> Overview:
@@ -69,14 +70,18 @@ def read_overview(client: redis.Redis, routes: Sequence[str], queue: str = keys.
         pipe.llen(name)
     for route in routes:
         pipe.zcount(keys.limit_inflight(route), now, "+inf")
+        pipe.hget(keys.limit_health(route), "open_since")
     pipe.hgetall(keys.TENANT_LINES)
     pipe.hgetall(keys.SCHED_WEIGHTS)
     replies = pipe.execute()
     ids = sorted(member.decode() for member in replies[0])
     depth = sum(int(n) for n in replies[1 : 1 + len(lists)])
-    in_flight = dict(zip(routes, (int(n) for n in replies[1 + len(lists) : -2]), strict=True))
+    per_route = replies[1 + len(lists) : -2]
+    in_flight = dict(zip(routes, (int(n) for n in per_route[::2]), strict=True))
+    down = {route: float(since) for route, since in zip(routes, per_route[1::2], strict=True) if since}
     rows = _rows(client, ids)
-    return Overview(now, rows, depth, in_flight, tenant_rows(rows, _decoded(replies[-2]), _decoded(replies[-1])))
+    tenants = tenant_rows(rows, _decoded(replies[-2]), _decoded(replies[-1]))
+    return Overview(now, rows, depth, in_flight, tenants, down)
 
 
 def _decoded(raw: dict[bytes, bytes]) -> dict[str, float]:

@@ -6,10 +6,14 @@ every line in flight during the outage would fail within a second. With it, line
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import httpx2
+import orjson
 import pytest
 import redis
 
@@ -38,19 +42,27 @@ def test_lines_wait_out_an_upstream_outage_and_none_fails(stack: Stack) -> None:
     batch = submit(sdk, rows)
     stack.wait_until(lambda: _done(sdk, batch.id) >= 30, 30, "the batch to run")
     stack.kill("upstream")
+    killed = time.monotonic()
     time.sleep(OUTAGE_S / 2)
-    r = redis.Redis.from_url(stack.redis_url or "")
-    assert r.hget(keys.limit_health("default"), "open_since") is not None, "the route's breaker is open"
+    assert _open_since(stack) is not None, "the route's breaker is open"
     stalled = _done(sdk, batch.id)
-    time.sleep(OUTAGE_S / 2)
+    env = os.environ | {"BATCHQ_REDIS_URL": stack.redis_url or ""}
+    top = subprocess.run([sys.executable, "-m", "batchq", "top", "--json"], env=env, capture_output=True, timeout=30)
+    assert "default" in orjson.loads(top.stdout)["down_since"], "batchq top shows the route down"
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - killed)))
     assert _done(sdk, batch.id) == stalled, "nothing is stored while the upstream is down"
     stack.start_upstream()  # the same port
     final = wait(sdk, batch.id, timeout=60)
     assert final.status == "completed"
     assert final.request_counts is not None and final.request_counts.failed == 0
     assert_exactly_once(sdk, final, [str(row["custom_id"]) for row in rows])
-    assert r.hget(keys.limit_health("default"), "open_since") is None, "closed again"
+    assert _open_since(stack) is None, "closed again"
     assert httpx2.get(stack.api_url + "/metrics").text.count('batchq_route_state{route="default"} 0.0') == 1
+
+
+def _open_since(stack: Stack) -> bytes | None:
+    with redis.Redis.from_url(stack.redis_url or "") as r:
+        return r.hget(keys.limit_health("default"), "open_since")  # type: ignore[return-value]
 
 
 def _done(sdk: object, batch_id: str) -> int:
