@@ -30,6 +30,7 @@ from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, par
 from batchq.domain.routing import Release, Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
 from batchq.observability.metrics import NULL, EngineMetrics, attempt_outcome
+from batchq.storage.limits import Keepalive
 from batchq.storage.lua import Call
 
 T = TypeVar("T")
@@ -49,7 +50,7 @@ class Outcome:
 
 
 class Limiter(Protocol):
-    def acquire(self, route: Route, deadline: float | None = None) -> str | None:
+    def acquire(self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None) -> str | None:
         """Wait for a slot; raises ``RouteDown`` when the route stayed down too long."""
 
     def release(self, done: Release) -> RouteState:
@@ -63,7 +64,7 @@ class Limiter(Protocol):
 
 
 class NoLimiter:
-    def acquire(self, route: Route, deadline: float | None = None) -> str | None:
+    def acquire(self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None) -> str | None:
         return None
 
     def release(self, done: Release) -> RouteState:
@@ -166,11 +167,12 @@ class Upstream:
         outlasts ``BATCHQ_UPSTREAM_MAX_OUTAGE_S`` or ``deadline`` (its batch's expiry) passes.
         """
         tries = _Tries(time.monotonic())
+        keepalive = Keepalive(heartbeat, every) if heartbeat is not None else None
         token = held
         while True:
             if token is None:
                 try:
-                    token = tries.blocked(lambda: self.limiter.acquire(route, deadline))
+                    token = tries.blocked(lambda: self.limiter.acquire(route, deadline, keepalive))
                 except RouteDown as down:
                     return _outage(down, tries.count), Release(route, None, "error")
             tries.count += 1

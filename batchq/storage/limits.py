@@ -14,6 +14,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -25,6 +26,21 @@ from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
 log = logging.getLogger("batchq.limits")
+
+
+class Keepalive:
+    """Calls ``beat`` at most once per ``every`` seconds, however often it is called."""
+
+    def __init__(self, beat: Callable[[], None], every: float) -> None:
+        self.beat = beat
+        self.every = every
+        self._last = time.monotonic()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self.beat()
 
 
 @dataclass(frozen=True)
@@ -58,17 +74,20 @@ class RedisLimiter:
         self._acquire = Script(client, scripts.ACQUIRE)
         self._release = Script(client, scripts.RELEASE)
 
-    def acquire(self, route: Route, deadline: float | None = None) -> str | None:
+    def acquire(self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None) -> str | None:
         """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited).
 
         Raises ``RouteDown`` when the route is down and the wait has lasted too long (or ``deadline``,
-        the batch's expiry, has passed).
+        the batch's expiry, has passed). ``keepalive`` is called now and then while waiting (the
+        line's lease is renewed through it: an outage can outlast a lease).
         """
         ask = self.acquire_call(route)
         if ask is None:
             return None
         token, call = ask
         while not self._granted(route, self._acquire.run({"slot": call}), deadline):
+            if keepalive is not None:
+                keepalive()
             call = self._acquire_call(route, token)  # asked again now, with the time of now
         return token
 

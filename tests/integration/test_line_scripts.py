@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ from batchq.domain.results import response_line
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys
 from batchq.storage.batches import BatchStore
-from batchq.storage.limits import RedisLimiter
+from batchq.storage.limits import Keepalive, RedisLimiter
 from batchq.storage.scheduler import Scheduler
 
 pytestmark = pytest.mark.integration
@@ -150,3 +151,17 @@ def test_a_waiting_line_gives_up_once_the_outage_outlasts_its_limit(client: redi
     client.set(keys.limit_probe(route.name), "1", px=5000)  # another worker's probe is out
     with pytest.raises(RouteDown):
         limiter.acquire(route)
+
+
+def test_a_line_waiting_for_a_down_route_keeps_its_lease_alive(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=BreakerPolicy(1, probe_s=0.2))
+    route = Route(name="restarting", url="http://upstream.test", max_in_flight=4)
+    client.hset(keys.limit_health(route.name), mapping={"open_since": time.time(), "failures": 3})
+    client.set(keys.limit_probe(route.name), "1", px=1000)  # a probe is out: this line must wait
+    beats: list[float] = []
+    back = threading.Timer(0.8, lambda: limiter.release(Release(route, None, "ok")))  # the probe's answer
+    back.start()
+    token = limiter.acquire(route, keepalive=Keepalive(lambda: beats.append(time.time()), every=0.0))
+    back.join()
+    assert token is not None and beats, "the lease was renewed while the line waited"
