@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = (
@@ -18,6 +20,8 @@ HEADERS = [
 
 
 class SecurityHeaders:
+    """Adds ``HEADERS`` and a ``Server-Timing`` (time to the response's start) to ``/ui`` responses."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -26,9 +30,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        started = time.perf_counter()
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *HEADERS]
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
+                message["headers"] = [*message.get("headers", []), *HEADERS, (b"server-timing", took)]
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -30,6 +30,7 @@ class RouteState:
 class Totals:
     completed: int
     failed: int
+    stored: dict[str, float]  # lines stored per tenant since the counters began, every tenant
 
 
 class History:
@@ -39,11 +40,12 @@ class History:
         self.samples: deque[tuple[float, dict[str, float]]] = deque()
         self._lock = threading.Lock()
 
-    def add(self, snapshot: Overview) -> list[tuple[float, dict[str, float]]]:
+    def add(self, at: float, stored: dict[str, float]) -> list[tuple[float, dict[str, float]]]:
+        """Keep ``stored`` (lines stored per tenant, all tenants) at most once a second; all samples kept."""
         with self._lock:
-            if not self.samples or snapshot.at - self.samples[-1][0] >= MIN_STEP_S:
-                self.samples.append((snapshot.at, {t.account: float(t.stored) for t in snapshot.tenants}))
-            while self.samples and self.samples[0][0] < snapshot.at - HISTORY_S:
+            if not self.samples or at - self.samples[-1][0] >= MIN_STEP_S:
+                self.samples.append((at, stored))
+            while self.samples and self.samples[0][0] < at - HISTORY_S:
                 self.samples.popleft()
             return list(self.samples)
 
@@ -59,11 +61,13 @@ def route_states(rt: Runtime, in_flight: dict[str, int]) -> tuple[list[RouteStat
         pipe.hget(keys.limit_window(route.name), "w")
         pipe.get(keys.limit_notbefore(route.name))
     pipe.hmget(keys.STATS, [STAT_LINES_COMPLETED, STAT_LINES_FAILED])
+    pipe.hgetall(keys.TENANT_LINES)
     replies = pipe.execute()
     now = time.time()
     states = [_state(r, in_flight, replies[2 * i], replies[2 * i + 1], now) for i, r in enumerate(routes)]
-    completed, failed = (int(v or 0) for v in replies[-1])
-    return states, Totals(completed, failed)
+    completed, failed = (int(v or 0) for v in replies[-2])
+    stored = {k.decode(): float(v) for k, v in replies[-1].items()}
+    return states, Totals(completed, failed, stored)
 
 
 def _state(

@@ -22,11 +22,13 @@ from batchq import service
 from batchq.api.deps import authenticate, check_user
 from batchq.api.multipart import receive_upload
 from batchq.client import ClientError, _retry_metadata, _retryable
-from batchq.domain.models import Batch, Owner, Page
+from batchq.domain.models import Batch, Owner, Page, page_of
 from batchq.domain.status import Status, is_cancellable, is_terminal
 from batchq.errors import AuthenticationFailed, BatchqError, InvalidRequest, NotFound
 from batchq.observability.overview import BatchRow, eta_s, rate
 from batchq.runtime import Runtime, TaskQueue
+from batchq.storage import keys
+from batchq.storage.batches import _from_hash, page_ids  # a get_many belongs in BatchStore
 from batchq.ui import operators, shape
 from batchq.ui.headers import SecurityHeaders
 from batchq.ui.session import Identity, Session, Sessions, csrf_ok, identify, key_digest, new_session
@@ -211,11 +213,11 @@ def _int(raw: str | None, default: int, low: int, high: int) -> int:
 def find_batches(rt: Runtime, owner: Owner, status: str, query: str, after: str | None, limit: int) -> Page[Batch]:
     """Newest first; with a filter, reads pages until ``limit`` match (or ``SCAN_LIMIT`` were read)."""
     if not status and not query:
-        return rt.batches.page(owner, after, limit)
+        return batch_page_of(rt, owner, after, limit)
     found: list[Batch] = []
     cursor, scanned = after, 0
     while scanned < SCAN_LIMIT:
-        page = rt.batches.page(owner, cursor, 100)
+        page = batch_page_of(rt, owner, cursor, 500)
         for batch in page.data:
             scanned, cursor = scanned + 1, batch.id
             if shape.matches(batch, status, query):
@@ -225,6 +227,16 @@ def find_batches(rt: Runtime, owner: Owner, status: str, query: str, after: str 
         if not page.has_more:
             return Page[Batch](data=found, has_more=False, last_id=cursor)
     return Page[Batch](data=found, has_more=True, last_id=cursor)
+
+
+def batch_page_of(rt: Runtime, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
+    """``BatchStore.page`` in one pipelined read (it reads batch by batch: 1,000 round trips for 1,000)."""
+    ids = page_ids(rt.redis, keys.owner_batches(owner.key), after, limit)
+    pipe = rt.redis.pipeline(transaction=False)
+    for batch_id in ids[:limit]:
+        pipe.hgetall(keys.batch(batch_id))
+    batches = [_from_hash(raw) for raw in pipe.execute() if raw]
+    return page_of(batches, len(ids) > limit, lambda b: b.id)
 
 
 @router.get("/batches/{batch_id}")
@@ -450,8 +462,8 @@ def operators_context(request: Request, me: Identity) -> dict[str, Any]:
         raise NotFound("No such page.")
     rt = runtime(request)
     snapshot = operators.snapshot(rt)
-    samples = request.app.state.ui_history.add(snapshot)
     routes, totals = operators.route_states(rt, snapshot.in_flight)
+    samples = request.app.state.ui_history.add(snapshot.at, totals.stored)
     rows = [(row, shape.span(_eta(row, snapshot.at))) for row in snapshot.batches]
     return {"snap": snapshot, "rows": rows, "routes": routes, "totals": totals, "chart": shape.chart(samples)}
 
