@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test pytest lint typecheck bench bench-fairness clean
+.PHONY: install demo test pytest lint typecheck bench bench-fairness deploy-check clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ bench: install
 
 bench-fairness: install  ## small batches behind big ones, tenants sharing the workers
 	$(BIN)/python -m bench.fairness
+
+deploy-check:          ## build the image, run the compose stack with podman, one batch through it (root, ~4 min)
+	bash deploy/check.sh
 
 clean:
 	rm -rf $(VENV) batchq-demo batchq-data .pytest_cache .mypy_cache .ruff_cache

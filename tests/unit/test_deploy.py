@@ -527,3 +527,12 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
         units[-1].write_text(path.read_text(encoding="utf-8").replace("/opt/batchq/bin/", f"{tmp_path}/bin/"))
     verified = subprocess.run([analyze, "verify", *map(str, units)], capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+
+
+def test_make_deploy_check_runs_the_check_script() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^deploy-check:.*\n\tbash deploy/check\.sh$", makefile, re.M)
+    syntax = subprocess.run(["bash", "-n", str(DEPLOY / "check.sh")], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    smoke = subprocess.run([sys.executable, str(DEPLOY / "smoke.py"), "--help"], capture_output=True, text=True)
+    assert smoke.returncode == 0 and "--flower" in smoke.stdout, smoke.stderr
