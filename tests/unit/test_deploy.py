@@ -475,7 +475,7 @@ def tool(name: str) -> str:
     """A tool on PATH or in the venv; skips, saying why, when the machine has none."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if not found:
-        pytest.skip(f"{name} is not installed (kubectl comes with this project's machines; systemd-analyze: apt systemd)")
+        pytest.skip(f"{name} is not installed (kubectl comes with this machine kind; systemd-analyze: apt systemd)")
     return found
 
 
