@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import Field, field_validator
@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     upstream_backoff_max_s: float = Field(default=60.0, ge=0)
     upstream_max_in_flight: int = Field(default=256, ge=0)
     upstream_rpm: int = Field(default=0, ge=0)
-    upstream_adaptive: bool = True
+    upstream_adaptive: bool = True  # false: every route keeps its max_in_flight (mode fixed)
+    upstream_mode: Literal["aimd", "gradient", "fixed"] = "gradient"  # each route's default (see Route.mode)
+    upstream_tolerance: float = Field(default=1.2, ge=1.0, le=10.0)  # latency inflation batch traffic may cause
     upstreams: Annotated[list[Route], NoDecode] = Field(default_factory=list)  # JSON list of routes
     # Route health: down outcomes in a row (no answer, 502/503/504) that stop sending on a route
     # (0: no breaker), one probe per probe_s while it is down, and how long lines wait for it.

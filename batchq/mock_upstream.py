@@ -58,6 +58,7 @@ class MockConfig:
     slow_fraction: float = 0.0
     slow_ms: float = 0.0
     max_concurrency: int = 0
+    serve_slots: int = 0  # like vLLM: at most this many served at once, the rest queue (never a 429); 0: off
     seed: int | None = None
 
 
@@ -277,6 +278,14 @@ class _Mock:
         self.config = config
         self.rng = random.Random(config.seed)
         self.stats = _Stats()
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def slots(self) -> asyncio.Semaphore | None:
+        """The served-at-once slots (created in the server's loop), or None when requests never queue."""
+        if self.config.serve_slots > 0 and self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.serve_slots)
+        return self._slots
 
     def reset(self) -> None:
         # Requests still in flight keep being counted so ``in_flight`` stays exact.
@@ -404,7 +413,11 @@ def _api_handler(builder: Builder) -> Handler:
             return mock.finish(_error(429, "mock: too many concurrent requests", 1))
         mock.enter()
         try:
-            return await _serve(request, mock, builder)
+            slots = mock.slots
+            if slots is None:
+                return await _serve(request, mock, builder)
+            async with slots:  # queued, as a busy vLLM queues: latency grows, no 429
+                return await _serve(request, mock, builder)
         finally:
             mock.leave()
 

@@ -56,8 +56,9 @@ class Runtime:
         if self._upstream is None:
             s = self.settings
             limiter = RedisLimiter(
-                self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s, breaker=s.breaker()
-            )
+                self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s, breaker=s.breaker(),
+                mode=s.upstream_mode, tolerance=s.upstream_tolerance,
+            )  # fmt: skip
             self._upstream = Upstream(s, limiter, metrics=worker_metrics())
         return self._upstream
 

@@ -51,5 +51,21 @@ def gives_up(open_since: float, now: float, policy: BreakerPolicy, deadline: flo
     return now - open_since >= policy.max_outage_s or (deadline is not None and now >= deadline)
 
 
+def latency_sample(seconds: float, status: int | None, body: object) -> float:
+    """What the gradient window learns from one attempt: its latency per output token when the
+    answer says how many (LLM latency grows with the output's length; this takes that out), the
+    plain latency otherwise, and nothing (0) from anything but a 2xx answer."""
+    if status is None or not 200 <= status < 300:
+        return 0.0
+    usage = body.get("usage") if isinstance(body, dict) else None
+    tokens = _output_tokens(usage) if isinstance(usage, dict) else 0
+    return seconds / tokens if tokens > 0 else seconds
+
+
+def _output_tokens(usage: dict[str, object]) -> int:
+    value = usage.get("completion_tokens", usage.get("output_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def outage_message(route: str, open_for_s: float) -> str:
     return f"The upstream route '{route}' has been unreachable for {open_for_s:.0f} s."

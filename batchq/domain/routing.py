@@ -9,6 +9,7 @@ Every route has its own distributed concurrency cap and rate limit, shared by al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -22,6 +23,10 @@ class Route(BaseModel):
     max_in_flight: int = Field(default=256, ge=0)  # 0: no cap
     rpm: int = Field(default=0, ge=0)  # requests per minute; 0: no limit
     timeout_s: float | None = Field(default=None, gt=0)
+    # How the route's concurrency adapts (None: BATCHQ_UPSTREAM_MODE): aimd (halve on 429s), gradient
+    # (also back off while latency is above tolerance x the unloaded latency), fixed (max_in_flight).
+    mode: Literal["aimd", "gradient", "fixed"] | None = None
+    tolerance: float | None = Field(default=None, ge=1.0, le=10.0)  # None: BATCHQ_UPSTREAM_TOLERANCE
 
     @field_validator("url")
     @classmethod
@@ -48,5 +53,6 @@ class Release:
 
     route: Route
     token: str | None
-    outcome: str  # ok | throttled | error
+    outcome: str  # ok | throttled | error | down
     retry_after: float | None = None
+    latency_s: float = 0.0  # the attempt's latency, per output token when the answer says how many; 0: none

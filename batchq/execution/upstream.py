@@ -25,7 +25,7 @@ import httpx2
 import orjson
 
 from batchq.config import Settings
-from batchq.domain.health import RouteDown, RouteState, is_down
+from batchq.domain.health import RouteDown, RouteState, is_down, latency_sample
 from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, parse_retry_after, should_retry
 from batchq.domain.routing import Release, Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
@@ -208,7 +208,8 @@ class Upstream:
             self.metrics.in_flight(route.name, -1)
         seconds = time.perf_counter() - started
         self.metrics.observe_attempt(route.name, attempt_outcome(outcome.status, outcome.error_code), seconds)
-        return outcome, Release(route, token, _kind(outcome), retry_after)
+        sample = latency_sample(seconds, outcome.status, outcome.body)
+        return outcome, Release(route, token, _kind(outcome), retry_after, sample)
 
     async def _attempt(self, route: Route, url: str, payload: bytes) -> tuple[Outcome, float | None]:
         try:

@@ -25,6 +25,7 @@ from batchq.storage import keys, scripts
 from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
+GRADIENT_START = 8  # a gradient route's window before its first latencies are known
 log = logging.getLogger("batchq.limits")
 
 
@@ -65,9 +66,17 @@ class RedisLimiter:
     """
 
     def __init__(
-        self, client: redis.Redis, adaptive: bool, default_timeout_s: float, breaker: BreakerPolicy | None = None
+        self,
+        client: redis.Redis,
+        adaptive: bool,
+        default_timeout_s: float,
+        breaker: BreakerPolicy | None = None,
+        mode: str = "aimd",
+        tolerance: float = 1.2,
     ) -> None:
-        self.adaptive = adaptive
+        self.adaptive = adaptive  # false: every route is fixed, whatever its mode
+        self.mode = mode  # a route's mode when it names none
+        self.tolerance = tolerance
         self.default_timeout_s = default_timeout_s
         self.breaker = breaker or BreakerPolicy(failures=0)
         self._client = client
@@ -132,7 +141,8 @@ class RedisLimiter:
             return None
         args = {
             "token": done.token or "", "now": time.time(), "outcome": done.outcome,
-            "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "adaptive": int(self.adaptive),
+            "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "mode": self.mode_of(route),
+            "w0": self._w0(route), "latency": done.latency_s, "tolerance": route.tolerance or self.tolerance,
             "failures": self.breaker.failures,
         }  # fmt: skip
         return Call(_release_keys(route.name), args)
@@ -141,10 +151,20 @@ class RedisLimiter:
         slot_ttl_s = (route.timeout_s or self.default_timeout_s) + 30  # a dead worker's slot comes back after
         args = {
             "now": time.time(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
-            "adaptive": int(self.adaptive), "breaker": int(self.breaker.enabled),
-            "probe_ms": int(self.breaker.probe_s * 1000),
+            "adaptive": int(self.mode_of(route) != "fixed"), "w0": self._w0(route),
+            "breaker": int(self.breaker.enabled), "probe_ms": int(self.breaker.probe_s * 1000),
         }  # fmt: skip
         return Call(_acquire_keys(route.name), args)
+
+    def mode_of(self, route: Route) -> str:
+        """aimd | gradient | fixed: the route's own, else the default; fixed when adapting is off."""
+        return (route.mode or self.mode) if self.adaptive else "fixed"
+
+    def _w0(self, route: Route) -> float:
+        """The window before any feedback: the cap for aimd; a few for gradient, which measures the
+        unloaded latency first and doubles from there."""
+        cap = route.max_in_flight
+        return float(min(cap, GRADIENT_START)) if self.mode_of(route) == "gradient" else float(cap)
 
 
 def log_change(route: str, health: Health) -> None:

@@ -100,7 +100,8 @@ end
 # The limiter of one upstream route (batchq.storage.limits), with its circuit breaker.
 # slot  k: inflight, notbefore, tat, window, health (hash: open_since, failures, opened_total),
 #          probe (the one probe allowed while open).
-#       a: now, token, ttl, cap, rpm, adaptive (0/1), breaker (0/1), probe_ms.
+#       a: now, token, ttl, cap, rpm, adaptive (0/1), w0 (the window before any feedback), breaker
+#          (0/1), probe_ms.
 # Returns "0" (acquired), "-1" (at the cap: wait for a freed slot), seconds to wait (string), or
 # "o<seconds>:<open_since>" (the route is down: wait for the next probe).
 _ACQUIRE_FN = """
@@ -119,7 +120,7 @@ local function acquire(k, a)
     redis.call('ZREMRANGEBYSCORE', k.inflight, '-inf', now)
     local limit = a.cap
     if a.adaptive == 1 then
-      local w = tonumber(redis.call('HGET', k.window, 'w') or a.cap)
+      local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
       limit = math.max(1, math.min(a.cap, math.floor(w)))
     end
     if redis.call('ZCARD', k.inflight) >= limit then return '-1' end
@@ -137,8 +138,9 @@ end
 """
 
 # slot  k: inflight, notbefore, window, freed, health.
-#       a: token, now, outcome (ok|throttled|error|down), retry_after, cap, adaptive (0/1),
-#          failures (down outcomes in a row that open the breaker; 0: no breaker).
+#       a: token, now, outcome (ok|throttled|error|down), retry_after, cap, mode (aimd|gradient|fixed),
+#          w0, latency (seconds, per output token when known; 0: none), tolerance, failures (down
+#          outcomes in a row that open the breaker; 0: no breaker).
 # Returns the route's state after it and what changed: "open:opened", "open:", "closed:closed", "closed:".
 _HEALTH_FN = """
 local function record_health(k, a)
@@ -162,8 +164,45 @@ local function record_health(k, a)
 end
 """
 
+# The gradient window (mode gradient): the route's window w follows the latency the requests see.
+# base is the unloaded latency (it follows lower latencies at once and drifts up 1 % a minute),
+# short a moving average of the last ten or so. While short stays within tolerance x base the window
+# grows (doubling per round trip until the first back-off, then by one per window); above it the
+# window shrinks in proportion, at most once per latency and at most by half. So batch traffic
+# keeps the upstream's queue short: what interactive users of the same server wait behind.
+_GRADIENT_FN = """
+local function gradient(k, a)
+  local h = redis.call('HMGET', k.window, 'w', 'base', 'short', 'cut', 'at', 'ss')
+  local x = a.latency
+  local w = tonumber(h[1] or a.w0)
+  local short = tonumber(h[3] or x)
+  short = short + 0.05 * (x - short)
+  local at = tonumber(h[5] or a.now)
+  local base = tonumber(h[2] or short) * (1 + 0.0002 * math.max(0, a.now - at))
+  if short < base then base = base + 0.2 * (short - base) end
+  local cut = tonumber(h[4] or '0')
+  local ss = h[6] ~= '0'
+  if short > a.tolerance * base then
+    if a.now - cut >= short then
+      w = math.max(1, w * math.max(0.8, a.tolerance * base / short))
+      cut = a.now
+      ss = false
+    end
+  elseif ss then
+    w = math.min(a.cap, w + 1)
+  else
+    w = math.min(a.cap, w + 1 / w)
+  end
+  local ssv = '0'
+  if ss then ssv = '1' end
+  redis.call('HSET', k.window, 'w', tostring(w), 'base', tostring(base), 'short', tostring(short),
+    'cut', tostring(cut), 'at', tostring(a.now), 'ss', ssv)
+end
+"""
+
 _RELEASE_FN = (
     _HEALTH_FN
+    + _GRADIENT_FN
     + """
 local function release(k, a)
   local now = a.now
@@ -179,15 +218,17 @@ local function release(k, a)
       local nb = tonumber(redis.call('GET', k.notbefore) or '0')
       if now + wait > nb then redis.call('SET', k.notbefore, tostring(now + wait), 'EX', math.ceil(wait) + 1) end
     end
-    if a.adaptive == 1 and cap > 0 then
-      local w = tonumber(redis.call('HGET', k.window, 'w') or cap)
-      local at = tonumber(redis.call('HGET', k.window, 'at') or '0')
-      if now - at >= 1.0 then
-        redis.call('HSET', k.window, 'w', tostring(math.max(1, w / 2)), 'at', tostring(now))
+    if a.mode ~= 'fixed' and cap > 0 then
+      local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
+      local halved = tonumber(redis.call('HGET', k.window, 'halved') or '0')
+      if now - halved >= 1.0 then
+        redis.call('HSET', k.window, 'w', tostring(math.max(1, w / 2)), 'halved', tostring(now), 'ss', '0')
       end
     end
-  elseif a.outcome == 'ok' and a.adaptive == 1 and cap > 0 then
-    local w = tonumber(redis.call('HGET', k.window, 'w') or cap)
+  elseif a.outcome == 'ok' and a.mode == 'gradient' and cap > 0 and a.latency > 0 then
+    gradient(k, a)
+  elseif a.outcome == 'ok' and a.mode == 'aimd' and cap > 0 then
+    local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
     if w < cap then redis.call('HSET', k.window, 'w', tostring(math.min(cap, w + 1 / w))) end
   end
   return record_health(k, a)

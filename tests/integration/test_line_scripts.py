@@ -15,6 +15,7 @@ from batchq.domain.routing import Release, Route
 from batchq.storage import keys
 from batchq.storage.batches import BatchStore
 from batchq.storage.limits import Keepalive, RedisLimiter
+from batchq.storage.lua import Call
 from batchq.storage.scheduler import Scheduler
 
 pytestmark = pytest.mark.integration
@@ -165,3 +166,34 @@ def test_a_line_waiting_for_a_down_route_keeps_its_lease_alive(client: redis.Red
     token = limiter.acquire(route, keepalive=Keepalive(lambda: beats.append(time.time()), every=0.0))
     back.join()
     assert token is not None and beats, "the lease was renewed while the line waited"
+
+
+def feed(limiter: RedisLimiter, route: Route, latency: float, count: int, start: float) -> float:
+    """``count`` answers of ``latency`` seconds, 10 ms apart on a made-up clock; returns the window after."""
+    for i in range(count):
+        call = limiter.release_call(Release(route, "t", "ok", latency_s=latency))
+        assert call is not None
+        limiter._release.run({"slot": Call(call.keys, call.args | {"now": start + i * 0.01})})
+    return float(limiter._client.hget(keys.limit_window(route.name), "w") or 0)
+
+
+def test_the_gradient_window_follows_latency_and_stays_within_one_and_the_cap(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=True, default_timeout_s=10, mode="gradient", tolerance=1.2)
+    route = Route(name="llm", url="http://upstream.test", max_in_flight=64)
+    t = 1_000_000.0
+    grown = feed(limiter, route, 0.2, 30, t)
+    assert grown > 30  # slow start: doubling from 8 while latency stays at its unloaded level
+    shrunk = feed(limiter, route, 0.6, 300, t + 1)
+    assert 1 <= shrunk < grown / 2  # three times the unloaded latency: backs off, in steps
+    regrown = feed(limiter, route, 0.2, 600, t + 5)
+    assert shrunk < regrown <= 64  # back near the unloaded level: grows again, never past the cap
+    assert feed(limiter, route, 0.2, 3000, t + 20) == 64
+
+
+def test_an_aimd_route_ignores_latency(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=True, default_timeout_s=10, mode="aimd")
+    route = Route(name="openai", url="http://upstream.test", max_in_flight=64)
+    feed(limiter, route, 5.0, 100, 1_000_000.0)
+    assert client.hget(keys.limit_window(route.name), "w") is None  # never lowered from the cap

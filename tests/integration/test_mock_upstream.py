@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,17 @@ def test_max_concurrency_rejects_excess() -> None:
         assert stats["peak_in_flight"] == 2
 
     _run(scenario, MockConfig(latency_ms=200, max_concurrency=2))
+
+
+def test_serve_slots_queue_the_excess_like_vllm_without_a_429() -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        started = time.monotonic()
+        posts = [client.post("/v1/chat/completions", json=_chat(str(i))) for i in range(6)]
+        responses = await asyncio.gather(*posts)
+        assert sorted(r.status for r in responses) == [200] * 6
+        assert time.monotonic() - started >= 0.6  # three rounds of two, 200 ms each: the queue shows as latency
+
+    _run(scenario, MockConfig(latency_ms=200, serve_slots=2))
 
 
 def test_close_directive_drops_connection() -> None:

@@ -235,11 +235,6 @@ def test_env_example_values_validate_and_match_the_code_defaults(monkeypatch: py
         assert getattr(settings, SETTINGS[name]) == default_of(name), f"{name} differs from the code default"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14: pyproject.toml's package-data lacks storage/*.lua, so a pip-installed batchq (the image, "
-    "systemd) cannot import batchq.storage.scheduler; add it there and remove this mark",
-)
 def test_the_wheel_carries_every_file_the_package_reads() -> None:
     """The image and systemd install batchq with pip (no checkout): non-Python files must be package data."""
     tracked = subprocess.run(["git", "ls-files", "batchq"], cwd=ROOT, capture_output=True, text=True, check=True)
