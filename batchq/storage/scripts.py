@@ -168,8 +168,9 @@ end
 # base is the unloaded latency (it follows lower latencies at once and drifts up 1 % a minute),
 # short a moving average of the last ten or so. While short stays within tolerance x base the window
 # grows (doubling per round trip until the first back-off, then by one per window); above it the
-# window shrinks in proportion, at most once per latency and at most by half. So batch traffic
-# keeps the upstream's queue short: what interactive users of the same server wait behind.
+# window shrinks in proportion, at most once per latency and by at most a fifth. A latency that stays
+# high even at the starting window (w0) is the upstream's own: it becomes the new base. So batch
+# traffic keeps the upstream's queue short: what interactive users of the same server wait behind.
 _GRADIENT_FN = """
 local function gradient(k, a)
   local h = redis.call('HMGET', k.window, 'w', 'base', 'short', 'cut', 'at', 'ss')
@@ -184,7 +185,14 @@ local function gradient(k, a)
   local ss = h[6] ~= '0'
   if short > a.tolerance * base then
     if a.now - cut >= short then
-      w = math.max(1, w * math.max(0.8, a.tolerance * base / short))
+      local target = w * math.max(0.8, a.tolerance * base / short)
+      if target < a.w0 then
+        -- even a few requests see this latency: it is the upstream's own (slower requests, another
+        -- model), not a queue of ours. Learn it as the new unloaded latency instead of starving.
+        base = short / a.tolerance
+        target = a.w0
+      end
+      w = math.max(1, target)
       cut = a.now
       ss = false
     end

@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from batchq import service
 from batchq.api.deps import authenticate, check_user
+from batchq.api.deps import get_runtime as runtime
 from batchq.api.multipart import receive_upload
 from batchq.client import ClientError, _retry_metadata, _retryable
 from batchq.domain.models import Batch, Owner, Page, page_of
@@ -88,11 +89,6 @@ def mount(app: FastAPI, secret: str) -> None:
 
 
 # --- plumbing ------------------------------------------------------------------------------------
-
-
-def runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
 
 
 def sessions(request: Request) -> Sessions:

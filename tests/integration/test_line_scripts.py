@@ -197,3 +197,15 @@ def test_an_aimd_route_ignores_latency(client: redis.Redis) -> None:
     route = Route(name="openai", url="http://upstream.test", max_in_flight=64)
     feed(limiter, route, 5.0, 100, 1_000_000.0)
     assert client.hget(keys.limit_window(route.name), "w") is None  # never lowered from the cap
+
+
+def test_a_slower_upstream_becomes_the_new_normal_instead_of_starving_the_route(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=True, default_timeout_s=10, mode="gradient", tolerance=1.2)
+    route = Route(name="llm", url="http://upstream.test", max_in_flight=64)
+    t = 1_000_000.0
+    feed(limiter, route, 0.01, 50, t)  # fast requests first
+    slow = feed(limiter, route, 1.5, 3000, t + 1)  # then a batch of slow ones, for 30 s
+    assert slow >= 8, "the window does not fall below where it started"
+    base = float(client.hget(keys.limit_window(route.name), "base") or 0)
+    assert base > 1.0, "1.5 s is the upstream's own latency now"
