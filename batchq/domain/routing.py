@@ -53,6 +53,6 @@ class Release:
 
     route: Route
     token: str | None
-    outcome: str  # ok | throttled | error | down
+    outcome: str  # ok | throttled | error | down | none (already recorded: nothing to give back or count)
     retry_after: float | None = None
     latency_s: float = 0.0  # the attempt's latency, per output token when the answer says how many; 0: none

@@ -174,7 +174,7 @@ class Upstream:
                 try:
                     token = tries.blocked(lambda: self.limiter.acquire(route, deadline, keepalive))
                 except RouteDown as down:
-                    return _outage(down, tries.count), Release(route, None, "error")
+                    return _outage(down, tries.count), Release(route, None, "none")
             tries.count += 1
             outcome, done = self._attempt_holding(route, token, path, payload, heartbeat, every)
             outcome = dataclasses.replace(outcome, attempts=tries.count)
@@ -187,7 +187,7 @@ class Upstream:
             released = done.outcome == "down"
             wait = backoff_s(self.policy, tries.count, done.retry_after, self.rng)
             if not should_retry(self.policy, tries.count, tries.elapsed(), wait):
-                return outcome, (Release(route, None, "error") if released else done)
+                return outcome, (Release(route, None, "none") if released else done)
             if not released:
                 self.limiter.release(done)
             self.metrics.retried(route.name)

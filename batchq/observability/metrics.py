@@ -277,14 +277,17 @@ class RedisStateCollector:
             pipe.get(keys.limit_notbefore(route))
             pipe.hget(keys.limit_health(route), "open_since")
             pipe.hget(keys.limit_health(route), "opened_total")
+            for outcome in ROUTE_FAILURES:
+                pipe.hget(keys.limit_health(route), outcome)
         replies = iter(pipe.execute())
         active = next(replies)
         stats = {_text(k): _number(v) for k, v in (next(replies) or {}).items()}
         granted, stored, weights = (next(replies) or {}, next(replies) or {}, next(replies) or {})
         depths = [sum(int(next(replies) or 0) for _ in keys.PRIORITY_SUFFIXES) for _ in self.queues]
-        per_route = [[next(replies) for _ in range(4)] for _ in self.routes]
-        limits = [(int(n or 0), _number(until)) for n, until, _, _ in per_route]
-        health = [(_number(since), _number(opened)) for _, _, since, opened in per_route]
+        per_route = [[next(replies) for _ in range(4 + len(ROUTE_FAILURES))] for _ in self.routes]
+        limits = [(int(row[0] or 0), _number(row[1])) for row in per_route]
+        health = [(_number(row[2]), _number(row[3])) for row in per_route]
+        failures = [[_number(v) for v in row[4:]] for row in per_route]
 
         statuses, tenants = self._active(active)
         _add_counters(tenants, granted, stored, weights)
@@ -307,6 +310,7 @@ class RedisStateCollector:
             ((route, t) for route, (_, t) in zip(self.routes, limits, strict=True)),
         )
         yield from _route_health_families(self.routes, health, now)
+        yield _route_failures(self.routes, failures)
 
     def _active(self, active: Iterable[bytes | str] | None) -> tuple[dict[str, int], dict[str, TenantState]]:
         """Active batches by status, and each tenant's waiting and leased lines."""
@@ -363,6 +367,20 @@ def _tenant_families(tenants: dict[str, TenantState]) -> Iterator[Metric]:
         "Lines of running batches not granted yet, all tenants (what KEDA scales the workers on).",
         value=sum(t.waiting for _, t in rows),
     )
+
+
+ROUTE_FAILURES = ("throttled", "error", "down")  # attempt outcomes counted per route in its health hash
+
+
+def _route_failures(routes: Sequence[str], counts: list[list[float]]) -> Metric:
+    family = CounterMetricFamily(
+        "batchq_route_failed_attempts", "Attempts that got a 429, another error, or no answer, all workers.",
+        labels=["route", "outcome"],
+    )  # fmt: skip
+    for route, row in zip(routes, counts, strict=True):
+        for outcome, value in zip(ROUTE_FAILURES, row, strict=True):
+            family.add_metric([route, outcome], value)
+    return family
 
 
 def _route_health_families(routes: Sequence[str], health: list[tuple[float, float]], now: float) -> Iterator[Metric]:

@@ -112,7 +112,8 @@ def limit_freed(route: str) -> str:
 
 def limit_health(route: str) -> str:
     """Hash: the route's circuit breaker: ``open_since`` (absent: closed), ``failures`` (down outcomes
-    in a row), ``opened_total``, ``closed_at``."""
+    in a row), ``opened_total``, ``closed_at``; and attempts that ended ``throttled``, ``error`` or
+    ``down`` (counters, all workers)."""
     return f"{_limit(route)}:health"
 
 

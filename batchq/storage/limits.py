@@ -137,6 +137,8 @@ class RedisLimiter:
     def release_call(self, done: Release) -> Call | None:
         """The RELEASE call that gives back ``done``'s slot and records its outcome (None: nothing to do)."""
         route = done.route
+        if done.outcome == "none":
+            return None
         if done.token is None and not (route.limited and done.outcome == "throttled") and not self.breaker.enabled:
             return None
         args = {

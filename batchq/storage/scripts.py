@@ -239,6 +239,7 @@ local function release(k, a)
     local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
     if w < cap then redis.call('HSET', k.window, 'w', tostring(math.min(cap, w + 1 / w))) end
   end
+  if a.outcome ~= 'ok' then redis.call('HINCRBY', k.health, a.outcome, 1) end  -- 429s and errors, per route
   return record_health(k, a)
 end
 """

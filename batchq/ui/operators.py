@@ -24,6 +24,9 @@ class RouteState:
     limit: int  # configured max_in_flight (0: none)
     window: float | None  # the AIMD window now (halved on 429s); None: never lowered
     throttled_for_s: float  # seconds of 429 back-off left
+    throttled: int = 0  # attempts answered 429, all workers, since the counters began
+    errors: int = 0  # attempts that got another error or no answer at all
+    down: bool = False  # the route's breaker is open: the upstream is not answering
 
 
 @dataclass(frozen=True)
@@ -60,20 +63,29 @@ def route_states(rt: Runtime, in_flight: dict[str, int]) -> tuple[list[RouteStat
     for route in routes:
         pipe.hget(keys.limit_window(route.name), "w")
         pipe.get(keys.limit_notbefore(route.name))
+        pipe.hmget(keys.limit_health(route.name), ["throttled", "error", "down", "open_since"])
     pipe.hmget(keys.STATS, [STAT_LINES_COMPLETED, STAT_LINES_FAILED])
     pipe.hgetall(keys.TENANT_LINES)
     replies = pipe.execute()
     now = time.time()
-    states = [_state(r, in_flight, replies[2 * i], replies[2 * i + 1], now) for i, r in enumerate(routes)]
+    rows = [replies[3 * i : 3 * i + 3] for i in range(len(routes))]
+    states = [_state(r, in_flight, row[0], row[1], row[2], now) for r, row in zip(routes, rows, strict=True)]
     completed, failed = (int(v or 0) for v in replies[-2])
     stored = {k.decode(): float(v) for k, v in replies[-1].items()}
     return states, Totals(completed, failed, stored)
 
 
 def _state(
-    route: Route, in_flight: dict[str, int], window: bytes | None, notbefore: bytes | None, now: float
+    route: Route,
+    in_flight: dict[str, int],
+    window: bytes | None,
+    notbefore: bytes | None,
+    health: list[bytes | None],
+    now: float,
 ) -> RouteState:
+    throttled, error, down, open_since = health
     return RouteState(
         name=route.name, in_flight=in_flight.get(route.name, 0), limit=route.max_in_flight,
         window=float(window) if window else None, throttled_for_s=max(0.0, float(notbefore or 0) - now),
+        throttled=int(throttled or 0), errors=int(error or 0) + int(down or 0), down=open_since is not None,
     )  # fmt: skip

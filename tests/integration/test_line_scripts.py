@@ -209,3 +209,14 @@ def test_a_slower_upstream_becomes_the_new_normal_instead_of_starving_the_route(
     assert slow >= 8, "the window does not fall below where it started"
     base = float(client.hget(keys.limit_window(route.name), "base") or 0)
     assert base > 1.0, "1.5 s is the upstream's own latency now"
+
+
+def test_a_line_that_gave_up_does_not_close_the_breaker_nor_count_twice(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=BreakerPolicy(2))
+    route = Route(name="gone", url="http://upstream.test", max_in_flight=4)
+    for _ in range(2):
+        limiter.release(Release(route, "t", "down"))
+    limiter.release(Release(route, None, "none"))  # what a line that stopped waiting hands back
+    health = client.hgetall(keys.limit_health(route.name))
+    assert b"open_since" in health and health[b"down"] == b"2"

@@ -227,12 +227,16 @@ def test_files_list_download_and_delete(open_page: Any, ui_stack: Stack) -> None
 
 def test_operators_see_every_tenant(open_page: Any, ui_stack: Stack) -> None:
     sdk = client(ui_stack, key=OTHER)
+    failing = wait(sdk, submit(sdk, [chat_row("op-fails", status=500)]).id)  # every attempt answered 500
+    assert failing.request_counts is not None and failing.request_counts.failed == 1
     batch = submit(sdk, [chat_row(f"op-{i}", latency_ms=500) for i in range(60)])
     wait(sdk, batch.id, until={"in_progress"})
     admin = open_page(ADMIN)
     page = admin.go("/ui/operators")
     assert page.locator("tr", has_text=batch.id).is_visible()
     assert page.locator("tr", has_text=account_of(OTHER)).first.is_visible()
+    route = page.locator("tr", has_text="default").last.inner_text().split()
+    assert route[1] == "up" and int(route[-1]) >= 1, route  # the route's errors counted, from every worker
     page.locator("polyline").first.wait_for(state="attached", timeout=15_000)  # the chart fills as it polls
     time.sleep(3.5)
     admin.shot("operators")

@@ -118,7 +118,12 @@ def state() -> StandInRedis:
             keys.CONTROL_QUEUE: [b"t"],
             keys.limit_inflight("default"): {b"a": now + 100, b"b": now + 100, b"dead": now - 10},
             keys.limit_notbefore("slow"): b"1700000000.5",
-            keys.limit_health("slow"): {b"open_since": str(now - 30).encode(), b"opened_total": b"2"},
+            keys.limit_health("slow"): {
+                b"open_since": str(now - 30).encode(),
+                b"opened_total": b"2",
+                b"throttled": b"3",
+                b"down": b"7",
+            },
         }
     )
 
@@ -168,6 +173,9 @@ def test_scrape_reports_redis_state(state: StandInRedis) -> None:
     )
     assert 29 <= value(found, "batchq_route_open_seconds", route="slow") <= 60
     assert value(found, "batchq_route_opened_total", route="slow") == 2
+    assert value(found, "batchq_route_failed_attempts_total", route="slow", outcome="throttled") == 3
+    assert value(found, "batchq_route_failed_attempts_total", route="slow", outcome="down") == 7
+    assert value(found, "batchq_route_failed_attempts_total", route="default", outcome="error") == 0
     assert value(found, "batchq_tenant_lines_waiting", tenant="acct_a") == 30
     assert value(found, "batchq_tenant_lines_waiting", tenant="acct_b") == 4
     assert value(found, "batchq_tenant_lines_in_flight", tenant="acct_b") == 2
