@@ -6,9 +6,10 @@ The mock upstream models vLLM: at most 32 requests served at once, 200 ms each, 
 (never a 429), so latency is the only sign that it is full. An interactive probe sends one request
 every 100 ms straight to it. First alone (its idle p95), then while a 6,000-line batch runs
 through batchq (one worker x 128 threads, cap 256): the probe's p95 and the batch's share of the
-server's capacity (32 / 200 ms = 160 requests/s). Run twice, side by side: with the route's mode
-``aimd`` (backs off on 429s only, as before) and with the default (``gradient``: also backs off
-while latency is above tolerance x the unloaded latency). Also prints the route's window over the
+server's capacity (32 / 200 ms = 160 requests/s). Run three times, side by side: with the route's mode
+``aimd`` (backs off on 429s only, as before), with the default (``gradient``: also backs off
+while latency is above tolerance x the unloaded latency), and with ``"priority": "background"``
+(batch traffic takes only the spare capacity). Also prints the route's window over the
 run (min, median, max once settled), which shows whether the controller oscillates.
 """
 
@@ -26,6 +27,7 @@ import httpx2
 import orjson
 import redis
 
+from batchq.embedded import free_port
 from batchq.stack import Stack
 from batchq.storage import keys
 
@@ -97,11 +99,16 @@ def rows() -> bytes:
 
 
 def run(workdir: Path, mode: str, tolerance: float | None = None) -> Run:
-    env = {"BATCHQ_API_RPM_PER_KEY": "0", "BATCHQ_UPSTREAM_MODE": mode}
+    """``mode``: aimd | gradient | background (a gradient route with ``"priority": "background"``)."""
+    env = {"BATCHQ_API_RPM_PER_KEY": "0", "BATCHQ_UPSTREAM_MODE": "gradient" if mode == "background" else mode}
     if tolerance is not None:
         env["BATCHQ_UPSTREAM_TOLERANCE"] = str(tolerance)
+    port = free_port()
+    if mode == "background":
+        route = {"name": "default", "url": f"http://127.0.0.1:{port}", "priority": "background"}
+        env["BATCHQ_UPSTREAMS"] = orjson.dumps([route]).decode()
     mock = ["--latency-ms", str(LATENCY_MS), "--serve-slots", str(SLOTS)]
-    stack = Stack(workdir / mode, api_key="sk-bench", env_overrides=env, mock_args=mock)
+    stack = Stack(workdir / mode, api_key="sk-bench", env_overrides=env, mock_args=mock, upstream_port=port)
     with stack.start(workers=1, concurrency=128):
         probe = Probe(stack.upstream_url)
         idle = probe.run_for(8)
@@ -150,11 +157,13 @@ def report(runs: list[Run]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tolerance", type=float, help="BATCHQ_UPSTREAM_TOLERANCE for the gradient run")
-    parser.add_argument("--gradient-only", action="store_true", help="skip the aimd run")
+    parser.add_argument("--gradient-only", action="store_true", help="skip the aimd and background runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="batchq-neighbour-") as tmp:
         runs = [] if args.gradient_only else [run(Path(tmp), "aimd")]
         runs.append(run(Path(tmp), "gradient", args.tolerance))
+        if not args.gradient_only:
+            runs.append(run(Path(tmp), "background"))
     report(runs)
 
 

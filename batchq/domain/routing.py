@@ -27,6 +27,9 @@ class Route(BaseModel):
     # (also back off while latency is above tolerance x the unloaded latency), fixed (max_in_flight).
     mode: Literal["aimd", "gradient", "fixed"] | None = None
     tolerance: float | None = Field(default=None, ge=1.0, le=10.0)  # None: BATCHQ_UPSTREAM_TOLERANCE
+    # background: a server shared with interactive users; batch traffic takes only the spare capacity
+    # (gradient with a tolerance of at most 1.05, and cuts of up to half: it yields first).
+    priority: Literal["normal", "background"] = "normal"
 
     @field_validator("url")
     @classmethod

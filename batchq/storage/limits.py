@@ -26,6 +26,8 @@ from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
 GRADIENT_START = 8  # a gradient route's window before its first latencies are known
+NORMAL_CUT, BACKGROUND_CUT = 0.8, 0.5  # the most one latency back-off takes: a fifth; half when yielding first
+BACKGROUND_TOLERANCE = 1.05  # a background route's latency inflation, at most
 log = logging.getLogger("batchq.limits")
 
 
@@ -144,7 +146,8 @@ class RedisLimiter:
         args = {
             "token": done.token or "", "now": time.time(), "outcome": done.outcome,
             "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "mode": self.mode_of(route),
-            "w0": self._w0(route), "latency": done.latency_s, "tolerance": route.tolerance or self.tolerance,
+            "w0": self._w0(route), "latency": done.latency_s, "tolerance": self.tolerance_of(route),
+            "min_cut": BACKGROUND_CUT if route.priority == "background" else NORMAL_CUT,
             "failures": self.breaker.failures,
         }  # fmt: skip
         return Call(_release_keys(route.name), args)
@@ -159,8 +162,15 @@ class RedisLimiter:
         return Call(_acquire_keys(route.name), args)
 
     def mode_of(self, route: Route) -> str:
-        """aimd | gradient | fixed: the route's own, else the default; fixed when adapting is off."""
-        return (route.mode or self.mode) if self.adaptive else "fixed"
+        """aimd | gradient | fixed: the route's own, else the default; fixed when adapting is off.
+        A background route is always gradient: latency is how it sees the interactive users."""
+        if not self.adaptive:
+            return "fixed"
+        return "gradient" if route.priority == "background" else (route.mode or self.mode)
+
+    def tolerance_of(self, route: Route) -> float:
+        tolerance = route.tolerance or self.tolerance
+        return min(tolerance, BACKGROUND_TOLERANCE) if route.priority == "background" else tolerance
 
     def _w0(self, route: Route) -> float:
         """The window before any feedback: the cap for aimd; a few for gradient, which measures the

@@ -139,7 +139,8 @@ end
 
 # slot  k: inflight, notbefore, window, freed, health.
 #       a: token, now, outcome (ok|throttled|error|down), retry_after, cap, mode (aimd|gradient|fixed),
-#          w0, latency (seconds, per output token when known; 0: none), tolerance, failures (down
+#          w0, latency (seconds, per output token when known; 0: none), tolerance, min_cut (the
+#          smallest factor one back-off multiplies the window by), failures (down
 #          outcomes in a row that open the breaker; 0: no breaker).
 # Returns the route's state after it and what changed: "open:opened", "open:", "closed:closed", "closed:".
 _HEALTH_FN = """
@@ -185,7 +186,7 @@ local function gradient(k, a)
   local ss = h[6] ~= '0'
   if short > a.tolerance * base then
     if a.now - cut >= short then
-      local target = w * math.max(0.8, a.tolerance * base / short)
+      local target = w * math.max(a.min_cut, a.tolerance * base / short)
       if target < a.w0 then
         -- even a few requests see this latency: it is the upstream's own (slower requests, another
         -- model), not a queue of ours. Learn it as the new unloaded latency instead of starving.

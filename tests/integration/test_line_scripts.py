@@ -220,3 +220,17 @@ def test_a_line_that_gave_up_does_not_close_the_breaker_nor_count_twice(client: 
     limiter.release(Release(route, None, "none"))  # what a line that stopped waiting hands back
     health = client.hgetall(keys.limit_health(route.name))
     assert b"open_since" in health and health[b"down"] == b"2"
+
+
+def test_a_background_route_yields_first(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=True, default_timeout_s=10, mode="aimd", tolerance=1.5)
+    normal = Route(name="shared", url="http://upstream.test", max_in_flight=64, mode="gradient")
+    background = Route(name="shared-bg", url="http://upstream.test", max_in_flight=64, priority="background")
+    assert limiter.mode_of(background) == "gradient" and limiter.tolerance_of(background) == 1.05
+    t = 1_000_000.0
+    for route in (normal, background):
+        feed(limiter, route, 0.2, 40, t)
+    after = {route.name: feed(limiter, route, 0.26, 100, t + 1) for route in (normal, background)}
+    assert after["shared"] > 40, "30 % slower is within the normal route's tolerance of 1.5"
+    assert after["shared-bg"] < 32, "but not within the background route's: it backs off"
