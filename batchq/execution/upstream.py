@@ -162,9 +162,9 @@ class Upstream:
         last attempt's slot is not given back: the caller hands the returned ``Release`` to the
         limiter (or folds it into its own Redis call). If this raises, every slot is given back.
 
-        While the route is down (its breaker open) the line waits without spending attempts, and
-        the wait does not count against the retry time budget; it gives up when the outage
-        outlasts ``BATCHQ_UPSTREAM_MAX_OUTAGE_S`` or ``deadline`` (its batch's expiry) passes.
+        While the route is down (its breaker open) the line waits without spending attempts. Time
+        spent waiting for a slot does not count against the retry time budget. It gives up when the
+        outage outlasts ``BATCHQ_UPSTREAM_MAX_OUTAGE_S`` or ``deadline`` (its batch's expiry) passes.
         """
         tries = _Tries(time.monotonic())
         keepalive = Keepalive(heartbeat, every) if heartbeat is not None else None
@@ -283,7 +283,8 @@ def _kind(outcome: Outcome) -> str:
 
 @dataclass
 class _Tries:
-    """A line's attempts, and the time it spent blocked waiting for a route that was down."""
+    """A line's attempts, and the time it spent blocked waiting for a slot (at the route's cap, or
+    for a route that was down): that wait is not the upstream's, so the retry budget leaves it out."""
 
     started: float
     count: int = 0

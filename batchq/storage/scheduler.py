@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -40,16 +39,6 @@ from batchq.storage.lua import Call, Script
 SCHEDULER_LUA = Path(__file__).with_name("scheduler.lua").read_text()
 
 CHUNK = 1000  # messages per LPUSH while publishing a batch
-
-
-@dataclass(frozen=True)
-class TenantShare:
-    """One tenant as the scheduler sees it: its weight, lines granted and stored (counters)."""
-
-    tenant: str
-    weight: float
-    granted: int
-    stored: int
 
 
 class Scheduler:
@@ -107,38 +96,6 @@ class Scheduler:
     def waiting(self, batch_id: str) -> int:
         """Line tasks of the batch not granted yet."""
         return int(self.r.llen(keys.batch_pending(batch_id)))
-
-    # --- tenants ---------------------------------------------------------------------------
-
-    def set_weight(self, tenant: str, weight: float) -> None:
-        if weight <= 0:
-            raise ValueError("a weight must be positive")
-        self.r.hset(keys.SCHED_WEIGHTS, tenant, weight)
-
-    def weight(self, tenant: str) -> float:
-        return float(self.r.hget(keys.SCHED_WEIGHTS, tenant) or 1)
-
-    def shares(self) -> list[TenantShare]:
-        """Every tenant that was ever granted a line: weight and counters (rates come from deltas)."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(keys.SCHED_WEIGHTS)
-        pipe.hgetall(keys.SCHED_GRANTED)
-        pipe.hgetall(keys.TENANT_LINES)
-        weights, granted, stored = pipe.execute()
-        names = sorted({k.decode() for k in granted} | {k.decode() for k in stored})
-        return [
-            TenantShare(
-                n, float(weights.get(n.encode(), 1)), int(granted.get(n.encode(), 0)), int(stored.get(n.encode(), 0))
-            )
-            for n in names
-        ]
-
-    def queue_length(self) -> int:
-        """Granted line tasks waiting in the Celery line queue (every priority list kombu keeps)."""
-        pipe = self.r.pipeline(transaction=False)
-        for name in keys.queue_lists(keys.LINE_QUEUE):
-            pipe.llen(name)
-        return sum(pipe.execute())
 
     def queued_messages(self) -> list[bytes]:
         """The granted tasks in the line queue (a short list: about ``depth``)."""

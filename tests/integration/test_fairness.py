@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from batchq.stack import Stack
 from batchq.storage.apikeys import ApiKeyStore
-from tests.integration.conftest import FAST
+from tests.integration.conftest import start_stack
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait
 
 pytestmark = pytest.mark.integration
@@ -24,12 +24,10 @@ LATENCY_MS = 40
 
 @pytest.fixture(scope="module")
 def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = FAST | {"BATCHQ_QUEUE_DEPTH": "2", "BATCHQ_MAX_ACTIVE_BATCHES_PER_KEY": "0"}
-    stack = Stack(tmp_path_factory.mktemp("fair"), env_overrides=env)
-    try:
-        yield stack.start(workers=1, concurrency=4)
-    finally:
-        stack.stop()
+    env = {"BATCHQ_QUEUE_DEPTH": "2", "BATCHQ_MAX_ACTIVE_BATCHES_PER_KEY": "0"}
+    stack = start_stack(tmp_path_factory.mktemp("fair"), env, workers=1, concurrency=4)
+    yield stack
+    stack.stop()
 
 
 def tenant(stack: Stack, weight: float = 1.0) -> OpenAI:

@@ -19,7 +19,7 @@ import redis
 
 from batchq.stack import Stack
 from batchq.storage import keys
-from tests.integration.conftest import FAST
+from tests.integration.conftest import start_stack
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait
 
 pytestmark = pytest.mark.integration
@@ -28,12 +28,10 @@ OUTAGE_S = 4.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = FAST | {"BATCHQ_UPSTREAM_PROBE_S": "0.25", "BATCHQ_UPSTREAM_BREAKER_FAILURES": "3"}
-    running = Stack(tmp_path_factory.mktemp("outage"), env_overrides=env)
-    try:
-        yield running.start(workers=1, concurrency=16)
-    finally:
-        running.stop()
+    env = {"BATCHQ_UPSTREAM_PROBE_S": "0.25", "BATCHQ_UPSTREAM_BREAKER_FAILURES": "3"}
+    running = start_stack(tmp_path_factory.mktemp("outage"), env, workers=1, concurrency=16)
+    yield running
+    running.stop()
 
 
 def test_lines_wait_out_an_upstream_outage_and_none_fails(stack: Stack) -> None:
