@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     upstream_breaker_failures: int = Field(default=5, ge=0)
     upstream_probe_s: float = Field(default=1.0, gt=0)
     upstream_max_outage_s: float = Field(default=1800.0, gt=0)
+    upstream_outage_waiters: int = Field(default=4, ge=1)  # lines that wait in worker threads per down route
 
     # Limits
     max_file_bytes: int = Field(default=200 * MB, gt=0)
@@ -116,7 +117,10 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     def breaker(self) -> BreakerPolicy:
-        return BreakerPolicy(self.upstream_breaker_failures, self.upstream_probe_s, self.upstream_max_outage_s)
+        return BreakerPolicy(
+            self.upstream_breaker_failures, self.upstream_probe_s, self.upstream_max_outage_s,
+            self.upstream_outage_waiters,
+        )  # fmt: skip
 
     def routes(self) -> list[Route]:
         """The configured routes, or one route from the ``BATCHQ_UPSTREAM_*`` settings."""

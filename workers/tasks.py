@@ -16,6 +16,7 @@ from celery import signals
 from celery.app.task import Task
 
 from batchq.config import get_settings
+from batchq.domain.health import Deferred
 from batchq.execution import dispatch, runner, submit, watchdog, webhooks
 from batchq.execution import finalize as finalizing
 from batchq.observability.logs import configure_logging
@@ -73,7 +74,11 @@ def submit_task(batch_id: str) -> None:
 
 @app.task(name="batchq.line", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=5)
 def line_task(batch_id: str, index: int, offset: int, length: int) -> None:
-    progress = runner.run_line(runtime(), batch_id, index, offset, length)
+    try:
+        progress = runner.run_line(runtime(), batch_id, index, offset, length)
+    except Deferred:  # its route is down: it waits in the scheduler, not in this thread
+        queue.requeue_lines(batch_id, [(index, offset, length)])
+        return
     if progress is not None and progress.last:
         queue.finalize_batch(batch_id)  # the batch's completion callback: fired once, by the last line
 

@@ -5,7 +5,9 @@ A route's circuit breaker lives in Redis, shared by every worker (``batchq.stora
 outcomes (no response at all, or 502/503/504) open it. While it is open no request is sent on the
 route: one probe a ``probe_s`` across all workers asks whether it is back, and the first answer
 closes it. A line waiting for an open route spends no attempt; it gives up only once the route has
-been open for ``max_outage_s`` or its batch has expired.
+been open for ``max_outage_s`` or its batch has expired. Only ``waiters`` lines wait in worker
+threads (they send the probes); the others are ``Deferred``: back to the scheduler, which parks
+their batch while the route is down, so other routes' lines get the threads.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class BreakerPolicy:
     failures: int = 5  # consecutive down outcomes that open the breaker; 0: no breaker
     probe_s: float = 1.0  # one probe per route per this many seconds while open
     max_outage_s: float = 1800.0  # a waiting line gives up when the route has been open this long
+    waiters: int = 4  # lines that wait for an open route in a worker thread, across all workers
 
     @property
     def enabled(self) -> bool:
@@ -39,6 +42,16 @@ class RouteDown(Exception):
         super().__init__(outage_message(route, open_for_s))
         self.route = route
         self.open_for_s = open_for_s
+
+
+class Deferred(Exception):
+    """A line stands aside: its route is down and enough lines already wait for it (they probe).
+    It goes back to its batch's waiting lines, where it holds no worker thread; the scheduler grants
+    that batch nothing more until the route is back."""
+
+    def __init__(self, route: str) -> None:
+        super().__init__(f"The upstream route '{route}' is down: the line waits for it in the scheduler.")
+        self.route = route
 
 
 def is_down(status: int | None) -> bool:

@@ -8,6 +8,7 @@ Every route has its own distributed concurrency cap and rate limit, shared by al
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,6 +49,13 @@ class Route(BaseModel):
 def route_for(routes: list[Route], endpoint: str, model: object) -> Route | None:
     name = model if isinstance(model, str) else None
     return next((r for r in routes if r.matches(endpoint, name)), None)
+
+
+def batch_route(routes: list[Route], endpoint: str, models: Iterable[str | None]) -> str:
+    """The one route every line of a batch goes to ('' when its lines go to several, or none):
+    the scheduler holds such a batch back while that route is down."""
+    names = {route.name if route else "" for route in (route_for(routes, endpoint, m) for m in models)}
+    return names.pop() if len(names) == 1 else ""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class Report:
     errors: list[BatchErrorItem]
     error_count: int
     model: str | None
+    models: frozenset[str | None] = frozenset()  # every line's body.model (None: none given)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class InputValidator:
         if self._requests == 0:
             self._error("empty_file", "The input file holds no requests.", None, 1)
         model = next(iter(self._models)) if len(self._models) == 1 else None
-        return Report(self.valid_lines, self.errors, self.error_count, model)
+        return Report(self.valid_lines, self.errors, self.error_count, model, frozenset(self._models))
 
     @property
     def ok(self) -> bool:

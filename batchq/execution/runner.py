@@ -9,12 +9,14 @@ from typing import Any
 
 import orjson
 
+from batchq.domain.health import RouteState
 from batchq.domain.results import ResultLine, error_line, response_line
 from batchq.domain.routing import Release, Route
 from batchq.domain.scheduling import Verdict
 from batchq.execution.upstream import Outcome, no_upstream
 from batchq.runtime import Runtime
 from batchq.storage.batches import LineSource, Progress
+from batchq.storage.limits import Health, log_change
 from batchq.storage.lua import Call
 
 log = logging.getLogger("batchq.runner")
@@ -22,6 +24,9 @@ log = logging.getLogger("batchq.runner")
 
 def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -> Progress | None:
     """Returns the batch's progress after this line, or None when the line was not run.
+
+    Raises ``Deferred`` (its lease given back) when the line's route is down and enough lines
+    already wait for it: the caller puts its task back with its batch's waiting lines.
 
     Two Redis round trips in the common case: one leases the line, takes its first limiter slot
     and lets the next granted line into the queue (the task was taken out of it); one stores the
@@ -50,11 +55,22 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
         raise
     result = result_of(request["custom_id"], outcome)
     progress = _complete(rt, batch_id, index, result, done)
+    if route is not None:
+        _note_health(rt, route, progress)
     if progress.accepted:
         rt.upstream.metrics.line_stored(result.ok)
         if not result.ok:
             log.info("line failed", extra=_failure(batch_id, index, request["custom_id"], outcome))
     return progress
+
+
+def _note_health(rt: Runtime, route: Route, progress: Progress) -> None:
+    """This line's answer closed its route's breaker: say so, and let the route's parked batches
+    back into the queue now (nothing else may begin a line to fill it until the watchdog's sweep)."""
+    health = Health.parse(progress.health or None)
+    log_change(route.name, health)
+    if health.changed and health.state is RouteState.CLOSED:
+        rt.scheduler.fill(time.time())
 
 
 def _check_ended(rt: Runtime, batch_id: str, index: int) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from batchq.domain.models import Batch, BatchErrors
+from batchq.domain.routing import batch_route
 from batchq.domain.status import Status
 from batchq.domain.validation import InputValidator, Report
 from batchq.domain.webhooks import EVENT_TYPES
@@ -48,6 +49,7 @@ def submit(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
         return
     rt.batches.save_offsets(batch_id, pack_offsets(offsets))
     extra = {"model": report.model} if report.model else {}
+    extra["route"] = batch_route(rt.settings.routes(), batch.endpoint, report.models)
     if rt.batches.move(batch_id, Status.IN_PROGRESS, total=len(offsets), **extra):
         queue.dispatch_batch(batch_id, [(i, o, n) for i, (o, n) in enumerate(offsets)])
         log.info("batch dispatched", extra={"batch_id": batch_id, "lines": len(offsets)})

@@ -58,6 +58,7 @@ class Progress:
     accepted: bool
     done: int
     total: int
+    health: bytes = b""  # the route's breaker after the slot given back with the line (RELEASE's reply)
 
     @property
     def last(self) -> bool:
@@ -201,7 +202,7 @@ class BatchStore:
         if release is not None:
             parts["slot"] = release
         reply = self._complete.run(parts)
-        return Progress(bool(reply[0]), int(reply[1]), int(reply[2]))
+        return Progress(bool(reply[0]), int(reply[1]), int(reply[2]), reply[3] if len(reply) > 3 else b"")
 
     def complete_lines(self, batch_id: str, results: list[tuple[int, ResultLine]]) -> None:
         """Store many results at once (lines claimed by cancel, expiry or the watchdog)."""

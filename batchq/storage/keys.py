@@ -21,6 +21,8 @@ SCHED_WEIGHTS = f"{PREFIX}:sched:weights"  # hash: tenant -> weight (1 when abse
 SCHED_GRANTED = f"{PREFIX}:sched:granted"  # hash: tenant -> line tasks granted (a counter)
 TENANT_LINES = f"{PREFIX}:sched:stored"  # hash: tenant -> lines stored (a counter)
 SCHED_TENANT_PREFIX = f"{PREFIX}:sched:tenant:"  # + tenant + ":batches": sorted set batch -> pass
+SCHED_PARKED = f"{PREFIX}:sched:parked"  # sorted set: batch held back while its route is down -> urgent time
+LIMIT_PREFIX = f"{PREFIX}:limit:{{"  # + route + "}": the route's limiter keys, as the scheduler's Lua builds them
 BATCH_PREFIX = f"{PREFIX}:batch:{{"  # + batch id + "}": what the scheduler's Lua builds keys from
 
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
@@ -87,7 +89,7 @@ def owner_files(owner_key: str) -> str:
 
 
 def _limit(route: str) -> str:
-    return f"{PREFIX}:limit:{{{route}}}"
+    return f"{LIMIT_PREFIX}{route}}}"
 
 
 def limit_inflight(route: str) -> str:
@@ -120,6 +122,13 @@ def limit_health(route: str) -> str:
 def limit_probe(route: str) -> str:
     """String with a TTL: taken by the one request that may probe an open route."""
     return f"{_limit(route)}:probe"
+
+
+def limit_waiters(route: str) -> str:
+    """Sorted set: token -> time its entry lapses, one per line now waiting for the route to come back
+    (renewed on each look at the open breaker). The scheduler parks a down route's batches only while
+    some line waits there: that line's probes tell when the route is back."""
+    return f"{_limit(route)}:waiters"
 
 
 def limit_window(route: str) -> str:

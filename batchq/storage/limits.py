@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
-from batchq.domain.health import BreakerPolicy, RouteDown, RouteState, gives_up
+from batchq.domain.health import BreakerPolicy, Deferred, RouteDown, RouteState, gives_up
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys, scripts
 from batchq.storage.lua import Call, Script
@@ -89,8 +89,9 @@ class RedisLimiter:
         """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited).
 
         Raises ``RouteDown`` when the route is down and the wait has lasted too long (or ``deadline``,
-        the batch's expiry, has passed). ``keepalive`` is called now and then while waiting (the
-        line's lease is renewed through it: an outage can outlast a lease).
+        the batch's expiry, has passed), ``Deferred`` when it is down and enough lines wait for it.
+        ``keepalive`` is called now and then while waiting (the line's lease is renewed through it:
+        an outage can outlast a lease).
         """
         ask = self.acquire_call(route)
         if ask is None:
@@ -104,6 +105,8 @@ class RedisLimiter:
 
     def _granted(self, route: Route, reply: bytes, deadline: float | None) -> bool:
         """True when an ACQUIRE reply granted the slot; otherwise waits as the reply says first."""
+        if reply == b"d":  # the route is down and enough lines wait for it: back to the scheduler
+            raise Deferred(route.name)
         if reply.startswith(b"o"):  # the route is down: wait for the next probe
             left, _, since = reply[1:].partition(b":")
             now = time.time()
@@ -158,6 +161,7 @@ class RedisLimiter:
             "now": time.time(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
             "adaptive": int(self.mode_of(route) != "fixed"), "w0": self._w0(route),
             "breaker": int(self.breaker.enabled), "probe_ms": int(self.breaker.probe_s * 1000),
+            "waiters": self.breaker.waiters,
         }  # fmt: skip
         return Call(_acquire_keys(route.name), args)
 
@@ -193,6 +197,7 @@ def _acquire_keys(name: str) -> dict[str, str]:
     return {
         "inflight": keys.limit_inflight(name), "notbefore": keys.limit_notbefore(name), "tat": keys.limit_tat(name),
         "window": keys.limit_window(name), "health": keys.limit_health(name), "probe": keys.limit_probe(name),
+        "waiters": keys.limit_waiters(name),
     }  # fmt: skip
 
 

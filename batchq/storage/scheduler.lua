@@ -2,9 +2,10 @@
 --
 -- sched  k: queue (the Celery line queue), tenants (zset tenant -> pass), urgent (zset batch ->
 --           time it becomes urgent), state (hash: vclock when no tenant has work, last:<tenant>),
---           weights (hash tenant -> weight), granted (hash tenant -> lines granted).
+--           weights (hash tenant -> weight), granted (hash tenant -> lines granted), parked (zset
+--           batch held back while its route is down -> its urgent time).
 --        a: now, depth (the line queue's target length), batch_prefix ('batchq:batch:{'),
---           tenant_prefix ('batchq:sched:tenant:').
+--           tenant_prefix ('batchq:sched:tenant:'), limit_prefix ('batchq:limit:{').
 --
 -- Stride scheduling at two levels. Each tenant has a pass (virtual time); the tenant with the
 -- least pass is served and its pass grows by 1/weight. Within the tenant each batch has its own
@@ -13,6 +14,9 @@
 -- burst for the time it was away.
 -- A batch whose urgent time has passed (close to its expires_at) is served before all of them,
 -- earliest first, and still charged to its tenant.
+-- A batch whose lines all go to one upstream route is parked while that route is down (its breaker
+-- open) and some line already waits there to probe it: its lines would only hold worker threads
+-- that other routes' batches can use. It comes back at the first fill after the route closes.
 
 local function sched_batch_key(a, b) return a.batch_prefix .. b .. '}' end
 local function sched_pending_key(a, b) return a.batch_prefix .. b .. '}:pending' end
@@ -49,6 +53,36 @@ local function sched_retire(k, a, b, t)
     if pass then
       redis.call('HSET', k.state, 'last:' .. t, pass)
       if redis.call('ZCARD', k.tenants) == 0 then redis.call('HSET', k.state, 'vclock', pass) end
+    end
+  end
+end
+
+-- Whether batch b must wait: its one route is down, and a line already waits there (and probes).
+local function sched_route_down(a, b)
+  local route = redis.call('HGET', sched_batch_key(a, b), 'route')
+  if not route or route == '' then return false end
+  local lk = a.limit_prefix .. route .. '}'
+  if not redis.call('HGET', lk .. ':health', 'open_since') then return false end
+  return redis.call('ZCOUNT', lk .. ':waiters', a.now, '+inf') > 0
+end
+
+local function sched_park(k, a, b, t)
+  local urgent_at = redis.call('ZSCORE', k.urgent, b) or (a.now + 86400)
+  sched_retire(k, a, b, t)
+  redis.call('ZADD', k.parked, urgent_at, b)
+end
+
+-- Parked batches whose route is back (or that stopped running) leave the car park.
+local function sched_unpark(k, a)
+  if redis.call('ZCARD', k.parked) == 0 then return end
+  for _, b in ipairs(redis.call('ZRANGE', k.parked, 0, 99)) do
+    local rec = redis.call('HMGET', sched_batch_key(a, b), 'status', 'account')
+    if rec[1] ~= 'in_progress' then
+      redis.call('ZREM', k.parked, b)
+    elseif not sched_route_down(a, b) then
+      local urgent_at = tonumber(redis.call('ZSCORE', k.parked, b))
+      redis.call('ZREM', k.parked, b)
+      sched_enroll(k, a, b, rec[2] or '', urgent_at)
     end
   end
 end
@@ -97,6 +131,8 @@ local function sched_grant_one(k, a)
     local b, t = pick[1], pick[2]
     if not b then
       redis.call('ZREM', k.tenants, t)
+    elseif sched_route_down(a, b) then
+      sched_park(k, a, b, t)
     else
       local msg = sched_take(a, b)
       if msg then
@@ -113,6 +149,7 @@ end
 
 -- Top the line queue up to its target length. Returns how many lines were granted.
 local function sched_fill(k, a)
+  sched_unpark(k, a)
   local want = a.depth - redis.call('LLEN', k.queue)
   local granted, rounds = 0, 0
   while granted < want and rounds < 16 + want do

@@ -112,5 +112,8 @@ _KEYS = {
     "state": keys.SCHED_STATE,
     "weights": keys.SCHED_WEIGHTS,
     "granted": keys.SCHED_GRANTED,
+    "parked": keys.SCHED_PARKED,
 }
-_PREFIXES = {"batch_prefix": keys.BATCH_PREFIX, "tenant_prefix": keys.SCHED_TENANT_PREFIX}
+_PREFIXES = {
+    "batch_prefix": keys.BATCH_PREFIX, "tenant_prefix": keys.SCHED_TENANT_PREFIX, "limit_prefix": keys.LIMIT_PREFIX
+}  # fmt: skip

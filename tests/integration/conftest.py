@@ -27,8 +27,8 @@ FAST = {
 }
 
 
-def start_stack(workdir: Path, env: dict[str, str] | None = None, **kw: object) -> Stack:
-    stack = Stack(workdir, env_overrides=FAST | (env or {}))
+def start_stack(workdir: Path, env: dict[str, str] | None = None, upstream_port: int = 0, **kw: object) -> Stack:
+    stack = Stack(workdir, env_overrides=FAST | (env or {}), upstream_port=upstream_port)
     try:
         return stack.start(**kw)  # type: ignore[arg-type]
     except BaseException:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from batchq.domain.health import BreakerPolicy, RouteDown, RouteState
+from batchq.domain.health import BreakerPolicy, Deferred, RouteDown, RouteState
 from batchq.domain.results import response_line
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys
@@ -234,3 +234,41 @@ def test_a_background_route_yields_first(client: redis.Redis) -> None:
     after = {route.name: feed(limiter, route, 0.26, 100, t + 1) for route in (normal, background)}
     assert after["shared"] > 40, "30 % slower is within the normal route's tolerance of 1.5"
     assert after["shared-bg"] < 32, "but not within the background route's: it backs off"
+
+
+def test_a_line_waiting_for_a_down_route_is_counted_as_its_waiter(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=BreakerPolicy(1, probe_s=0.2))
+    route = Route(name="restarting", url="http://upstream.test", max_in_flight=4)
+    client.hset(keys.limit_health(route.name), mapping={"open_since": time.time(), "failures": 3})
+    client.set(keys.limit_probe(route.name), "1", px=600)  # another line's probe is out
+    waiters: list[int] = []
+
+    def look() -> None:
+        waiters.append(client.zcount(keys.limit_waiters(route.name), time.time(), "+inf"))
+
+    token = limiter.acquire(route, keepalive=Keepalive(look, every=0.0))  # probes itself once the first lapses
+    assert token is not None and waiters and waiters[0] == 1, "the scheduler sees a line waiting there"
+    assert client.zcard(keys.limit_waiters(route.name)) == 0, "its entry goes when it gets a slot"
+
+
+def test_a_line_stands_aside_when_enough_lines_wait_for_the_down_route(client: redis.Redis) -> None:
+    client.flushdb()
+    policy = BreakerPolicy(1, probe_s=5, waiters=2)
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=policy)
+    route = Route(name="restarting", url="http://upstream.test", max_in_flight=4)
+    client.hset(keys.limit_health(route.name), mapping={"open_since": time.time(), "failures": 3})
+    client.set(keys.limit_probe(route.name), "1", px=1000)  # a probe is out
+    client.zadd(keys.limit_waiters(route.name), {"w1": time.time() + 5, "w2": time.time() + 5})
+    with pytest.raises(Deferred):
+        limiter.acquire(route)
+    client.zadd(keys.limit_waiters(route.name), {"w2": time.time() - 1})  # one waiter's entry lapsed
+    beats: list[int] = []
+
+    def stop_waiting() -> None:
+        beats.append(1)
+        raise KeyboardInterrupt  # out of the wait: this line was let in as a waiter
+
+    with pytest.raises(KeyboardInterrupt):
+        limiter.acquire(route, keepalive=Keepalive(stop_waiting, every=0.0))
+    assert beats and client.zcard(keys.limit_waiters(route.name)) == 2

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx2
 import orjson
 import pytest
 import redis
 
+from batchq.embedded import free_port
 from batchq.stack import Stack
 from batchq.storage import keys
 from tests.integration.conftest import start_stack
@@ -58,9 +61,43 @@ def test_lines_wait_out_an_upstream_outage_and_none_fails(stack: Stack) -> None:
     assert httpx2.get(stack.api_url + "/metrics").text.count('batchq_route_state{route="default"} 0.0') == 1
 
 
-def _open_since(stack: Stack) -> bytes | None:
+def test_a_down_route_holds_few_worker_threads_and_other_routes_go_on(tmp_path: Path) -> None:
+    """8 worker threads; a batch on a dead route and, after it, one on a live route. Without the
+    scheduler parking the dead route's batch, its lines would hold every thread until they gave up."""
+    live, dead = free_port(), free_port()
+    routes = [
+        {"name": "dead", "url": f"http://127.0.0.1:{dead}", "models": ["gone"]},
+        {"name": "default", "url": f"http://127.0.0.1:{live}"},
+    ]
+    env = {
+        "BATCHQ_UPSTREAMS": orjson.dumps(routes).decode(), "BATCHQ_UPSTREAM_PROBE_S": "0.25",
+        "BATCHQ_UPSTREAM_BREAKER_FAILURES": "3", "BATCHQ_UPSTREAM_OUTAGE_WAITERS": "2",
+    }  # fmt: skip
+    stack = start_stack(tmp_path, env, upstream_port=live, workers=1, concurrency=8)
+    try:
+        sdk = client(stack, user="routes")
+        stuck = submit(sdk, [_on_model(chat_row(f"d{i}"), "gone") for i in range(200)])
+        stack.wait_until(lambda: _open_since(stack, "dead") is not None, 30, "the dead route's breaker to open")
+        rows = [chat_row(f"live{i}", latency_ms=20) for i in range(100)]
+        final = wait(sdk, submit(sdk, rows).id, timeout=40)
+        assert final.status == "completed", "the live route's batch ran beside the dead route's"
+        assert_exactly_once(sdk, final, [str(row["custom_id"]) for row in rows])
+        assert _done(sdk, stuck.id) == 0, "the dead route's lines wait: none failed"
+        with redis.Redis.from_url(stack.redis_url or "") as r:
+            assert r.zscore(keys.SCHED_PARKED, stuck.id) is not None, "its batch is parked"
+            assert r.zcard(keys.limit_waiters("dead")) <= 2
+    finally:
+        stack.stop()
+
+
+def _on_model(row: dict[str, Any], model: str) -> dict[str, Any]:
+    row["body"]["model"] = model
+    return row
+
+
+def _open_since(stack: Stack, route: str = "default") -> bytes | None:
     with redis.Redis.from_url(stack.redis_url or "") as r:
-        return r.hget(keys.limit_health("default"), "open_since")  # type: ignore[return-value]
+        return r.hget(keys.limit_health(route), "open_since")  # type: ignore[return-value]
 
 
 def _done(sdk: object, batch_id: str) -> int:

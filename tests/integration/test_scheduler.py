@@ -168,3 +168,63 @@ def test_grants_are_counted_per_tenant(db: redis.Redis) -> None:
     take(db, sched, 5)
     granted = {k.decode(): int(v) for k, v in db.hgetall(keys.SCHED_GRANTED).items()}
     assert granted["a"] + granted["b"] == 6  # the first grant and one per take
+
+
+def route_down(client: redis.Redis, route: str, waiting: bool) -> None:
+    """The route's breaker is open; ``waiting``: some line already waits there (and probes)."""
+    client.hset(keys.limit_health(route), "open_since", time.time())
+    if waiting:
+        client.zadd(keys.limit_waiters(route), {"token": time.time() + 5})
+
+
+def on_route(client: redis.Redis, batch: str, route: str) -> None:
+    client.hset(keys.batch(batch), "route", route)
+
+
+def test_a_down_routes_batch_is_parked_and_returns_when_the_route_is_back(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=4)
+    add(db, sched, "A1", "a", 100)
+    on_route(db, "A1", "vllm")
+    take(db, sched, 4)
+    route_down(db, "vllm", waiting=True)
+    add(db, sched, "B1", "b", 100)
+    on_route(db, "B1", "openai")
+    taken = take(db, sched, 24)
+    assert batches(taken[4:]) == {"B1": 20}, "the down route's batch holds no worker thread"
+    assert db.zscore(keys.SCHED_PARKED, "A1") is not None
+    db.hdel(keys.limit_health("vllm"), "open_since")  # the probe got an answer: the route is back
+    assert batches(take(db, sched, 24)[4:]) == {"A1": 10, "B1": 10}
+    assert db.zcard(keys.SCHED_PARKED) == 0
+
+
+def test_a_down_route_with_no_line_waiting_still_gets_one_to_probe_it(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=2)
+    route_down(db, "vllm", waiting=False)
+    add(db, sched, "A1", "a", 10)
+    on_route(db, "A1", "vllm")
+    assert take(db, sched, 2) == ["A1:0", "A1:1"]
+    db.zadd(keys.limit_waiters("vllm"), {"token": time.time() + 5})  # that line now waits and probes
+    assert take(db, sched, 4) == ["A1:2", "A1:3"], "nothing more is granted while it waits"
+    db.zadd(keys.limit_waiters("vllm"), {"token": time.time() - 1})  # its entry lapsed: it gave up
+    sched.fill(time.time())  # the watchdog's sweep (the queue is empty: no line begins to fill it)
+    assert take(db, sched, 1) == ["A1:4"]
+
+
+def test_a_batch_over_several_routes_is_never_parked(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=2)
+    route_down(db, "vllm", waiting=True)
+    add(db, sched, "A1", "a", 10)
+    on_route(db, "A1", "")
+    assert len(take(db, sched, 6)) == 6
+
+
+def test_a_parked_batch_that_ends_leaves_the_car_park(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=2)
+    add(db, sched, "A1", "a", 10)
+    on_route(db, "A1", "vllm")
+    route_down(db, "vllm", waiting=True)
+    take(db, sched, 4)
+    assert db.zscore(keys.SCHED_PARKED, "A1") is not None
+    db.hset(keys.batch("A1"), "status", "cancelling")
+    sched.fill(time.time())
+    assert db.zcard(keys.SCHED_PARKED) == 0
