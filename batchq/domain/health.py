@@ -35,6 +35,31 @@ class BreakerPolicy:
         return self.failures > 0
 
 
+@dataclass(frozen=True)
+class Breaker:
+    """A route's breaker as ``RELEASE`` keeps it in Redis (``record_health`` in ``scripts.py``
+    implements ``record``; ``test_breaker_parity`` keeps the two equal)."""
+
+    failures: int = 0  # down outcomes in a row
+    open_since: float | None = None  # None: closed
+
+    @property
+    def state(self) -> RouteState:
+        return RouteState.CLOSED if self.open_since is None else RouteState.OPEN
+
+    def record(self, outcome: str, now: float, policy: BreakerPolicy) -> tuple[Breaker, bool]:
+        """The breaker after an attempt's ``outcome`` (ok | throttled | error | down), and whether
+        it changed state: opened by the ``policy.failures``-th down outcome in a row, closed by any
+        answer."""
+        if not policy.enabled:
+            return self, False
+        if outcome == "down":
+            failures = self.failures + 1
+            opens = self.open_since is None and failures >= policy.failures
+            return Breaker(failures, now if opens else self.open_since), opens
+        return Breaker(), self.open_since is not None
+
+
 class RouteDown(Exception):
     """A line stopped waiting for a route that stayed down too long (or its batch expired)."""
 

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 
 import redis
 
+from batchq.domain import gradient
 from batchq.domain.health import BreakerPolicy, Deferred, RouteDown, RouteState, gives_up
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys, scripts
 from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
-GRADIENT_START = 8  # a gradient route's window before its first latencies are known
-NORMAL_CUT, BACKGROUND_CUT = 0.8, 0.5  # the most one latency back-off takes: a fifth; half when yielding first
-BACKGROUND_TOLERANCE = 1.05  # a background route's latency inflation, at most
 log = logging.getLogger("batchq.limits")
 
 
@@ -150,8 +148,9 @@ class RedisLimiter:
             "token": done.token or "", "now": time.time(), "outcome": done.outcome,
             "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "mode": self.mode_of(route),
             "w0": self._w0(route), "latency": done.latency_s, "tolerance": self.tolerance_of(route),
-            "min_cut": BACKGROUND_CUT if route.priority == "background" else NORMAL_CUT,
+            "min_cut": gradient.BACKGROUND_CUT if route.priority == "background" else gradient.NORMAL_CUT,
             "failures": self.breaker.failures,
+            "smoothing": gradient.SMOOTHING, "drift": gradient.DRIFT_PER_S, "follow": gradient.BASE_FOLLOW,
         }  # fmt: skip
         return Call(_release_keys(route.name), args)
 
@@ -174,13 +173,13 @@ class RedisLimiter:
 
     def tolerance_of(self, route: Route) -> float:
         tolerance = route.tolerance or self.tolerance
-        return min(tolerance, BACKGROUND_TOLERANCE) if route.priority == "background" else tolerance
+        return min(tolerance, gradient.BACKGROUND_TOLERANCE) if route.priority == "background" else tolerance
 
     def _w0(self, route: Route) -> float:
         """The window before any feedback: the cap for aimd; a few for gradient, which measures the
         unloaded latency first and doubles from there."""
         cap = route.max_in_flight
-        return float(min(cap, GRADIENT_START)) if self.mode_of(route) == "gradient" else float(cap)
+        return float(min(cap, gradient.START)) if self.mode_of(route) == "gradient" else float(cap)
 
 
 def log_change(route: str, health: Health) -> None:

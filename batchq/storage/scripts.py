@@ -173,22 +173,20 @@ end
 """
 
 # The gradient window (mode gradient): the route's window w follows the latency the requests see.
-# base is the unloaded latency (it follows lower latencies at once and drifts up 1 % a minute),
-# short a moving average of the last ten or so. While short stays within tolerance x base the window
-# grows (doubling per round trip until the first back-off, then by one per window); above it the
-# window shrinks in proportion, at most once per latency and by at most a fifth. A latency that stays
-# high even at the starting window (w0) is the upstream's own: it becomes the new base. So batch
-# traffic keeps the upstream's queue short: what interactive users of the same server wait behind.
+# This is batchq.domain.gradient.GradientLimit.update, atomically on the route's shared hash (its
+# docstring explains the rule; test_gradient_parity keeps the two equal). a.smoothing, a.drift and
+# a.follow are that module's constants. So batch traffic keeps the upstream's queue short: what
+# interactive users of the same server wait behind.
 _GRADIENT_FN = """
 local function gradient(k, a)
   local h = redis.call('HMGET', k.window, 'w', 'base', 'short', 'cut', 'at', 'ss')
   local x = a.latency
   local w = tonumber(h[1] or a.w0)
   local short = tonumber(h[3] or x)
-  short = short + 0.05 * (x - short)
+  short = short + a.smoothing * (x - short)
   local at = tonumber(h[5] or a.now)
-  local base = tonumber(h[2] or short) * (1 + 0.0002 * math.max(0, a.now - at))
-  if short < base then base = base + 0.2 * (short - base) end
+  local base = tonumber(h[2] or short) * (1 + a.drift * math.max(0, a.now - at))
+  if short < base then base = base + a.follow * (short - base) end
   local cut = tonumber(h[4] or '0')
   local ss = h[6] ~= '0'
   if short > a.tolerance * base then
