@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batchq.domain.health import BreakerPolicy
+from batchq.domain.redis_url import is_sentinel, parse_sentinel_url
 from batchq.domain.routing import Route
 
 MB = 1024 * 1024
@@ -23,7 +24,7 @@ MB = 1024 * 1024
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATCHQ_", env_file=".env", extra="ignore")
 
-    # Where state lives
+    # Where state lives: redis://, rediss://, unix:// or sentinel:// (batchq/domain/redis_url.py)
     redis_url: str = "redis://127.0.0.1:6379/0"
     data_dir: Path = Path("./batchq-data")
 
@@ -109,6 +110,13 @@ class Settings(BaseSettings):
     def _empty_routes(cls, value: object) -> object:
         if isinstance(value, str):
             return orjson.loads(value) if value.strip() else []
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinel_form(cls, value: str) -> str:
+        if is_sentinel(value):
+            parse_sentinel_url(value)  # a malformed Sentinel URL fails here, saying what is wrong
         return value
 
     @field_validator("upstream_url")

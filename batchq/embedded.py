@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from batchq.storage.redis_client import probe
+
 
 def redis_binary() -> str:
     found = shutil.which("redis-server")
@@ -31,9 +33,10 @@ def free_port() -> int:
 
 def reachable(url: str, timeout: float = 1.0) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        probe(url, timeout)
     except redis.RedisError:
         return False
+    return True
 
 
 def start_redis(port: int, workdir: Path, persist: bool = False) -> subprocess.Popen[bytes]:

@@ -8,6 +8,7 @@ from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
 from batchq.config import Settings, get_settings
+from batchq.domain.redis_url import is_sentinel, parse_sentinel_url
 from batchq.storage import keys
 from workers import kombu_redis
 
@@ -19,11 +20,11 @@ CONTROL_TASKS = ("batchq.submit", "batchq.finalize", "batchq.webhook")
 def celery_config(s: Settings) -> dict[str, Any]:
     pool = s.worker_concurrency + 32  # above concurrency: an undersized pool drops acks
     return {
-        "broker_url": s.redis_url,
+        "broker_url": broker_url(s.redis_url),
         "broker_connection_retry_on_startup": True,
         "broker_pool_limit": pool,
         "redis_max_connections": pool,
-        "broker_transport_options": {"visibility_timeout": s.visibility_timeout_s, "max_connections": pool},
+        "broker_transport_options": transport_options(s, pool),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -42,6 +43,19 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_routes": {name: {"queue": keys.CONTROL_QUEUE} for name in CONTROL_TASKS},
         "include": ["workers.tasks"],
     }
+
+
+def broker_url(redis_url: str) -> str:
+    """kombu's URL for ``BATCHQ_REDIS_URL``: the same Redis URL, or kombu's form of a Sentinel URL."""
+    return parse_sentinel_url(redis_url).kombu_url() if is_sentinel(redis_url) else redis_url
+
+
+def transport_options(s: Settings, pool: int) -> dict[str, object]:
+    """kombu's Redis transport options, plus what its Sentinel transport needs (the master's name)."""
+    options: dict[str, object] = {"visibility_timeout": s.visibility_timeout_s, "max_connections": pool}
+    if is_sentinel(s.redis_url):
+        options |= parse_sentinel_url(s.redis_url).kombu_options()
+    return options
 
 
 def create_app(settings: Settings | None = None) -> Celery:
