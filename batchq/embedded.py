@@ -39,11 +39,12 @@ def reachable(url: str, timeout: float = 1.0) -> bool:
     return True
 
 
-def start_redis(port: int, workdir: Path, persist: bool = False) -> subprocess.Popen[bytes]:
-    """Start a private redis-server on 127.0.0.1:``port`` and wait until it answers."""
+def start_redis(port: int, workdir: Path, persist: bool = False, *extra: str) -> subprocess.Popen[bytes]:
+    """Start a private redis-server on 127.0.0.1:``port`` and wait until it answers; ``extra``
+    are more redis-server options (``--replicaof``, ``--logfile``, ...)."""
     workdir.mkdir(parents=True, exist_ok=True)
     args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    args += ["--save", "", "--appendonly", "yes" if persist else "no", "--maxclients", "10000"]
+    args += ["--save", "", "--appendonly", "yes" if persist else "no", "--maxclients", "10000", *extra]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: reachable(f"redis://127.0.0.1:{port}/0", 0.2), 15, "redis-server")
     return process
