@@ -21,6 +21,7 @@ from rich.text import Text
 
 from batchq import views
 from batchq.client import Client, ClientError
+from batchq.config import Settings
 from batchq.domain.models import Batch
 from batchq.domain.status import Status, is_terminal
 from batchq.storage.apikeys import ApiKeyStore
@@ -66,6 +67,7 @@ def api(
 
     from batchq.config import get_settings
 
+    require_redis("api")
     uvicorn.run(
         "batchq.api.main:app",
         host=host,
@@ -80,9 +82,28 @@ def api(
 @app.command(context_settings=PASSTHROUGH)
 def worker(ctx: typer.Context) -> None:
     """Run a Celery worker; extra options go to ``celery worker`` (e.g. --concurrency 64)."""
+    require_redis("worker")
     from workers import app as celery_app
 
     celery_app.worker_main(["worker", *ctx.args])
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Threads of the one worker (requests in flight).")] = 32,
+    stop_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds a stop waits for lines in flight (then they run again next start).")
+    ] = 30.0,
+) -> None:
+    """Everything on one machine: Redis (embedded, with an append-only file under BATCHQ_DATA_DIR,
+    unless BATCHQ_REDIS_URL answers), the API and one worker with the watchdog. Ctrl-C or SIGTERM
+    stops them all; started again after a crash or a reboot, it resumes every unfinished batch."""
+    from batchq.serve import Supervisor, run_serve
+
+    supervisor = Supervisor(_settings(), host=host, port=port, concurrency=concurrency, stop_timeout=stop_timeout)
+    raise typer.Exit(run_serve(supervisor))
 
 
 @app.command()
@@ -377,6 +398,40 @@ def top(
                 live.update(views.overview_tables(snapshot, previous), refresh=True)
         except KeyboardInterrupt:
             pass
+
+
+def _settings() -> Settings:
+    """The settings, or one line saying which setting is wrong (exit 1) instead of a traceback."""
+    from pydantic import ValidationError
+
+    from batchq.config import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = "BATCHQ_" + "_".join(str(part) for part in first["loc"]).upper()
+        typer.echo(f"error: {name}: {first['msg']}", err=True)
+        raise typer.Exit(1) from None
+
+
+def require_redis(role: str) -> None:
+    """Exit 1 with one line (what, where, how to fix) when no Redis answers at BATCHQ_REDIS_URL."""
+    import redis
+
+    from batchq.domain.redis_url import redact
+    from batchq.storage.redis_client import probe
+
+    url = _settings().redis_url
+    try:
+        probe(url, timeout=2.0)
+    except redis.RedisError as error:
+        typer.echo(
+            f"error: batchq {role}: no Redis answers at {redact(url)} ({error}). Run `batchq serve` (it starts"
+            " its own Redis), start Redis there, or point BATCHQ_REDIS_URL at yours.",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 def _key_store() -> ApiKeyStore:

@@ -39,12 +39,17 @@ def reachable(url: str, timeout: float = 1.0) -> bool:
     return True
 
 
-def start_redis(port: int, workdir: Path, persist: bool = False, *extra: str) -> subprocess.Popen[bytes]:
-    """Start a private redis-server on 127.0.0.1:``port`` and wait until it answers; ``extra``
-    are more redis-server options (``--replicaof``, ``--logfile``, ...)."""
+def redis_args(port: int, workdir: Path, persist: bool = False, *extra: str) -> list[str]:
+    """A redis-server command line for 127.0.0.1:``port`` with its files in ``workdir`` (created);
+    ``persist``: an append-only file; ``extra``: more options (``--replicaof``, ``--logfile``, ...)."""
     workdir.mkdir(parents=True, exist_ok=True)
     args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    args += ["--save", "", "--appendonly", "yes" if persist else "no", "--maxclients", "10000", *extra]
+    return [*args, "--save", "", "--appendonly", "yes" if persist else "no", "--maxclients", "10000", *extra]
+
+
+def start_redis(port: int, workdir: Path, persist: bool = False, *extra: str) -> subprocess.Popen[bytes]:
+    """Start a private redis-server (``redis_args``) in its own session and wait until it answers."""
+    args = redis_args(port, workdir, persist, *extra)
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: reachable(f"redis://127.0.0.1:{port}/0", 0.2), 15, "redis-server")
     return process

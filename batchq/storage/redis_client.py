@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from batchq.domain.redis_url import is_sentinel, parse_sentinel_url
 from batchq.errors import Unavailable
@@ -63,12 +63,16 @@ def probe(url: str, timeout: float = 1.0) -> None:
     without retries; any failure raises ``redis.RedisError``."""
     quick: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     quick["retry"] = Retry(NoBackoff(), 0)
-    if is_sentinel(url):
-        client = sentinel_client(url, max_connections=2, **quick)
-    else:
-        client = redis.Redis.from_url(url, **quick)
-    with client:
-        client.ping()
+    if not is_sentinel(url):
+        with redis.Redis.from_url(url, **quick) as client:
+            client.ping()
+        return
+    try:
+        with sentinel_client(url, max_connections=2, **quick) as client:
+            client.ping()
+    except MasterNotFoundError:  # its message lists every connection's settings: say it short
+        master = parse_sentinel_url(url).master
+        raise redis.ConnectionError(f"no Sentinel named a master {master!r} that answers") from None
 
 
 def ping(client: redis.Redis) -> None:

@@ -1,0 +1,186 @@
+"""``batchq serve``: a whole batchq on one machine, as the children of one command.
+
+Redis (an embedded ``redis-server`` with append-only persistence under ``BATCHQ_DATA_DIR/redis``,
+unless ``BATCHQ_REDIS_URL`` already answers), the API and one worker (which also runs the
+watchdog). State lives in Redis' AOF and in the data directory, so the same command started again
+after a crash or a reboot picks up every unfinished batch: the watchdog re-sends the lines that were
+in flight once their leases run out.
+
+Stopping: SIGTERM or Ctrl-C stops the API, then the worker (Celery's warm shutdown, at most
+``stop_timeout`` seconds), then Redis, which flushes its AOF; a second Ctrl-C kills them at once.
+The children have their own process group, so a Ctrl-C in the terminal reaches only this
+supervisor and the order holds. On Linux each child also gets SIGKILL when the supervisor dies
+(``PR_SET_PDEATHSIG``), so even a SIGKILL of the supervisor leaves no child behind; elsewhere the
+children stay in the supervisor's process group instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit
+
+import httpx2
+
+from batchq.config import Settings
+from batchq.domain.redis_url import is_sentinel, redact
+from batchq.embedded import reachable, redis_args, wait_for
+
+PR_SET_PDEATHSIG = 1
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeError(Exception):
+    """A child could not start, or the configured Redis cannot be used; the message says why."""
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel to SIGKILL the child when this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the supervisor died before prctl: do not outlive it
+            os._exit(1)
+
+    return arm
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    host: str = "127.0.0.1"
+    port: int = 8000
+    concurrency: int = 32
+    stop_timeout: float = 30.0
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    signals: int = 0  # SIGTERM/SIGINT received: one stops in order, two kill
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir.resolve()
+
+    @property
+    def api_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return os.environ | {
+            "BATCHQ_REDIS_URL": self.settings.redis_url,
+            "BATCHQ_DATA_DIR": str(self.data_dir),
+            "BATCHQ_WORKER_CONCURRENCY": str(self.concurrency),
+        }
+
+    def spawn(self, name: str, args: list[str], **options: object) -> subprocess.Popen[bytes]:
+        arm = _die_with_parent()
+        own_group = {"process_group": 0, "preexec_fn": arm} if arm else {}
+        process = subprocess.Popen(args, env=self.env(), **own_group, **options)  # type: ignore[call-overload]
+        self.children[name] = process
+        return process  # type: ignore[no-any-return]
+
+    def start_redis(self) -> str:
+        """Use the configured Redis if it answers; otherwise start the embedded one. Says which."""
+        url = self.settings.redis_url
+        if reachable(url):
+            return f"Redis at {redact(url)} (BATCHQ_REDIS_URL; not started by batchq serve)"
+        parts = urlsplit(url)
+        if is_sentinel(url) or parts.scheme != "redis" or parts.hostname not in LOCAL_HOSTS:
+            raise ServeError(
+                f"no Redis answers at {redact(url)} (BATCHQ_REDIS_URL), and batchq serve only starts one on"
+                " this machine (redis://127.0.0.1:PORT/DB): start that Redis, or unset BATCHQ_REDIS_URL"
+            )
+        workdir = self.data_dir / "redis"
+        options = ["--appendfsync", "everysec", "--logfile", str(workdir / "redis.log")]
+        options += ["--requirepass", parts.password] if parts.password else []
+        args = redis_args(parts.port or 6379, workdir, True, *options)
+        self.spawn("redis", args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait("redis", lambda: reachable(url, 0.2), 30)
+        return f"Redis at {redact(url)} (embedded; append-only file in {workdir})"
+
+    def start(self) -> None:
+        where = self.start_redis()
+        batchq = [sys.executable, "-m", "batchq"]
+        self.spawn("api", [*batchq, "api", "--host", self.host, "--port", str(self.port)])
+        worker = ["worker", "--concurrency", str(self.concurrency), "-n", "serve@%h", "--loglevel", "INFO"]
+        self.spawn("worker", [*batchq, *worker])
+        self._wait("api", self._api_ready, 60)
+        _say(f"batchq serve: API on {self.api_url}, one worker ({self.concurrency} threads) with the watchdog.")
+        _say(f"batchq serve: {where}; files in {self.data_dir}. Ctrl-C or SIGTERM stops everything.")
+
+    def _api_ready(self) -> bool:
+        try:
+            return httpx2.get(self.api_url + "/health", timeout=1.0).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def _wait(self, name: str, ready: Callable[[], bool], timeout: float) -> None:
+        def up() -> bool:
+            if self.signals:
+                raise ServeError(f"stopped while {name} was starting")
+            if self.children[name].poll() is not None:
+                raise ServeError(f"{name} exited before it was ready (code {self.children[name].returncode})")
+            return ready()
+
+        wait_for(up, timeout, name)
+
+    def watch(self) -> int:
+        """Until a signal (0) or until a child exits on its own (1: the rest are stopped)."""
+        while not self.signals:
+            for name, child in self.children.items():
+                if child.poll() is not None:
+                    _say(f"batchq serve: {name} exited (code {child.returncode}); stopping the rest.")
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def stop(self) -> None:
+        """The API, then the worker (finishing lines in flight), then Redis (flushing its AOF)."""
+        for name in ("api", "worker", "redis"):
+            child = self.children.get(name)
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                self._reap(child, self.stop_timeout if name == "worker" else 15.0)
+        for child in self.children.values():
+            self._reap(child, 0)
+
+    def _reap(self, child: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while child.poll() is None and time.monotonic() < deadline and self.signals < 2:
+            time.sleep(0.05)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            _say(f"batchq serve: {signal.Signals(signum).name}: stopping (again to kill at once).")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_serve(supervisor: Supervisor) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, supervisor.on_signal)
+    try:
+        supervisor.start()
+        return supervisor.watch()
+    except (ServeError, RuntimeError) as error:  # RuntimeError: no redis-server, or a start timed out
+        _say(f"error: batchq serve: {error}")
+        return 1
+    finally:
+        supervisor.stop()

@@ -1,0 +1,165 @@
+"""``batchq serve`` as a user runs it: killed hard mid-batch, started again, stopped with SIGTERM.
+
+It runs in its own process group on free ports with a private data directory (its embedded Redis
+keeps an append-only file there) and the mock upstream.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import psutil
+import pytest
+from openai import APIError, OpenAI
+
+from batchq.embedded import free_port, wait_for
+from batchq.stack import Stack
+from tests.integration.conftest import FAST
+from tests.integration.helpers import assert_exactly_once, chat_row, submit, wait
+
+pytestmark = pytest.mark.integration
+
+
+class Serve:
+    """One ``batchq serve`` command line, started (and started again) with the same settings."""
+
+    def __init__(self, workdir: Path, upstream_url: str) -> None:
+        self.workdir = workdir
+        self.api_port = free_port()
+        self.env = os.environ | FAST | {
+            "BATCHQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "BATCHQ_DATA_DIR": str(workdir / "data"),
+            "BATCHQ_API_KEYS": "sk-serve",
+            "BATCHQ_UPSTREAM_URL": upstream_url,
+            "BATCHQ_LINE_LEASE_S": "3",
+            "BATCHQ_LOG_LEVEL": "WARNING",
+        }  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> psutil.Process:
+        args = [sys.executable, "-m", "batchq", "serve", "--port", str(self.api_port), "--concurrency", "8"]
+        with open(self.workdir / "serve.log", "ab") as log:
+            self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=log, start_new_session=True)
+        wait_for(self._ready, 60, "batchq serve")
+        return psutil.Process(self.process.pid)
+
+    def _ready(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, self.log()
+        try:
+            return httpx2.get(self.api_url + "/health", timeout=1).status_code == 200
+        except httpx2.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return (self.workdir / "serve.log").read_text(errors="replace")[-4000:]
+
+    def signal_group(self, sig: int) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, sig)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.signal_group(signal.SIGKILL)
+            self.process.wait(10)
+
+
+def children_of(process: psutil.Process) -> list[psutil.Process]:
+    found = process.children(recursive=True)
+    names = sorted("redis" if "redis-server" in c.cmdline()[0] else c.cmdline()[3] for c in found)
+    assert names == ["api", "redis", "worker"], [c.cmdline() for c in found]
+    return found
+
+
+def assert_gone(processes: list[psutil.Process], timeout: float = 10) -> None:
+    """No process left, not even a zombie (the supervisor reaps its children)."""
+
+    def gone() -> bool:
+        return not any(_alive(p) for p in processes)
+
+    wait_for(gone, timeout, "every child of batchq serve to end")
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Stack]:
+    mock = Stack(tmp_path / "upstream", mock_args=["--latency-ms", "100"])
+    mock.workdir.mkdir()
+    mock.start_upstream()
+    yield mock
+    mock.stop()
+
+
+def test_serve_resumes_a_batch_after_a_sigkill_and_stops_cleanly(tmp_path: Path, upstream: Stack) -> None:
+    serve = Serve(tmp_path, upstream.upstream_url)
+    try:
+        _crash_and_resume(serve)
+    except BaseException:
+        print(serve.log())
+        raise
+    finally:
+        serve.stop()
+
+
+def _crash_and_resume(serve: Serve) -> None:
+    supervisor = serve.start()
+    children = children_of(supervisor)  # redis-server, the API, the worker
+    sdk = OpenAI(base_url=serve.api_url + "/v1", api_key="sk-serve", max_retries=0)
+    rows = [chat_row(f"s{i}", f"s {i}", latency_ms=100) for i in range(300)]
+    batch = submit(sdk, rows)
+    deadline = time.monotonic() + 30
+    while _done(sdk, batch.id) < 60:
+        assert time.monotonic() < deadline, "the batch never got under way"
+        time.sleep(0.1)
+    serve.signal_group(signal.SIGKILL)  # the whole process group: a crash, or the power cable
+    killed_at = time.monotonic()
+    assert serve.process is not None and serve.process.wait(10) == -signal.SIGKILL
+    assert_gone(children)  # they die with the supervisor (PR_SET_PDEATHSIG), in their own groups
+    assert _done(sdk, batch.id, default=-1) == -1, "nothing answers while batchq serve is down"
+
+    supervisor = serve.start()  # the same command again: the embedded Redis reloads its AOF
+    final = wait(sdk, batch.id, timeout=90)
+    print(f"\nserve: SIGKILL to completion {time.monotonic() - killed_at:.1f}s (lease 3 s)")
+    assert final.status == "completed"
+    assert_exactly_once(sdk, final, [r["custom_id"] for r in rows])
+
+    children = children_of(supervisor)
+    serve.process.send_signal(signal.SIGTERM)
+    assert serve.process.wait(60) == 0
+    assert_gone(children, timeout=1)
+    assert "SIGTERM: stopping" in serve.log()
+
+
+def _done(sdk: OpenAI, batch_id: str, default: int = 0) -> int:
+    try:
+        counts = sdk.batches.retrieve(batch_id).request_counts
+    except APIError:  # down: the caller says what it expects
+        return default
+    return counts.completed + counts.failed if counts else 0
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_api_and_worker_without_redis_say_so_in_one_line(role: str) -> None:
+    env = os.environ | {"BATCHQ_REDIS_URL": f"redis://:secret@127.0.0.1:{free_port()}/0"}
+    ran = subprocess.run([sys.executable, "-m", "batchq", role], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1
+    assert ran.stdout == ""
+    (line,) = ran.stderr.splitlines()
+    assert line.startswith(f"error: batchq {role}: no Redis answers at redis://:***@127.0.0.1:")
+    assert "batchq serve" in line and "BATCHQ_REDIS_URL" in line and "secret" not in line
