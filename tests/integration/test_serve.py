@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import psutil
 import pytest
 from openai import APIError, OpenAI
 
@@ -47,12 +46,12 @@ class Serve:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self) -> psutil.Process:
+    def start(self) -> int:
         args = [sys.executable, "-m", "batchq", "serve", "--port", str(self.api_port), "--concurrency", "8"]
         with open(self.workdir / "serve.log", "ab") as log:
             self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=log, start_new_session=True)
         wait_for(self._ready, 60, "batchq serve")
-        return psutil.Process(self.process.pid)
+        return self.process.pid
 
     def _ready(self) -> bool:
         assert self.process is not None and self.process.poll() is None, self.log()
@@ -74,26 +73,30 @@ class Serve:
             self.process.wait(10)
 
 
-def children_of(process: psutil.Process) -> list[psutil.Process]:
-    found = process.children(recursive=True)
-    names = sorted("redis" if "redis-server" in c.cmdline()[0] else c.cmdline()[3] for c in found)
-    assert names == ["api", "redis", "worker"], [c.cmdline() for c in found]
-    return found
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid`` (from /proc: the test runs where PR_SET_PDEATHSIG does)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    names = sorted("redis" if b"redis-server" in args[0] else args[3].decode() for args in found.values())
+    assert names == ["api", "redis", "worker"], found
+    return list(found)
 
 
-def assert_gone(processes: list[psutil.Process], timeout: float = 10) -> None:
+def assert_gone(pids: list[int], timeout: float = 10) -> None:
     """No process left, not even a zombie (the supervisor reaps its children)."""
-
-    def gone() -> bool:
-        return not any(_alive(p) for p in processes)
-
-    wait_for(gone, timeout, "every child of batchq serve to end")
+    wait_for(lambda: not any(map(_alive, pids)), timeout, "every child of batchq serve to end")
 
 
-def _alive(process: psutil.Process) -> bool:
+def _alive(pid: int) -> bool:
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
