@@ -404,11 +404,34 @@ def test_compose_builds_the_image_once_and_runs_it_read_only() -> None:
     assert built == {"api"}, "one build of batchq:latest, not one per service"
     assert services["api"]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert (DEPLOY / ".." / "deploy/Dockerfile").is_file()
+    redis_set = {"redis"} | SENTINEL_PROFILE
     for name, service in services.items():
-        if name != "redis":
+        if name in redis_set:
+            assert service["image"] == "redis:7", name
+        else:
             assert service["image"] == "batchq:latest", name
             assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
-            assert "profiles" in service or "sentinel" not in name
+
+
+SENTINEL_PROFILE = {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+
+
+def test_compose_sentinel_profile_is_a_replica_and_three_sentinels_on_redis() -> None:
+    services = compose()["services"]
+    profiled = {name for name, service in services.items() if "sentinel" in service.get("profiles", [])}
+    assert profiled == SENTINEL_PROFILE, "the Sentinel services run only with --profile sentinel"
+    replica = services["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    assert replica[replica.index("--appendonly") + 1] == "yes"
+    for n in (1, 2, 3):
+        sentinel = services[f"sentinel-{n}"]
+        script = sentinel["command"][-1]
+        assert "sentinel monitor batchq redis 6379 2" in script and script.endswith("--sentinel")
+        assert sentinel["environment"]["SENTINEL_NAME"] == f"sentinel-{n}"
+        assert sentinel["volumes"] == [f"sentinel-{n}:/data"], "Sentinel rewrites its config: one volume each"
+    url = "sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/batchq"
+    assert url in (DEPLOY / "compose.yaml").read_text(encoding="utf-8")
+    assert Settings(_env_file=None, redis_url=url).redis_url == url  # type: ignore[call-arg]
 
 
 def test_compose_worker_healthcheck_names_the_node_by_hostname() -> None:
