@@ -135,12 +135,13 @@ class Poller:
                 self.answers.append((asked, answer.status_code, time.monotonic() - asked))
 
     def error_window(self, since: float) -> float:
-        """Seconds from the first to the last answer after ``since`` that was not a 200."""
-        errors = [t + took for t, code, took in self.answers if t >= since and code != 200]
+        """Seconds from the first to the last answer after ``since`` that was not a 200 (answered at)."""
+        errors = [t + took for t, code, took in self.answers if t + took >= since and code != 200]
         return errors[-1] - errors[0] if errors else 0.0
 
     def slowest(self, since: float) -> float:
-        return max(took for t, _, took in self.answers if t >= since)
+        """The longest answer among those that came after ``since``."""
+        return max(took for t, _, took in self.answers if t + took >= since)
 
 
 def test_a_failover_mid_batch_loses_and_duplicates_nothing(sentinels: SentinelSet, tmp_path: Path) -> None:
