@@ -95,7 +95,7 @@ class SentinelSet:
 def _in_sync(port: int) -> bool:
     try:
         with redis.Redis(port=port, socket_timeout=0.5) as replica:
-            return replica.info("replication").get("master_link_status") == "up"
+            return bool(replica.info("replication").get("master_link_status") == "up")
     except redis.RedisError:
         return False
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from kombu import Connection
+from kombu import Connection  # type: ignore[attr-defined]
 from pydantic import ValidationError
 
 from batchq.config import Settings
@@ -56,7 +56,7 @@ def test_is_sentinel_only_for_the_sentinel_scheme() -> None:
 def test_kombu_url_carries_credentials_and_db_on_every_sentinel() -> None:
     spec = parse_sentinel_url("sentinel://u:p%3Bw@h1:1,[::1]:2/mymaster?db=3")
     assert spec.kombu_url() == "sentinel://u:p%3Bw@h1:1/3;sentinel://u:p%3Bw@[::1]:2/3"
-    conn = Connection(spec.kombu_url(), transport_options=spec.kombu_options())
+    conn = Connection(spec.kombu_url(), transport_options=spec.kombu_options())  # type: ignore[no-untyped-call]
     assert (conn.transport_cls, conn.hostname, conn.port, conn.password) == ("sentinel", "h1", 1, "p;w")
     assert conn.virtual_host == "3" and len(conn.alt) == 2
 
