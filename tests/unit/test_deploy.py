@@ -328,11 +328,21 @@ def test_systemd_unit_runs_batchq(path: Path) -> None:
     assert {"Unit", "Service", "Install"} <= set(parsed.sections())
     service = parsed["Service"]
     argv = shlex.split(service["ExecStart"])
-    assert Path(argv[0]).name == "batchq" and argv[1] in ("api", "worker", "scheduler"), argv
+    assert Path(argv[0]).name == "batchq" and argv[1] in ("api", "worker", "scheduler", "serve"), argv
     assert service["User"] == "batchq"
     assert service["EnvironmentFile"] == "/etc/batchq/batchq.env"
     assert service["Restart"] in ("on-failure", "always")
     assert parsed["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_systemd_serve_stops_in_order_and_lets_lines_finish() -> None:
+    parsed = unit(SYSTEMD / "batchq-serve.service")
+    service = parsed["Service"]
+    argv = shlex.split(service["ExecStart"])
+    assert argv[1] == "serve" and argv[argv.index("--concurrency") + 1] == "${BATCHQ_WORKER_CONCURRENCY}"
+    assert service["KillMode"] == "mixed", "SIGTERM to the supervisor alone: it stops its children in order"
+    stop_timeout = float(argv[argv.index("--stop-timeout") + 1])
+    assert default_of("BATCHQ_UPSTREAM_TIMEOUT_S") <= stop_timeout < int(service["TimeoutStopSec"])
 
 
 def test_systemd_worker_is_templated_and_drains() -> None:
