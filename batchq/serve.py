@@ -106,7 +106,10 @@ class Supervisor:
         options += ["--requirepass", parts.password] if parts.password else []
         args = redis_args(parts.port or 6379, workdir, True, *options)
         self.spawn("redis", args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait("redis", lambda: reachable(url, 0.2), 30)
+        try:
+            self._wait("redis", lambda: reachable(url, 0.2), 30)
+        except (ServeError, RuntimeError) as error:
+            raise ServeError(f"{error}; see {workdir / 'redis.log'}") from None
         return f"Redis at {redact(url)} (embedded; append-only file in {workdir})"
 
     def start(self) -> None:
