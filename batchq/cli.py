@@ -109,6 +109,7 @@ def serve(
 @app.command()
 def scheduler() -> None:
     """Run only the periodic watchdog (expiry, stuck batches, lost lines). Workers run it too."""
+    require_redis("scheduler")
     from workers.tasks import run_scheduler
 
     run_scheduler()
