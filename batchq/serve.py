@@ -35,7 +35,7 @@ from batchq.domain.redis_url import is_sentinel, redact
 from batchq.embedded import reachable, redis_args, wait_for
 
 PR_SET_PDEATHSIG = 1
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the embedded Redis binds 127.0.0.1
 
 
 class ServeError(Exception):
