@@ -151,3 +151,8 @@ def usage(account: str) -> str:
 
 def api_rate(account: str, minute: int) -> str:
     return f"{PREFIX}:rate:{account}:{minute}"
+
+
+def idempotency(scope: str) -> str:
+    """String: an Idempotency-Key's record (digest, owner token, then the answer once there is one)."""
+    return f"{PREFIX}:idem:{scope}"
