@@ -18,6 +18,7 @@ from batchq.storage.limits import RedisLimiter
 from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
 from batchq.storage.scheduler import Scheduler
+from batchq.storage.uploads import UploadStore
 
 
 class TaskQueue(Protocol):
@@ -51,6 +52,7 @@ class Runtime:
     quotas: Quotas
     scheduler: Scheduler
     idempotency: IdempotencyStore
+    uploads: UploadStore
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -78,4 +80,5 @@ def build_runtime(settings: Settings, pool_size: int | None = None) -> Runtime:
         ),
         scheduler=Scheduler(client, settings.queue_depth),
         idempotency=IdempotencyStore(client, settings.idempotency_lock_s),
+        uploads=UploadStore(client, settings.data_dir),
     )
