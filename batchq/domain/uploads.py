@@ -20,7 +20,8 @@ from batchq.errors import InvalidRequest, PayloadTooLarge
 
 MAX_PART_IDS = 10_000
 COMPLETE_GRACE_S = 3600  # a complete that started before expiry is left alone this long
-_MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+MIME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
+_MIME = re.compile(MIME_PATTERN)
 
 
 class UploadStatus(StrEnum):

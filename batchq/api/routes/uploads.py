@@ -2,34 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchq import uploads
-from batchq.api.body import read_json
+from batchq.api.body import read_json, request_body
 from batchq.api.deps import OwnerDep, RuntimeDep
 from batchq.api.errors import ERROR_RESPONSES
 from batchq.api.idempotency import IdempotencyKeyDep, once
 from batchq.api.multipart import receive_upload, sanitize_filename
 from batchq.domain.idempotency import form_content, json_content
-from batchq.domain.uploads import MAX_PART_IDS, NewUpload, UploadObject, UploadPartObject
+from batchq.domain.uploads import MAX_PART_IDS, MIME_PATTERN, NewUpload, UploadObject, UploadPartObject
+from batchq.domain.windows import MAX_EXPIRY_S, MIN_EXPIRY_S
 
 router = APIRouter(prefix="/uploads", tags=["uploads"], responses=ERROR_RESPONSES)
 MAX_JSON_BYTES = 1 << 20
 PART_FIELD = "data"
 
 
+class FileExpiry(BaseModel):
+    """The lifetime of the File a completed upload becomes (default: ``BATCHQ_FILE_TTL_DAYS``)."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRY_S, le=MAX_EXPIRY_S)
+
+
 class CreateUpload(BaseModel):
+    """Checked by ``batchq.domain.uploads.check_new``; the schema says what passes."""
+
     model_config = ConfigDict(extra="ignore")
 
     filename: str = Field(min_length=1, max_length=1024)
-    purpose: str = Field(max_length=64)
-    bytes: int
-    mime_type: str = Field(max_length=255)
-    expires_after: dict[str, Any] | None = None
+    purpose: str = Field(max_length=64, json_schema_extra={"enum": ["batch"]})
+    bytes: int = Field(json_schema_extra={"minimum": 1})
+    mime_type: str = Field(max_length=255, json_schema_extra={"pattern": MIME_PATTERN})
+    expires_after: FileExpiry | None = None
 
 
 class CompleteUpload(BaseModel):
@@ -37,10 +47,6 @@ class CompleteUpload(BaseModel):
 
     part_ids: list[str] = Field(max_length=MAX_PART_IDS)
     md5: str | None = Field(default=None, max_length=64)
-
-
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
 
 
 PART_BODY = {
@@ -57,13 +63,14 @@ PART_BODY = {
 }
 
 
-@router.post("", response_model=UploadObject, openapi_extra={"requestBody": _json_body(CreateUpload)})
+@router.post("", response_model=UploadObject, openapi_extra={"requestBody": request_body(CreateUpload)})
 async def create_upload(request: Request, rt: RuntimeDep, owner: OwnerDep, key: IdempotencyKeyDep) -> Response:
     raw = await read_json(request, MAX_JSON_BYTES)
 
     async def create() -> UploadObject:
         body = CreateUpload.model_validate(raw)
-        new = NewUpload(sanitize_filename(body.filename), body.purpose, body.bytes, body.mime_type, body.expires_after)
+        expiry = body.expires_after.model_dump() if body.expires_after else None
+        new = NewUpload(sanitize_filename(body.filename), body.purpose, body.bytes, body.mime_type, expiry)
         return await run_in_threadpool(uploads.create_upload, rt, owner, new)
 
     return await once(request, rt, owner, key, [json_content(raw)], create)
@@ -92,7 +99,7 @@ async def add_part(
 
 
 @router.post(
-    "/{upload_id}/complete", response_model=UploadObject, openapi_extra={"requestBody": _json_body(CompleteUpload)}
+    "/{upload_id}/complete", response_model=UploadObject, openapi_extra={"requestBody": request_body(CompleteUpload)}
 )
 async def complete_upload(
     upload_id: str, request: Request, rt: RuntimeDep, owner: OwnerDep, key: IdempotencyKeyDep
