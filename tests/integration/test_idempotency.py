@@ -8,6 +8,7 @@ with one key making one batch.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -154,8 +155,15 @@ def test_concurrent_identical_creates_make_one_batch(caller: Caller) -> None:
     key = secrets.token_hex(8)
 
     def create(_: int) -> httpx2.Response:
+        """One client's create, retried as a client should while the first is still in progress."""
         with httpx2.Client(base_url=caller.http.base_url, timeout=60.0) as http:
-            return http.post("/v1/batches", headers=headers(caller.key, caller.user, key), json=body)
+            for _ in range(10):
+                response = http.post("/v1/batches", headers=headers(caller.key, caller.user, key), json=body)
+                if response.status_code != 409:
+                    return response
+                assert response.json()["error"]["code"] == "idempotency_request_in_progress", response.text
+                time.sleep(float(response.headers["retry-after"]))
+            return response
 
     with ThreadPoolExecutor(100) as pool:
         answers = list(pool.map(create, range(100)))
