@@ -77,9 +77,7 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
     deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
-    expired = rt.uploads.expire_due()
-    if expired:
-        log.info("uploads expired", extra={"count": expired})
+    expire_uploads(rt)
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
@@ -87,6 +85,16 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
     rt.scheduler.fill(time.time())
+
+
+def expire_uploads(rt: Runtime) -> None:
+    try:
+        expired = rt.uploads.expire_due()
+    except Exception:  # an upload's trouble must not hold up the batches
+        log.exception("upload expiry failed")
+        return
+    if expired:
+        log.info("uploads expired", extra={"count": expired})
 
 
 def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]]) -> None:
