@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     max_validation_errors: int = Field(default=100, gt=0)
     file_ttl_days: int = Field(default=30, gt=0)
 
+    # The Uploads API: a part's size cap, and how long an upload stays open
+    max_part_bytes: int = Field(default=64 * MB, gt=0)
+    upload_ttl_s: int = Field(default=3600, gt=0)
+
+    # Idempotency-Key: how long a duplicate waits for the first request's answer (then 409 with
+    # Retry-After), and how long a key stays taken by a request whose API process died
+    idempotency_wait_s: float = Field(default=10.0, ge=0)
+    idempotency_lock_s: int = Field(default=300, ge=1)
+
     # Per API key (0: no limit)
     api_rpm_per_key: int = Field(default=600, ge=0)
     max_active_batches_per_key: int = Field(default=100, ge=0)

@@ -8,6 +8,7 @@ OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}`` in exactl
     ├── InvalidRequest               400 invalid_request_error
     │   ├── PayloadTooLarge          413
     │   └── Conflict                 409   (e.g. cancelling a finished batch)
+    │       └── InProgress           409   (an Idempotency-Key's first request still runs; retry_after)
     ├── AuthenticationFailed         401 authentication_error / invalid_api_key
     ├── NotFound                     404   (unknown id *or* someone else's: same body)
     ├── RateLimited                  429   (carries retry_after seconds)
@@ -24,6 +25,7 @@ class BatchqError(Exception):
     status_code = 500
     error_type = "server_error"
     default_code: str | None = None
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -46,6 +48,14 @@ class PayloadTooLarge(InvalidRequest):
 class Conflict(InvalidRequest):
     status_code = 409
     default_code = "invalid_state"
+
+
+class InProgress(Conflict):
+    default_code = "request_in_progress"
+
+    def __init__(self, message: str, *, retry_after: int, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
 
 
 class AuthenticationFailed(BatchqError):

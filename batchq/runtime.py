@@ -13,10 +13,12 @@ from batchq.observability.metrics import worker_metrics
 from batchq.storage.apikeys import ApiKeyStore
 from batchq.storage.batches import BatchStore
 from batchq.storage.files import FileStore
+from batchq.storage.idempotency import IdempotencyStore
 from batchq.storage.limits import RedisLimiter
 from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
 from batchq.storage.scheduler import Scheduler
+from batchq.storage.uploads import UploadStore
 
 
 class TaskQueue(Protocol):
@@ -49,6 +51,8 @@ class Runtime:
     apikeys: ApiKeyStore
     quotas: Quotas
     scheduler: Scheduler
+    idempotency: IdempotencyStore
+    uploads: UploadStore
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -75,4 +79,6 @@ def build_runtime(settings: Settings, pool_size: int | None = None) -> Runtime:
             client, settings.api_rpm_per_key, settings.max_active_batches_per_key, settings.max_enqueued_lines_per_key
         ),
         scheduler=Scheduler(client, settings.queue_depth),
+        idempotency=IdempotencyStore(client, settings.idempotency_lock_s),
+        uploads=UploadStore(client, settings.data_dir),
     )

@@ -12,7 +12,7 @@ from batchq.domain.models import Batch, DeletedFile, FileObject, Owner
 from batchq.domain.status import Status, is_cancellable, is_terminal
 from batchq.domain.validation import upload_problem
 from batchq.domain.windows import check_metadata, checked_window, expiry_seconds
-from batchq.errors import Conflict, InvalidRequest
+from batchq.errors import Conflict, InvalidRequest, PayloadTooLarge
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage.files import input_shape
 
@@ -51,8 +51,10 @@ def _checked_upload(rt: Runtime, upload: Upload) -> tuple[int | None, int]:
 
 
 def _checked_input(rt: Runtime, temp: Path) -> int:
-    """The line count of a batch input file; 400 if it can never run."""
+    """The line count of a batch input file; 413 past the size cap, 400 if it can never run."""
     s = rt.settings
+    if temp.stat().st_size > s.max_file_bytes:  # a streamed upload stopped earlier; a joined one is checked here
+        raise PayloadTooLarge(f"File exceeds the maximum upload size of {s.max_file_bytes} bytes.", param="file")
     shape = input_shape(temp, s.max_line_bytes)
     problem = upload_problem(shape.head, shape.lines, s.max_lines, s.max_line_bytes)
     if problem is not None:

@@ -11,12 +11,11 @@ from fastapi.openapi.utils import get_openapi
 
 from batchq import __version__, ui
 from batchq.api import errors
-from batchq.api.routes import batches, files
+from batchq.api.deps import PREFIXES
+from batchq.api.routes import batches, files, uploads
 from batchq.observability.metrics import api_registry, render_api_metrics
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage.redis_client import ping
-
-PREFIXES = ("/v1", "/api/v1/llm")
 
 
 def openapi_without_422(app: FastAPI) -> dict[str, Any]:
@@ -38,6 +37,7 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
     for prefix in PREFIXES:
         app.include_router(files.router, prefix=prefix)
         app.include_router(batches.router, prefix=prefix)
+        app.include_router(uploads.router, prefix=prefix)
     errors.install(app)
     ui.install(app)
     app.openapi = functools.partial(openapi_without_422, app)  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ from batchq.domain.models import Owner
 from batchq.errors import AuthenticationFailed, InvalidRequest
 from batchq.runtime import Runtime, TaskQueue
 
+PREFIXES = ("/v1", "/api/v1/llm")  # every route is served under both (an Idempotency-Key covers both)
 MAX_USER_CHARS = 150
 MAX_KEY_CHARS = 256
 

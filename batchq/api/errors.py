@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from batchq.errors import BatchqError, RateLimited
+from batchq.errors import BatchqError
 
 log = logging.getLogger("batchq.api")
 
@@ -49,16 +49,14 @@ def envelope(message: str, type_: str, param: str | None, code: str | None) -> d
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-async def on_batchq_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BatchqError)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+def batchq_response(exc: BatchqError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     body = envelope(exc.message, exc.error_type, exc.param, exc.code)
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
-async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+def validation_response(exc: RequestValidationError | ValidationError) -> JSONResponse:
     """FastAPI's own validation (query, path: loc starts with where) and pydantic's (a body model)."""
-    assert isinstance(exc, (RequestValidationError, ValidationError))
     errors = list(exc.errors())
     first: dict[str, Any] = dict(errors[0]) if errors else {}
     loc = tuple(first.get("loc", ()))
@@ -67,6 +65,25 @@ async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         f"Invalid value for '{param}': {first.get('msg', 'invalid request')}." if param else "Invalid request body."
     )
     return JSONResponse(envelope(message, "invalid_request_error", param, "invalid_request"), status_code=400)
+
+
+def client_error_response(exc: Exception) -> JSONResponse | None:
+    """The answer to an exception a route raised, when it is one of ours or a validation error."""
+    if isinstance(exc, BatchqError):
+        return batchq_response(exc)
+    if isinstance(exc, (RequestValidationError, ValidationError)):
+        return validation_response(exc)
+    return None
+
+
+async def on_batchq_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BatchqError)
+    return batchq_response(exc)
+
+
+async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, (RequestValidationError, ValidationError))
+    return validation_response(exc)
 
 
 async def on_http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -1,13 +1,14 @@
-"""Streaming ``multipart/form-data`` parsing for ``POST /v1/files``.
+"""Streaming ``multipart/form-data`` parsing for ``POST /v1/files`` and ``POST /v1/uploads/{id}/parts``.
 
 The body is read from ``request.stream()`` chunk by chunk and fed to python-multipart's
-low-level ``MultipartParser``; the ``file`` part goes straight to ``dest`` on disk, so
+low-level ``MultipartParser``; the file part (``file``, or ``data`` for an upload's part) goes
+straight to ``dest`` on disk, hashed on the way when asked (SHA-256, for ``Idempotency-Key``), so
 an upload is never held whole in memory (Starlette's ``request.form()`` is deliberately
 not used: it spools the whole body before any limit can be enforced).
 
 Limits, all enforced while streaming:
 
-* the ``file`` part holds at most ``max_bytes`` bytes (``PayloadTooLarge``, "file");
+* the file part holds at most ``max_bytes`` bytes (``PayloadTooLarge``, "file");
 * the whole body holds at most ``max_bytes`` + 64 KiB (envelope, fields, epilogue);
   a ``Content-Length`` above that is rejected before anything is read;
 * text fields: at most 16, each at most 4 KiB of UTF-8 (``InvalidRequest``, the field).
@@ -17,6 +18,7 @@ On any error the partial file at ``dest`` is removed before the exception propag
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -51,6 +53,7 @@ class Upload:
     filename: str  # sanitised, metadata only
     size: int  # bytes written
     path: Path  # the file the part was written to (== dest passed in)
+    sha256: str | None = None  # hex digest of the file part's bytes, when asked for
 
 
 def sanitize_filename(name: str | None) -> str:
@@ -76,15 +79,17 @@ def _decode_header(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload:
-    """Stream a ``multipart/form-data`` body; the ``file`` part goes to ``dest``."""
-    collector = _Collector(dest, max_bytes)
+async def receive_upload(
+    request: Request, dest: Path, max_bytes: int, *, file_field: str = FILE_FIELD, digest: bool = False
+) -> Upload:
+    """Stream a ``multipart/form-data`` body; the ``file_field`` part goes to ``dest``."""
+    collector = _Collector(dest, max_bytes, file_field, digest)
     try:
         boundary = _boundary(request.headers.get("content-type"))
         limit = max_bytes + ENVELOPE_SLACK
-        _check_content_length(request.headers.get("content-length"), max_bytes, limit)
+        _check_content_length(request.headers.get("content-length"), max_bytes, limit, file_field)
         parser = MultipartParser(boundary, collector.callbacks())
-        await _pump(request, parser, max_bytes, limit)
+        await _pump(request, parser, max_bytes, limit, file_field)
         return collector.result()
     except BaseException:
         collector.close()
@@ -104,7 +109,7 @@ def _boundary(content_type: str | None) -> bytes:
     return boundary
 
 
-def _check_content_length(value: str | None, max_bytes: int, limit: int) -> None:
+def _check_content_length(value: str | None, max_bytes: int, limit: int, field: str) -> None:
     if value is None:
         return
     try:
@@ -114,19 +119,19 @@ def _check_content_length(value: str | None, max_bytes: int, limit: int) -> None
     if length < 0:
         raise InvalidRequest("Invalid Content-Length header.")
     if length > limit:
-        raise _too_large(max_bytes)
+        raise _too_large(max_bytes, field)
 
 
-def _too_large(max_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"File exceeds the maximum upload size of {max_bytes} bytes.", param=FILE_FIELD)
+def _too_large(max_bytes: int, field: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"File exceeds the maximum upload size of {max_bytes} bytes.", param=field)
 
 
-async def _pump(request: Request, parser: MultipartParser, max_bytes: int, limit: int) -> None:
+async def _pump(request: Request, parser: MultipartParser, max_bytes: int, limit: int, field: str) -> None:
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
-            raise _too_large(max_bytes)
+            raise _too_large(max_bytes, field)
         _feed(parser, chunk)
     if parser.state != MultipartState.END:
         raise InvalidRequest("Malformed multipart body: it ends before the closing boundary.")
@@ -142,9 +147,11 @@ def _feed(parser: MultipartParser, chunk: bytes) -> None:
 class _Collector:
     """``MultipartParser`` callback target: part data goes to disk or text fields."""
 
-    def __init__(self, dest: Path, max_bytes: int) -> None:
+    def __init__(self, dest: Path, max_bytes: int, file_field: str = FILE_FIELD, digest: bool = False) -> None:
         self.dest = dest
         self.max_bytes = max_bytes
+        self.file_field = file_field
+        self._hash = hashlib.sha256() if digest else None
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.size = 0
@@ -171,12 +178,14 @@ class _Collector:
 
     def result(self) -> Upload:
         if self.filename is None or not self.file_done:
-            raise InvalidRequest("Missing required 'file' part in the multipart body.", param=FILE_FIELD)
+            field = self.file_field
+            raise InvalidRequest(f"Missing required '{field}' part in the multipart body.", param=field)
         return Upload(
             fields=dict(self.fields),
             filename=self.filename,
             size=self.size,
             path=self.dest,
+            sha256=None if self._hash is None else self._hash.hexdigest(),
         )
 
     def close(self) -> None:
@@ -211,14 +220,14 @@ class _Collector:
         if disposition != b"form-data" or name is None:
             raise InvalidRequest("Malformed multipart body: a part lacks 'Content-Disposition: form-data; name=...'.")
         self._name = _decode_header(name)
-        if self._name == FILE_FIELD:
+        if self._name == self.file_field:
             self._open_file(params.get(b"filename"))
         else:
             self._start_text_field()
 
     def _open_file(self, raw_filename: bytes | None) -> None:
         if self.filename is not None:
-            raise InvalidRequest("Only one 'file' part is allowed.", param=FILE_FIELD)
+            raise InvalidRequest(f"Only one '{self.file_field}' part is allowed.", param=self.file_field)
         self.filename = sanitize_filename(None if raw_filename is None else _decode_header(raw_filename))
         self._sink = self.dest.open("wb")
         self._is_file = True
@@ -239,10 +248,12 @@ class _Collector:
     def _write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            raise _too_large(self.max_bytes)
+            raise _too_large(self.max_bytes, self.file_field)
         if self._sink is None:  # pragma: no cover - headers always precede data
             raise InvalidRequest("Malformed multipart body.")
         self._sink.write(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
 
     def _append(self, chunk: bytes) -> None:
         self._buf += chunk

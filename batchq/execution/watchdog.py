@@ -12,7 +12,8 @@ Per active batch it decides (``plan``, pure) and then acts:
 - nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
   none of its tasks in the line queue, no progress     in the line queue (its task was lost)
 
-Every sweep also makes sure each running batch with waiting lines is known to the scheduler
+Every sweep also deletes expired files, expires uploads past their hour (removing their parts),
+and makes sure each running batch with waiting lines is known to the scheduler
 (state lost with a Redis restart, a crash in the middle of dispatching) and tops the line queue
 up, so the queue refills even when no task is being delivered.
 """
@@ -76,6 +77,7 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
     deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
+    expire_uploads(rt)
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
@@ -83,6 +85,16 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
     rt.scheduler.fill(time.time())
+
+
+def expire_uploads(rt: Runtime) -> None:
+    try:
+        expired = rt.uploads.expire_due()
+    except Exception:  # an upload's trouble must not hold up the batches
+        log.exception("upload expiry failed")
+        return
+    if expired:
+        log.info("uploads expired", extra={"count": expired})
 
 
 def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]]) -> None:

@@ -151,3 +151,23 @@ def usage(account: str) -> str:
 
 def api_rate(account: str, minute: int) -> str:
     return f"{PREFIX}:rate:{account}:{minute}"
+
+
+def idempotency(scope: str) -> str:
+    """String: an Idempotency-Key's record (digest, owner token, then the answer once there is one)."""
+    return f"{PREFIX}:idem:{scope}"
+
+
+UPLOAD_EXPIRY = f"{PREFIX}:uploads:expiry"  # sorted set: upload id -> expires_at (the watchdog's work list)
+UPLOAD_RETAIN_S = 86_400  # an upload's record outlives its expiry by this long
+
+
+def upload(upload_id: str) -> str:
+    """Hash: an upload's record (OpenAI fields, ``owner``, ``mime_type``, ``file_ttl_s``, ``stored``
+    bytes of parts, ``file_id`` once completed)."""
+    return f"{PREFIX}:upload:{{{upload_id}}}"
+
+
+def upload_parts(upload_id: str) -> str:
+    """Hash: part id -> size in bytes, for every part stored."""
+    return f"{upload(upload_id)}:parts"

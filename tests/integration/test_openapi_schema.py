@@ -6,7 +6,8 @@ tenant of its own (a valid key and a unique ``X-On-Behalf-Of``), and checks: no 
 content types, headers and bodies conform to the schema; every error carries OpenAI's envelope.
 Generated ids never exist and generated files are not JSONL, so positive cases of the id operations,
 of ``POST /batches`` and of ``POST /files`` are replayed with real ids and a real input file too,
-and their 200 bodies are validated as well.
+and their 200 bodies are validated as well. Upload operations replay on a fresh upload each (with a
+real part for ``complete``), so a cancel or a complete never ends the upload another replay uses.
 ``test_fuzzing_reached_success`` makes sure the run was not vacuous (say, every call a 401).
 
 ``/metrics`` (Prometheus text) is not in the schema; it is excluded explicitly all the same.
@@ -81,6 +82,18 @@ def known_ids(stack: Stack) -> dict[str, str]:
             time.sleep(0.1)
     assert batch["status"] == "completed", batch
     return {"input_file_id": input_file_id, "file_id": batch["output_file_id"], "batch_id": batch["id"]}
+
+
+def fresh_upload(stack: Stack) -> tuple[str, str]:
+    """A pending upload of USER holding one part that makes its whole size: (upload id, part id)."""
+    data = jsonl([chat_row("p")])
+    with httpx2.Client(base_url=stack.api_url, headers=auth_headers(stack), timeout=30.0) as http:
+        body = {"bytes": len(data), "filename": "p.jsonl", "mime_type": "application/jsonl", "purpose": "batch"}
+        upload = http.post("/v1/uploads", json=body)
+        assert upload.status_code == 200, upload.text
+        part = http.post(f"/v1/uploads/{upload.json()['id']}/parts", files={"data": ("p", data)})
+        assert part.status_code == 200, part.text
+    return upload.json()["id"], part.json()["id"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -171,7 +184,7 @@ CHECKS: list[Check] = [
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_api_honours_its_contract(case: schemathesis.Case[Any], stack: Stack, known_ids: dict[str, str]) -> None:
     case.call_and_validate(checks=CHECKS)
-    if is_plain_positive(case) and (case.path_parameters or case.operation.path.endswith(("/batches", "/files"))):
+    if is_plain_positive(case) and (case.path_parameters or case.operation.path.endswith(CREATES)):
         replay_on_real_ids(case, stack, known_ids)
 
 
@@ -182,34 +195,54 @@ def is_plain_positive(case: schemathesis.Case[Any]) -> bool:
     return positive and case.method.upper() == case.operation.method.upper()
 
 
+CREATES = ("/batches", "/files", "/uploads")
+
+
+def on_fresh_upload(case: schemathesis.Case[Any], stack: Stack) -> dict[str, Any]:
+    """Path and body for an upload operation's replay: a fresh upload, its real part for ``complete``."""
+    upload_id, part_id = fresh_upload(stack)
+    kwargs: dict[str, Any] = {"path_parameters": {"upload_id": upload_id}}
+    if case.operation.path.endswith("/complete"):
+        kwargs["body"] = {"part_ids": [part_id]}
+    elif case.operation.path.endswith("/parts"):
+        kwargs["body"] = {"data": b"x"}  # room for one more part: its size plus one part
+    return kwargs
+
+
 def replay_on_real_ids(case: schemathesis.Case[Any], stack: Stack, known_ids: dict[str, str]) -> None:
-    """The same request with ids that exist (DELETE gets a fresh file of its own)."""
+    """The same request with ids that exist (DELETE gets a fresh file of its own, uploads a fresh upload)."""
     method = case.operation.method.upper()
     kwargs: dict[str, Any] = {"query": case.query, "headers": auth_headers(stack)}
-    if case.path_parameters:
+    if "upload_id" in case.path_parameters:
+        kwargs |= on_fresh_upload(case, stack)
+    elif case.path_parameters:
         kwargs["path_parameters"] = {name: known_ids[name] for name in case.path_parameters}
         if method == "DELETE":
             kwargs["path_parameters"]["file_id"] = upload(stack, jsonl([chat_row("d")]))
     elif method == "POST" and isinstance(case.body, dict) and case.operation.path.endswith("/files"):
         kwargs["body"] = case.body | {"file": jsonl([chat_row("u")]), "purpose": "batch"}  # a real JSONL file
+    elif method == "POST" and isinstance(case.body, dict) and case.operation.path.endswith("/uploads"):
+        real = {"bytes": 10, "filename": "u.jsonl", "mime_type": "application/jsonl", "purpose": "batch"}
+        kwargs["body"] = case.body | real
     elif method == "POST" and isinstance(case.body, dict):  # POST /batches: a real input file, a known endpoint
         kwargs["body"] = case.body | {"input_file_id": known_ids["input_file_id"], "endpoint": CHAT}
     else:
         return
     replay = case.operation.Case(**kwargs)
     response = replay.call_and_validate(checks=CHECKS)
-    if case.path_parameters or case.operation.path.endswith("/files"):
-        expected = 409 if case.operation.path.endswith("/cancel") else 200  # the known batch has completed
+    if case.path_parameters or case.operation.path.endswith(("/files", "/uploads")):
+        batch_cancel = case.operation.path.endswith("/batches/{batch_id}/cancel")
+        expected = 409 if batch_cancel else 200  # the known batch has completed
         assert response.status_code == expected, f"{method} {replay.formatted_path}: {response.text}"
 
 
 def test_fuzzing_reached_success() -> None:
-    """Every operation answered 2xx at least once (cancel: 409 on the finished batch) -- not just errors."""
+    """Every operation answered 2xx at least once (batch cancel: 409 on the finished batch) -- not just errors."""
     if not STATUSES:
         pytest.skip("runs after test_api_honours_its_contract")
-    assert len(STATUSES) >= 19, sorted(STATUSES)  # 9 operations under each prefix, and /health
+    assert len(STATUSES) >= 27, sorted(STATUSES)  # 13 operations under each prefix, and /health
     for label, seen in sorted(STATUSES.items()):
-        success = {409} if label.endswith("/cancel") else set(range(200, 300))
+        success = {409} if label.endswith("/batches/{batch_id}/cancel") else set(range(200, 300))
         assert success & set(seen), f"{label} only answered {dict(seen)}"
 
 
@@ -217,7 +250,7 @@ def test_fuzzing_reached_success() -> None:
 
 
 def unknown(kind: str) -> str:
-    return ("batch_" if kind == "batch" else "file-") + secrets.token_hex(16)
+    return {"batch": "batch_", "file": "file-", "upload": "upload_"}[kind] + secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -229,7 +262,7 @@ class ErrorRequest:
     status: int
     path_parameters: dict[str, str] = field(default_factory=dict)
     query: dict[str, Any] = field(default_factory=dict)
-    body: dict[str, str] | None = None
+    body: dict[str, Any] | None = None
     authenticated: bool = True
 
     @property
@@ -250,6 +283,10 @@ ERROR_REQUESTS = [
     ErrorRequest("GET", "/batches", 401, authenticated=False),
     ErrorRequest("GET", "/batches/{batch_id}", 404, {"batch_id": unknown("batch")}),
     ErrorRequest("POST", "/batches/{batch_id}/cancel", 404, {"batch_id": unknown("batch")}),
+    ErrorRequest("POST", "/uploads", 400, body={"bytes": "1", "filename": "a", "mime_type": "a/b", "purpose": "x"}),
+    ErrorRequest("POST", "/uploads/{upload_id}/parts", 404, {"upload_id": unknown("upload")}),
+    ErrorRequest("POST", "/uploads/{upload_id}/complete", 404, {"upload_id": unknown("upload")}, body={"part_ids": []}),
+    ErrorRequest("POST", "/uploads/{upload_id}/cancel", 404, {"upload_id": unknown("upload")}),
 ]
 
 
@@ -287,6 +324,9 @@ def test_document_covers_both_prefixes_and_not_metrics(openapi: dict[str, Any]) 
         for path in ("/files", "/files/{file_id}", "/files/{file_id}/content", "/batches", "/batches/{batch_id}"):
             assert prefix + path in paths
         assert prefix + "/batches/{batch_id}/cancel" in paths
+        for path in ("/uploads", "/uploads/{upload_id}/parts", "/uploads/{upload_id}/complete"):
+            assert prefix + path in paths
+        assert prefix + "/uploads/{upload_id}/cancel" in paths
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)

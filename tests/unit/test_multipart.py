@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -337,3 +338,31 @@ def test_non_utf8_text_field(dest: Path) -> None:
 def test_preexisting_dest_removed_on_error(dest: Path) -> None:
     dest.write_bytes(b"stale")
     run_error([body(part("purpose", b"batch"))], dest)
+
+
+# -- another file field, and the digest for Idempotency-Key ---------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [3, 1 << 20])
+def test_named_file_field_streams_and_hashes(dest: Path, chunk_size: int) -> None:
+    data = body(part("data", JSONL, "blob"))
+    request, _ = make_request(split(data, chunk_size), {"content-type": CONTENT_TYPE})
+    upload = asyncio.run(receive_upload(request, dest, 1 << 20, file_field="data", digest=True))
+    assert dest.read_bytes() == JSONL and upload.size == len(JSONL)
+    assert upload.sha256 == hashlib.sha256(JSONL).hexdigest()
+
+
+def test_no_digest_unless_asked(dest: Path) -> None:
+    upload, _ = run([body(part("file", JSONL, "in.jsonl"))], dest)
+    assert upload.sha256 is None
+
+
+def test_named_file_field_is_required_and_capped(dest: Path) -> None:
+    request, _ = make_request([body(part("file", JSONL, "in.jsonl"))], {"content-type": CONTENT_TYPE})
+    with pytest.raises(InvalidRequest) as missing:
+        asyncio.run(receive_upload(request, dest, 1 << 20, file_field="data"))
+    assert missing.value.param == "data"
+    request, _ = make_request([body(part("data", JSONL, "blob"))], {"content-type": CONTENT_TYPE})
+    with pytest.raises(PayloadTooLarge) as large:
+        asyncio.run(receive_upload(request, dest, len(JSONL) - 1, file_field="data"))
+    assert large.value.param == "data" and not dest.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,8 @@ from batchq import service
 from batchq.api.body import read_json
 from batchq.api.deps import OwnerDep, QueueDep, RuntimeDep
 from batchq.api.errors import ERROR_RESPONSES
+from batchq.api.idempotency import IdempotencyKeyDep, once
+from batchq.domain.idempotency import json_content
 from batchq.domain.models import Batch, Page
 
 router = APIRouter(prefix="/batches", tags=["batches"], responses=ERROR_RESPONSES)
@@ -32,12 +34,19 @@ CREATE_BODY = {"required": True, "content": {"application/json": {"schema": Crea
 
 
 @router.post("", response_model=Batch, openapi_extra={"requestBody": CREATE_BODY})
-async def create_batch(request: Request, rt: RuntimeDep, queue: QueueDep, owner: OwnerDep) -> Batch:
-    body = CreateBatch.model_validate(await read_json(request, MAX_JSON_BYTES))
-    new = service.NewBatch(
-        body.input_file_id, body.endpoint, body.completion_window, body.metadata, body.output_expires_after
-    )
-    return await run_in_threadpool(service.create_batch, rt, queue, owner, new)
+async def create_batch(
+    request: Request, rt: RuntimeDep, queue: QueueDep, owner: OwnerDep, key: IdempotencyKeyDep
+) -> Response:
+    raw = await read_json(request, MAX_JSON_BYTES)
+
+    async def create() -> Batch:
+        body = CreateBatch.model_validate(raw)
+        new = service.NewBatch(
+            body.input_file_id, body.endpoint, body.completion_window, body.metadata, body.output_expires_after
+        )
+        return await run_in_threadpool(service.create_batch, rt, queue, owner, new)
+
+    return await once(request, rt, owner, key, [json_content(raw)], create)
 
 
 @router.get("", response_model=Page[Batch])

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from batchq import service
 from batchq.api.deps import OwnerDep, RuntimeDep
 from batchq.api.errors import ERROR_RESPONSES
+from batchq.api.idempotency import IdempotencyKeyDep, once
 from batchq.api.multipart import receive_upload
+from batchq.domain.idempotency import form_content
 from batchq.domain.models import DeletedFile, FileObject, Page
 
 router = APIRouter(prefix="/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -36,14 +38,21 @@ UPLOAD_BODY = {
 
 
 @router.post("", response_model=FileObject, openapi_extra={"requestBody": UPLOAD_BODY})
-async def upload_file(request: Request, rt: RuntimeDep, owner: OwnerDep) -> FileObject:
+async def upload_file(request: Request, rt: RuntimeDep, owner: OwnerDep, key: IdempotencyKeyDep) -> Response:
     temp = rt.files.temp_path()
-    upload = await receive_upload(request, temp, rt.settings.max_file_bytes)
+    upload = await receive_upload(request, temp, rt.settings.max_file_bytes, digest=key is not None)
     fields = upload.fields
     anchor, seconds = fields.get("expires_after[anchor]") or "created_at", fields.get("expires_after[seconds]")
     expiry = None if seconds is None and anchor == "created_at" else (anchor, seconds)  # no seconds: the default
     received = service.Upload(fields.get("purpose"), upload.filename, temp, expiry)
-    return await run_in_threadpool(service.accept_upload, rt, owner, received)
+
+    async def accept() -> FileObject:
+        return await run_in_threadpool(service.accept_upload, rt, owner, received)
+
+    try:
+        return await once(request, rt, owner, key, form_content(fields, upload.filename, upload.sha256), accept)
+    finally:
+        temp.unlink(missing_ok=True)  # a replayed or refused upload's bytes (an accepted one was moved)
 
 
 @router.get("", response_model=Page[FileObject])
