@@ -13,6 +13,12 @@
 Uploads stream from disk (rows are written to a temporary JSONL file first) and downloads stream
 to disk or line by line, so no file is ever held whole in memory. Every non-2xx answer raises
 ``APIError`` with the fields of the OpenAI error envelope.
+
+Every create (a file upload, a batch) carries an ``Idempotency-Key`` header: a fresh uuid4 per
+call unless the caller passes ``idempotency_key=``. A create that fails on the way (connection
+error, timeout, 408, 429, 5xx) is sent again up to ``create_attempts`` times with the same key,
+so a server that honours the header answers the retry with the first create's object instead of
+creating a second one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import itertools
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -40,6 +47,10 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 60.0
 MAX_METADATA_PAIRS = 16  # the OpenAI Batch API's limit
 MAX_POLL_FAILURES = 5  # consecutive transient failures ``wait`` rides out before giving up
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+CREATE_ATTEMPTS = 4  # tries of one create (same key each time)
+CREATE_BACKOFF_S = 0.5  # first pause between them; doubles, at most MAX_BACKOFF_S
+MAX_BACKOFF_S = 30.0
 Row: TypeAlias = Mapping[str, Any]
 Rows: TypeAlias = Iterable[Row] | str | os.PathLike[str]
 Progress: TypeAlias = Callable[[Batch], None]
@@ -78,7 +89,7 @@ class APIError(ClientError):
 
     @property
     def transient(self) -> bool:
-        return self.status_code in (408, 429) or self.status_code >= 500
+        return _transient_status(self.status_code)
 
 
 def _envelope_fields(error: dict[str, Any]) -> dict[str, str | None]:
@@ -88,6 +99,50 @@ def _envelope_fields(error: dict[str, Any]) -> dict[str, str | None]:
 def _raise_for_status(response: httpx2.Response) -> None:
     if response.is_error:
         raise APIError.from_response(response)
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one logical create."""
+    return str(uuid.uuid4())
+
+
+def _key_for(given: str | None, part: str | None = None) -> str:
+    """``given`` (with ``-part`` when one call makes several creates), or a fresh key."""
+    if given is None:
+        return new_idempotency_key()
+    return f"{given}-{part}" if part else given
+
+
+def _transient_status(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def create_backoff(attempt: int, base_s: float, retry_after: str | None = None) -> float:
+    """Seconds before try ``attempt + 1`` of a create: ``Retry-After`` when given, else doubling."""
+    if retry_after is not None:
+        try:
+            return min(MAX_BACKOFF_S, max(0.0, float(retry_after)))
+        except ValueError:
+            pass
+    return min(MAX_BACKOFF_S, base_s * 2.0 ** (attempt - 1))
+
+
+class _CreateTries:
+    """The retry decision of one create: which failures are worth another try, and how long to wait."""
+
+    def __init__(self, attempts: int, base_s: float) -> None:
+        self.attempts, self.base_s, self.attempt = attempts, base_s, 0
+
+    def pause_after(self, outcome: httpx2.Response | httpx2.TransportError) -> float | None:
+        """Seconds to wait before trying again, or None: the outcome is final (raise or return it)."""
+        self.attempt += 1
+        if self.attempt >= self.attempts:
+            return None
+        if isinstance(outcome, httpx2.TransportError):
+            return create_backoff(self.attempt, self.base_s)
+        if not _transient_status(outcome.status_code):
+            return None
+        return create_backoff(self.attempt, self.base_s, outcome.headers.get("retry-after"))
 
 
 def api_base(api_url: str | None) -> str:
@@ -240,9 +295,12 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         *,
         transport: httpx2.BaseTransport | None = None,
+        create_attempts: int = CREATE_ATTEMPTS,
+        create_backoff_s: float = CREATE_BACKOFF_S,
     ) -> None:
         headers = _headers(api_key, on_behalf_of)
         self.base_url = api_base(api_url)
+        self.create_attempts, self.create_backoff_s = create_attempts, create_backoff_s
         self._http = httpx2.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -262,6 +320,23 @@ class Client:
     def _model(self, model: type[BaseModel], method: str, path: str, **kwargs: Any) -> Any:
         return model.model_validate(self._send(method, path, **kwargs))
 
+    def _create(self, model: type[BaseModel], path: str, key: str, **kwargs: Any) -> Any:
+        """POST a create with ``Idempotency-Key: key``, sent again (same key) on transient failures."""
+        tries = _CreateTries(self.create_attempts, self.create_backoff_s)
+        while True:
+            try:
+                response = self._http.post(path, headers={IDEMPOTENCY_HEADER: key}, **kwargs)
+            except httpx2.TransportError as error:
+                pause = tries.pause_after(error)
+                if pause is None:
+                    raise
+            else:
+                pause = tries.pause_after(response)
+                if pause is None:
+                    _raise_for_status(response)
+                    return model.model_validate(response.json())
+            time.sleep(pause)
+
     # -- batches ---------------------------------------------------------------------------
 
     def submit(
@@ -272,14 +347,22 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         *,
         output_expires_after_s: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
         """Upload the input (rows: an iterable of dicts, or a JSONL path) and create a batch from it.
 
         ``output_expires_after_s``: the lifetime of the output and error files (1 hour to 30 days).
+        ``idempotency_key``: the upload is sent with ``<key>-file`` and the create with
+        ``<key>-batch`` (default: fresh keys). One batch only: see ``submit_many`` for any size.
         """
-        uploaded = self.upload(rows_or_path)
+        uploaded = self.upload(rows_or_path, idempotency_key=_key_for(idempotency_key, "file"))
         return self.create(
-            uploaded.id, endpoint, completion_window, metadata, output_expires_after_s=output_expires_after_s
+            uploaded.id,
+            endpoint,
+            completion_window,
+            metadata,
+            output_expires_after_s=output_expires_after_s,
+            idempotency_key=_key_for(idempotency_key, "batch"),
         )
 
     def create(
@@ -290,9 +373,11 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         *,
         output_expires_after_s: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
+        """Create a batch; sent again with the same ``Idempotency-Key`` on transient failures."""
         body = _create_body(input_file_id, endpoint, completion_window, metadata, output_expires_after_s)
-        batch: Batch = self._model(Batch, "POST", "/batches", json=body)
+        batch: Batch = self._create(Batch, "/batches", _key_for(idempotency_key), json=body)
         return batch
 
     def get(self, batch_id: str) -> Batch:
@@ -358,15 +443,27 @@ class Client:
 
     # -- files -----------------------------------------------------------------------------
 
-    def upload(self, rows_or_path: Rows, purpose: str = "batch", *, expires_after_s: int | None = None) -> FileObject:
+    def upload(
+        self,
+        rows_or_path: Rows,
+        purpose: str = "batch",
+        *,
+        expires_after_s: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> FileObject:
         """Upload a JSONL file (a path, or rows written to a temporary file), streamed.
 
         ``expires_after_s``: the file's lifetime (1 hour to 30 days; default: the server's).
+        A retry after a transient failure streams the file again, with the same ``Idempotency-Key``.
         """
         data = _upload_fields(purpose, expires_after_s)
         with _opened(rows_or_path) as source:
-            files = {"file": (_upload_name(rows_or_path), source, "application/jsonl")}
-            uploaded: FileObject = self._model(FileObject, "POST", "/files", files=files, data=data)
+            return self.upload_stream(source, _upload_name(rows_or_path), data, _key_for(idempotency_key))
+
+    def upload_stream(self, source: IO[bytes], filename: str, fields: dict[str, str], key: str) -> FileObject:
+        """Upload from a seekable binary stream (read from its start on every try)."""
+        files = {"file": (filename, source, "application/jsonl")}
+        uploaded: FileObject = self._create(FileObject, "/files", key, files=files, data=fields)
         return uploaded
 
     def list_files(
@@ -423,9 +520,12 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
+        create_attempts: int = CREATE_ATTEMPTS,
+        create_backoff_s: float = CREATE_BACKOFF_S,
     ) -> None:
         headers = _headers(api_key, on_behalf_of)
         self.base_url = api_base(api_url)
+        self.create_attempts, self.create_backoff_s = create_attempts, create_backoff_s
         self._http = httpx2.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     async def close(self) -> None:
@@ -442,6 +542,23 @@ class AsyncClient:
         _raise_for_status(response)
         return model.model_validate(response.json())
 
+    async def _create(self, model: type[BaseModel], path: str, key: str, **kwargs: Any) -> Any:
+        """``Client._create``, awaited."""
+        tries = _CreateTries(self.create_attempts, self.create_backoff_s)
+        while True:
+            try:
+                response = await self._http.post(path, headers={IDEMPOTENCY_HEADER: key}, **kwargs)
+            except httpx2.TransportError as error:
+                pause = tries.pause_after(error)
+                if pause is None:
+                    raise
+            else:
+                pause = tries.pause_after(response)
+                if pause is None:
+                    _raise_for_status(response)
+                    return model.model_validate(response.json())
+            await asyncio.sleep(pause)
+
     async def submit(
         self,
         rows_or_path: Rows,
@@ -450,10 +567,16 @@ class AsyncClient:
         metadata: Mapping[str, str] | None = None,
         *,
         output_expires_after_s: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
-        uploaded = await self.upload(rows_or_path)
+        uploaded = await self.upload(rows_or_path, idempotency_key=_key_for(idempotency_key, "file"))
         return await self.create(
-            uploaded.id, endpoint, completion_window, metadata, output_expires_after_s=output_expires_after_s
+            uploaded.id,
+            endpoint,
+            completion_window,
+            metadata,
+            output_expires_after_s=output_expires_after_s,
+            idempotency_key=_key_for(idempotency_key, "batch"),
         )
 
     async def create(
@@ -464,9 +587,10 @@ class AsyncClient:
         metadata: Mapping[str, str] | None = None,
         *,
         output_expires_after_s: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
         body = _create_body(input_file_id, endpoint, completion_window, metadata, output_expires_after_s)
-        batch: Batch = await self._model(Batch, "POST", "/batches", json=body)
+        batch: Batch = await self._create(Batch, "/batches", _key_for(idempotency_key), json=body)
         return batch
 
     async def get(self, batch_id: str) -> Batch:
@@ -533,12 +657,18 @@ class AsyncClient:
                 yield line
 
     async def upload(
-        self, rows_or_path: Rows, purpose: str = "batch", *, expires_after_s: int | None = None
+        self,
+        rows_or_path: Rows,
+        purpose: str = "batch",
+        *,
+        expires_after_s: int | None = None,
+        idempotency_key: str | None = None,
     ) -> FileObject:
         data = _upload_fields(purpose, expires_after_s)
         with _opened(rows_or_path) as source:
             files = {"file": (_upload_name(rows_or_path), source, "application/jsonl")}
-            uploaded: FileObject = await self._model(FileObject, "POST", "/files", files=files, data=data)
+            key = _key_for(idempotency_key)
+            uploaded: FileObject = await self._create(FileObject, "/files", key, files=files, data=data)
         return uploaded
 
     async def list_files(

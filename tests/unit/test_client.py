@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,89 @@ def test_async_retry_matches_the_sync_one(output: bytes | None, resent: int) -> 
     again = asyncio.run(scenario())
     assert (again is None) == (resent == 0)
     assert [body.count(b"custom_id") for body in api.uploaded] == ([resent] if resent else [])
+
+
+class Flaky:
+    """Fails the first tries of each key (a 503, then a dropped connection), then answers."""
+
+    def __init__(self, failures: int = 2) -> None:
+        self.failures = failures
+        self.seen: list[tuple[str, str | None, bytes]] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        path, key, body = request.url.path, request.headers.get("idempotency-key"), request.read()
+        self.seen.append((path, key, body))
+        tries = sum(1 for _, seen_key, _ in self.seen if seen_key == key)
+        if tries <= self.failures:
+            if tries % 2:
+                return httpx2.Response(503, json={"error": {"message": "busy"}}, headers={"retry-after": "0"})
+            raise httpx2.ConnectError("connection reset", request=request)
+        return httpx2.Response(200, json=file_json() if path == "/v1/files" else batch_json("validating"))
+
+    def keys(self, path: str) -> list[str | None]:
+        return [key for seen_path, key, _ in self.seen if seen_path == path]
+
+
+def test_every_create_sends_one_key_and_reuses_it_on_its_retries() -> None:
+    server = Flaky()
+    with Client("http://api.test", "sk-x", transport=httpx2.MockTransport(server), create_backoff_s=0) as c:
+        c.submit([{"custom_id": "r0"}])
+        c.submit([{"custom_id": "r1"}])
+    uploads, creates = server.keys("/v1/files"), server.keys("/v1/batches")
+    assert len(uploads) == len(creates) == 6  # each create: two failures, then an answer
+    first, second = set(uploads[:3]) | set(creates[:3]), set(uploads[3:]) | set(creates[3:])
+    assert len(set(uploads[:3])) == len(set(creates[:3])) == 1  # retries reuse their create's key
+    assert len(first) == len(second) == 2 and not first & second  # every logical create has its own
+    assert all(str(uuid.UUID(key or "")) == key for key in uploads + creates)
+    bodies = [body for path, _, body in server.seen if path == "/v1/files"][:3]
+    assert all(b'{"custom_id":"r0"}\n' in body for body in bodies)  # the file is sent whole each time
+
+
+def test_a_given_key_is_kept_and_final_errors_are_not_retried() -> None:
+    server = Flaky(failures=0)
+    with Client("http://api.test", "sk-x", transport=httpx2.MockTransport(server), create_backoff_s=0) as c:
+        c.create("file-in", "/v1/chat/completions", idempotency_key="run-7-chunk-0")
+        c.submit([{"custom_id": "r0"}], idempotency_key="run-7")
+    assert [key for _, key, _ in server.seen] == ["run-7-chunk-0", "run-7-file", "run-7-batch"]
+    refused = {"error": {"message": "bad", "type": "invalid_request_error", "code": "idempotency_key_reused"}}
+    calls: list[str | None] = []
+
+    def conflict(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request.headers.get("idempotency-key"))
+        return httpx2.Response(409, json=refused)
+
+    with make(conflict) as c, pytest.raises(APIError) as raised:
+        c.create("file-in", "/v1/chat/completions")
+    assert raised.value.status_code == 409 and len(calls) == 1
+
+
+def test_a_create_gives_up_after_its_attempts() -> None:
+    server = Flaky(failures=10)
+    transport = httpx2.MockTransport(server)
+    client = Client("http://api.test", "sk-x", transport=transport, create_attempts=3, create_backoff_s=0)
+    with client as c, pytest.raises(APIError) as raised:
+        c.create("file-in", "/v1/chat/completions")
+    assert raised.value.status_code == 503 and len(server.keys("/v1/batches")) == 3
+    assert len(set(server.keys("/v1/batches"))) == 1
+
+
+def test_async_creates_reuse_their_key_on_retries() -> None:
+    server = Flaky()
+
+    async def scenario() -> None:
+        transport = httpx2.MockTransport(server)
+        async with AsyncClient("http://api.test", "sk-x", transport=transport, create_backoff_s=0) as c:
+            await c.submit([{"custom_id": "r0"}])
+
+    asyncio.run(scenario())
+    uploads, creates = server.keys("/v1/files"), server.keys("/v1/batches")
+    assert len(uploads) == len(creates) == 3 and len(set(uploads)) == len(set(creates)) == 1
+    assert uploads[0] != creates[0]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "pause"),
+    [(1, None, 0.5), (3, None, 2.0), (9, None, 30.0), (1, "7", 7.0), (2, "soon", 1.0)],
+)
+def test_create_backoff(attempt: int, retry_after: str | None, pause: float) -> None:
+    assert mod.create_backoff(attempt, 0.5, retry_after) == pause
