@@ -253,6 +253,58 @@ def batches_retry(
         _finish(client, batch, _Follow(wait, output, errors, poll_interval), as_json)
 
 
+@app.command()
+def results(
+    batch_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing lines as they are stored until the batch ends.")
+    ] = False,
+    after: Annotated[
+        str | None, typer.Option(help="Start after this cursor (from a previous run).", show_default=False)
+    ] = None,
+    cursor_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the start cursor from this file if it exists; write it after every page.", show_default=False
+        ),
+    ] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    on_behalf_of: OnBehalfOf = None,
+) -> None:
+    """Print a batch's result lines stored so far as JSONL (output and error lines alike), while it runs.
+
+    Each line once: the cursor after the last line printed goes to stderr (and to --cursor-file);
+    pass it to --after to go on from there. Output order: the order lines were stored while the
+    batch runs; from its output file, then its error file, once it has ended.
+    """
+    start = after or _read_cursor(cursor_file)
+    cursor = start
+    with _client(api_url, api_key, on_behalf_of) as client:
+        try:
+            for page in client.iter_result_pages(batch_id, start, follow=follow):
+                sys.stdout.buffer.write(page.data)
+                sys.stdout.buffer.flush()
+                cursor = page.cursor
+                _write_cursor(cursor_file, cursor)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        finally:
+            if cursor:
+                ERR.print(f"Next cursor: {cursor} (batchq results {batch_id} --after {cursor})")
+
+
+def _read_cursor(path: Path | None) -> str | None:
+    return path.read_text().strip() or None if path is not None and path.exists() else None
+
+
+def _write_cursor(path: Path | None, cursor: str) -> None:
+    if path is not None:
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(cursor + "\n")
+        partial.replace(path)
+
+
 @files_app.command("list")
 def files_list(
     purpose: Annotated[str | None, typer.Option(help="Only files of this purpose.", show_default=False)] = None,

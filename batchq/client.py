@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeAlias
 
@@ -41,7 +42,17 @@ from pydantic import BaseModel
 from batchq.domain.models import Batch, DeletedFile, FileObject, Page
 from batchq.domain.status import Status, is_terminal
 
-__all__ = ["DEFAULT_API_URL", "APIError", "AsyncClient", "Batch", "Client", "ClientError", "FileObject", "Page"]
+__all__ = [
+    "DEFAULT_API_URL",
+    "APIError",
+    "AsyncClient",
+    "Batch",
+    "Client",
+    "ClientError",
+    "FileObject",
+    "Page",
+    "ResultsPage",
+]
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 60.0
@@ -233,6 +244,14 @@ def _jsonl(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     yield from lines.finish()
 
 
+def _long_poll_timeout(timeout: httpx2.Timeout, wait: float) -> httpx2.Timeout:
+    """The client's timeout, with a read timeout that outlasts the server's long poll."""
+    read = timeout.read
+    if read is None or read > wait + 10:
+        return timeout
+    return httpx2.Timeout(connect=timeout.connect, read=wait + 10, write=timeout.write, pool=timeout.pool)
+
+
 def _result_files(batch: Batch) -> list[str]:
     return [file_id for file_id in (batch.output_file_id, batch.error_file_id) if file_id]
 
@@ -281,6 +300,50 @@ class _Poll:
 
     def succeeded(self) -> None:
         self.failures = 0
+
+
+RESULTS_WAIT_S = 10.0  # long poll of a follower: the server answers at the first new line or after this
+CURSOR_HEADER = "x-batchq-next-cursor"
+STATUS_HEADER = "x-batchq-batch-status"
+MORE_HEADER = "x-batchq-has-more"
+
+
+@dataclass(frozen=True)
+class ResultsPage:
+    """One page of ``GET /batches/{id}/results``: JSONL bytes and where the next page starts."""
+
+    data: bytes  # result lines, each ending in a newline, as in the output and error files
+    cursor: str  # pass as ``after`` to read on from here (also after a reconnect)
+    status: Status  # the batch's status when the page was read
+    has_more: bool  # more lines are stored already
+
+    @property
+    def ended(self) -> bool:
+        """The batch has ended and this page holds its last lines: nothing will follow."""
+        return is_terminal(self.status) and not self.has_more
+
+    def lines(self) -> list[dict[str, Any]]:
+        return list(_jsonl([self.data]))
+
+    @classmethod
+    def from_response(cls, response: httpx2.Response) -> ResultsPage:
+        headers = response.headers
+        more = headers.get(MORE_HEADER) == "true"
+        return cls(response.content, headers[CURSOR_HEADER], Status(headers[STATUS_HEADER]), more)
+
+
+def _results_params(after: str | None, limit: int, wait: float) -> dict[str, str | int | float]:
+    params: dict[str, str | int | float] = {"limit": limit}
+    if after:
+        params["after"] = after
+    if wait > 0:
+        params["wait"] = wait
+    return params
+
+
+def _next_after(page: ResultsPage, follow: bool) -> bool:
+    """Whether to ask for another page after ``page``."""
+    return not page.ended and (follow or page.has_more)
 
 
 class Client:
@@ -423,6 +486,50 @@ class Client:
         found = self.get(batch) if isinstance(batch, str) else batch
         for file_id in _result_files(found):
             yield from _jsonl(self.iter_content(file_id))
+
+    def results_page(self, batch_id: str, after: str | None = None, limit: int = 1000, wait: float = 0) -> ResultsPage:
+        """One page of the result lines stored so far after the cursor ``after`` (running or ended batch).
+
+        ``wait`` > 0: the server holds the request until a line is stored or the batch ends (≤ 30 s).
+        """
+        params = _results_params(after, limit, wait)
+        timeout = _long_poll_timeout(self._http.timeout, wait)
+        response = self._http.get(f"/batches/{batch_id}/results", params=params, timeout=timeout)
+        _raise_for_status(response)
+        return ResultsPage.from_response(response)
+
+    def iter_result_pages(
+        self, batch_id: str, after: str | None = None, *, follow: bool = True, limit: int = 1000
+    ) -> Iterator[ResultsPage]:
+        """Pages of result lines from the cursor ``after`` (the start by default).
+
+        ``follow``: long-poll for lines as they are stored until the batch ends; else stop at the
+        lines stored so far. Each line comes once; a page's ``cursor`` resumes right after it, in
+        this process or another. Transient failures are ridden out like ``wait``'s.
+        """
+        poll, wait = _Poll(), RESULTS_WAIT_S if follow else 0.0
+        while True:
+            try:
+                page = self.results_page(batch_id, after, limit, wait)
+            except (httpx2.TransportError, APIError) as error:
+                poll.failed(error)
+                time.sleep(1.0)
+                continue
+            poll.succeeded()
+            yield page
+            if not _next_after(page, follow):
+                return
+            after = page.cursor
+
+    def iter_results(
+        self, batch_id: str, after: str | None = None, *, follow: bool = True, limit: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Result lines, parsed, as they are stored (``follow``) or as stored so far; each once.
+
+        To resume after a restart, keep the ``cursor`` of ``iter_result_pages`` instead.
+        """
+        for page in self.iter_result_pages(batch_id, after, follow=follow, limit=limit):
+            yield from page.lines()
 
     def retry(self, batch: str | Batch, completion_window: str | None = None) -> Batch | None:
         """A new batch of the lines of ``batch`` that did not succeed; None when every line did.
@@ -628,6 +735,41 @@ class AsyncClient:
         found = await self.get(batch) if isinstance(batch, str) else batch
         for file_id in _result_files(found):
             async for line in self._lines(file_id):
+                yield line
+
+    async def results_page(
+        self, batch_id: str, after: str | None = None, limit: int = 1000, wait: float = 0
+    ) -> ResultsPage:
+        params = _results_params(after, limit, wait)
+        timeout = _long_poll_timeout(self._http.timeout, wait)
+        response = await self._http.get(f"/batches/{batch_id}/results", params=params, timeout=timeout)
+        _raise_for_status(response)
+        return ResultsPage.from_response(response)
+
+    async def iter_result_pages(
+        self, batch_id: str, after: str | None = None, *, follow: bool = True, limit: int = 1000
+    ) -> AsyncIterator[ResultsPage]:
+        """``Client.iter_result_pages``, awaited."""
+        poll, wait = _Poll(), RESULTS_WAIT_S if follow else 0.0
+        while True:
+            try:
+                page = await self.results_page(batch_id, after, limit, wait)
+            except (httpx2.TransportError, APIError) as error:
+                poll.failed(error)
+                await asyncio.sleep(1.0)
+                continue
+            poll.succeeded()
+            yield page
+            if not _next_after(page, follow):
+                return
+            after = page.cursor
+
+    async def iter_results(
+        self, batch_id: str, after: str | None = None, *, follow: bool = True, limit: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``Client.iter_results``, as an async iterator."""
+        async for page in self.iter_result_pages(batch_id, after, follow=follow, limit=limit):
+            for line in page.lines():
                 yield line
 
     async def retry(self, batch: str | Batch, completion_window: str | None = None) -> Batch | None:

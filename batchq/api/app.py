@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from batchq import __version__, ui
 from batchq.api import errors
 from batchq.api.deps import PREFIXES
-from batchq.api.routes import batches, files, uploads
+from batchq.api.routes import batches, files, results, uploads
 from batchq.observability.metrics import api_registry, render_api_metrics
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage.redis_client import ping
@@ -36,6 +36,7 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
     app.state.queue = queue
     for prefix in PREFIXES:
         app.include_router(files.router, prefix=prefix)
+        app.include_router(results.router, prefix=prefix)  # before batches: /batches/limits is no batch id
         app.include_router(batches.router, prefix=prefix)
         app.include_router(uploads.router, prefix=prefix)
     errors.install(app)

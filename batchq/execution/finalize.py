@@ -150,14 +150,14 @@ def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status
 
 
 def write_files(rt: Runtime, batch_id: str, owner: Owner, ttl_s: int | None = None) -> tuple[str, str | None]:
-    """Stream the stored result lines into the output and error files (``ttl_s``: output_expires_after)."""
-    seen: set[bytes] = set()
+    """Stream the stored result lines into the output and error files (``ttl_s``: output_expires_after).
+
+    Each file keeps the order the lines were stored in, so the results feed's cursor (counts and
+    byte offsets into each kind) still points at the same place in the files once the batch ended.
+    """
     errors = 0
     with rt.files.writer() as (out, out_tmp), rt.files.writer() as (err, err_tmp):
-        for index, value in rt.batches.iter_results(batch_id):
-            if index in seen:
-                continue  # HSCAN may return an entry twice
-            seen.add(index)
+        for _, value in rt.batches.iter_results(batch_id):
             errors += value[:1] == b"e"
             (out if value[:1] == b"o" else err).write(value[1:] + b"\n")
         out.close()

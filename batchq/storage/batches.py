@@ -20,6 +20,7 @@ from batchq.storage import keys, scripts
 from batchq.storage.lua import Call, Script
 
 _OFFSET = struct.Struct("<QI")  # byte offset and length of one request line
+ORDER_CHUNK = 1000  # result lines read per round trip when writing the files
 _INT_FIELDS = (
     "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
     "expired_at", "cancelling_at", "cancelled_at",
@@ -54,6 +55,15 @@ class LineSource:
 
 
 @dataclass(frozen=True)
+class StoredResults:
+    """A slice of the result lines stored so far, in the order they were stored."""
+
+    status: Status | None  # None: the batch record is gone
+    stored: int  # lines stored so far (the order list's length; 0 once the working keys are dropped)
+    values: list[bytes]  # b"o"/b"e" + the result line, from the position asked for
+
+
+@dataclass(frozen=True)
 class Progress:
     accepted: bool
     done: int
@@ -71,6 +81,7 @@ class BatchStore:
         self._transition = client.register_script(scripts.TRANSITION)
         self._begin = Script(client, scripts.BEGIN_LINE)
         self._complete = Script(client, scripts.COMPLETE_LINE)
+        self._read_results = Script(client, scripts.READ_RESULTS)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -224,14 +235,39 @@ class BatchStore:
     def count_requeue(self, batch_id: str, index: int) -> int:
         return int(self.r.hincrby(keys.batch_attempts(batch_id), str(index), 1))
 
+    def stored_results(self, batch_id: str, start: int, count: int, max_bytes: int) -> StoredResults:
+        """Up to ``count`` result lines from position ``start`` of the store order (and, after the
+        first, at most ``max_bytes``), with the batch's status, read in one atomic step."""
+        k = {
+            "batch": keys.batch(batch_id),
+            "order": keys.batch_order(batch_id),
+            "results": keys.batch_results(batch_id),
+        }
+        reply = self._read_results.run({"feed": Call(k, {"start": start, "count": count, "max_bytes": max_bytes})})
+        status = Status(reply[0].decode()) if reply[0] else None
+        return StoredResults(status, int(reply[1]), list(reply[2:]))
+
     def iter_results(self, batch_id: str) -> Iterator[tuple[bytes, bytes]]:
-        """(line index, b"o"/b"e" + result line); HSCAN may yield an entry twice."""
-        yield from self.r.hscan_iter(keys.batch_results(batch_id), count=1000)
+        """(line index, b"o"/b"e" + result line): in the order the lines were stored, then any
+        result missing from the order list (stored by a version without it); each index once."""
+        seen: set[bytes] = set()
+        order, results = keys.batch_order(batch_id), keys.batch_results(batch_id)
+        for start in range(0, int(self.r.llen(order)), ORDER_CHUNK):
+            indices = self.r.lrange(order, start, start + ORDER_CHUNK - 1)
+            for index, value in zip(indices, self.r.hmget(results, indices), strict=True):
+                if value is not None and index not in seen:
+                    seen.add(index)
+                    yield index, value
+        if int(self.r.hlen(results)) > len(seen):
+            for index, value in self.r.hscan_iter(results, count=1000):
+                if index not in seen:  # HSCAN may yield an entry twice
+                    seen.add(index)
+                    yield index, value
 
     def drop_working_keys(self, batch_id: str) -> None:
         working = (
             keys.batch_results, keys.batch_leases, keys.batch_attempts, keys.batch_offsets, keys.batch_done,
-            keys.batch_pending,
+            keys.batch_pending, keys.batch_order,
         )  # fmt: skip
         self.r.delete(*(k(batch_id) for k in working))
 
@@ -240,7 +276,8 @@ def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:
     u = result.usage
     line_keys = {
         "batch": keys.batch(batch_id), "done": keys.batch_done(batch_id), "results": keys.batch_results(batch_id),
-        "leases": keys.batch_leases(batch_id), "stats": keys.STATS, "tenant_lines": keys.TENANT_LINES,
+        "order": keys.batch_order(batch_id), "leases": keys.batch_leases(batch_id), "stats": keys.STATS,
+        "tenant_lines": keys.TENANT_LINES,
     }  # fmt: skip
     args = {
         "index": index, "ok": int(result.ok), "data": result.data, "input_tokens": u.input_tokens,

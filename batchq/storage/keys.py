@@ -47,6 +47,12 @@ def batch_results(batch_id: str) -> str:
     return f"{batch(batch_id)}:results"
 
 
+def batch_order(batch_id: str) -> str:
+    """List: line indices in the order their results were stored (``GET /batches/{id}/results``'s
+    cursor is a position in it; the output and error files are written in this order)."""
+    return f"{batch(batch_id)}:order"
+
+
 def batch_leases(batch_id: str) -> str:
     """Hash: line index -> unix time until which a worker holds the line."""
     return f"{batch(batch_id)}:leases"

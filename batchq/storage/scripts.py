@@ -16,7 +16,7 @@ from __future__ import annotations
 from batchq.storage.lua import Call, Script
 from batchq.storage.scheduler import SCHEDULER_LUA
 
-__all__ = ["ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "RELEASE", "TRANSITION", "Call", "Script"]
+__all__ = ["ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "TRANSITION", "Call", "Script"]
 
 
 # Positional (a plain registered script: its status list has a variable length).
@@ -63,9 +63,10 @@ local function begin_line(k, a)
 end
 """
 
-# line  k: batch, done, results, leases, stats, tenant_lines.
+# line  k: batch, done, results, order, leases, stats, tenant_lines.
 #       a: index, ok (1/0), data, input_tokens, output_tokens, total_tokens, now, ttl.
-# Stores a line's result once. Returns {accepted (1/0), completed + failed, total}.
+# Stores a line's result once, and appends its index to the batch's order list (what the results
+# feed and the output files follow). Returns {accepted (1/0), completed + failed, total}.
 _COMPLETE_LINE_FN = """
 local function complete_line(k, a)
   local b = redis.call('HMGET', k.batch, 'status', 'account')
@@ -78,6 +79,7 @@ local function complete_line(k, a)
   local prefix = 'e'
   if a.ok == 1 then prefix = 'o' end
   redis.call('HSET', k.results, a.index, prefix .. a.data)
+  redis.call('RPUSH', k.order, a.index)
   if a.ok == 1 then
     redis.call('HINCRBY', k.batch, 'completed', 1)
     redis.call('HINCRBY', k.batch, 'usage_input', a.input_tokens)
@@ -92,6 +94,7 @@ local function complete_line(k, a)
   redis.call('HSET', k.batch, 'progress_at', a.now)
   redis.call('EXPIRE', k.done, a.ttl)
   redis.call('EXPIRE', k.results, a.ttl)
+  redis.call('EXPIRE', k.order, a.ttl)
   local c = redis.call('HMGET', k.batch, 'completed', 'failed', 'total')
   return {1, tonumber(c[1] or 0) + tonumber(c[2] or 0), tonumber(c[3] or 0)}
 end
@@ -283,6 +286,26 @@ reply[4] = health
 return reply
 """
 )
+
+# feed  k: batch, order, results.  a: start, count, max_bytes.
+# The result lines stored so far, from position ``start`` of the order list: at most ``count`` of
+# them and, after the first, no more than ``max_bytes`` in all. Read in one step, so a batch that
+# finalizes meanwhile (its working keys dropped) is seen either before or after, never half-way.
+# Returns {status ('' when the batch is gone), lines stored so far, b"o"/b"e" + line, ...}.
+READ_RESULTS = """
+local k, a = part('feed')
+local reply = {redis.call('HGET', k.batch, 'status') or '', redis.call('LLEN', k.order)}
+if a.start >= reply[2] or a.count <= 0 then return reply end
+local used = 0
+for _, index in ipairs(redis.call('LRANGE', k.order, a.start, a.start + a.count - 1)) do
+  local value = redis.call('HGET', k.results, index)
+  if not value then break end
+  if used > 0 and used + #value > a.max_bytes then break end
+  used = used + #value
+  reply[#reply + 1] = value
+end
+return reply
+"""
 
 ACQUIRE = _ACQUIRE_FN + "return acquire(part('slot'))"
 RELEASE = _RELEASE_FN + "return release(part('slot'))"
