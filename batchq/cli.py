@@ -20,9 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from batchq import views
+from batchq.bulk import BulkRequest, default_errors_path, submit_many
 from batchq.client import Client, ClientError
 from batchq.config import Settings
-from batchq.domain.models import Batch
+from batchq.domain.models import Batch, page_of
 from batchq.domain.status import Status, is_terminal
 from batchq.storage.apikeys import ApiKeyStore
 from batchq.views import ERR, OUT
@@ -166,6 +167,13 @@ def submit(
 ) -> None:
     """Upload SOURCE and create a batch from it; with --wait, follow it and download its results.
 
+    With --output, SOURCE may be of any size: it is split into batches within the server's
+    limits (GET /batches/limits), followed with one progress bar and merged into --output and
+    --errors (default <output stem>_errors.jsonl), in input-chunk order. A manifest beside the
+    output (<output>.batchq-manifest.json) records every batch: run the same command again
+    after an interruption and it resumes without submitting any line twice (after a finished
+    run, it only prints the result; delete the manifest to run again).
+
     --output/--errors imply --wait. Exit codes:
 
     0: created (without --wait), or completed with no failed line;
@@ -177,6 +185,9 @@ def submit(
     """
     pairs = _metadata(metadata or [])
     with _client(api_url, api_key, on_behalf_of) as client:
+        if output is not None:
+            request = BulkRequest(source, output, errors or default_errors_path(output), endpoint, window, pairs)
+            _submit_many(client, request, poll_interval, as_json)
         batch = client.submit(source, endpoint=endpoint, completion_window=window, metadata=pairs)
         ERR.print(f"Created {batch.id} from {source}.")
         _finish(client, batch, _Follow(wait, output, errors, poll_interval), as_json)
@@ -556,6 +567,30 @@ def _finish(client: Client, batch: Batch, follow: _Follow, as_json: bool) -> NoR
         _save_results(client, batch, follow.output, follow.errors)
     _show(batch, as_json, views.batch_summary)
     raise typer.Exit(outcome_code(batch) if is_terminal(batch.status) else 0)
+
+
+def _submit_many(client: Client, request: BulkRequest, poll_interval: float, as_json: bool) -> NoReturn:
+    """Split, submit, follow, merge (or resume); show the batches and exit with their combined outcome."""
+    try:
+        with views.counts_bar() as update:
+            result = submit_many(
+                client, request, poll_interval=poll_interval,
+                progress=lambda p: update(p.status, p.done, p.total, p.failed),
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        ERR.print("Stopped; the batches keep running. Run the same command again to resume.")
+        raise typer.Exit(130) from None
+    ERR.print(f"Wrote {result.output} and {result.errors} from {len(result.batches)} batch(es) ({result.manifest}).")
+    if len(result.batches) == 1:
+        _show(result.batches[0], as_json, views.batch_summary)
+    else:
+        _show(page_of(result.batches, False, lambda b: b.id), as_json, views.batch_table)
+    raise typer.Exit(combined_code([outcome_code(batch) for batch in result.batches]))
+
+
+def combined_code(codes: list[int]) -> int:
+    """The exit code of several batches: theirs when they agree, else 2 (partial)."""
+    return codes[0] if len(set(codes)) == 1 else 2
 
 
 def _follow(client: Client, batch_id: str, poll_interval: float) -> Batch:

@@ -33,14 +33,18 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import httpx2
 import orjson
 from pydantic import BaseModel
 
+from batchq.domain.limits import Limits
 from batchq.domain.models import Batch, DeletedFile, FileObject, Page
 from batchq.domain.status import Status, is_terminal
+
+if TYPE_CHECKING:
+    from batchq.bulk import BulkProgress, BulkResult
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -244,6 +248,32 @@ def _jsonl(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     yield from lines.finish()
 
 
+MAX_FIND_PAGES = 20
+OPENAI_LIMITS = Limits(
+    max_requests_per_batch=50_000,
+    max_file_bytes=200 << 20,
+    max_line_bytes=200 << 20,
+    endpoints=[],
+    min_completion_window="24h",
+    max_completion_window="24h",
+    max_active_batches_per_key=0,
+    max_enqueued_requests_per_key=0,
+    requests_per_minute_per_key=0,
+    max_results_page_lines=0,
+    max_results_page_bytes=0,
+)
+
+
+def _match_input(page: Page[Batch], input_file_id: str, since: int) -> tuple[Batch | None, bool]:
+    """The batch of ``page`` made from ``input_file_id``, and whether older pages can be skipped."""
+    for batch in page.data:
+        if batch.input_file_id == input_file_id:
+            return batch, True
+        if batch.created_at < since:
+            return None, True  # newest first: every later batch is older still
+    return None, not page.has_more
+
+
 def _long_poll_timeout(timeout: httpx2.Timeout, wait: float) -> httpx2.Timeout:
     """The client's timeout, with a read timeout that outlasts the server's long poll."""
     read = timeout.read
@@ -428,6 +458,35 @@ class Client:
             idempotency_key=_key_for(idempotency_key, "batch"),
         )
 
+    def submit_many(
+        self,
+        source: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        errors: str | os.PathLike[str] | None = None,
+        endpoint: str = "/v1/chat/completions",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        *,
+        output_expires_after_s: int | None = None,
+        poll_interval: float = 1.0,
+        progress: Callable[[BulkProgress], None] | None = None,
+    ) -> BulkResult:
+        """Run a JSONL file of any size to the end: split into batches within the server's limits,
+        submitted, followed, and merged into ``output`` and ``errors`` (default ``<output stem>_errors``).
+
+        Resumable: a manifest beside ``output`` (``<output>.batchq-manifest.json``) records every
+        batch, and the same call continues a run that was killed without submitting any line
+        twice. Merged order: chunk after chunk (see ``batchq.bulk``).
+        """
+        from batchq.bulk import BulkRequest, default_errors_path, submit_many
+
+        target = Path(output)
+        request = BulkRequest(
+            Path(source), target, Path(errors) if errors else default_errors_path(target), endpoint,
+            completion_window, metadata, output_expires_after_s,
+        )  # fmt: skip
+        return submit_many(self, request, poll_interval=poll_interval, progress=progress)
+
     def create(
         self,
         input_file_id: str,
@@ -456,6 +515,27 @@ class Client:
         """Ask to cancel; a batch that already finished raises ``APIError`` (409)."""
         batch: Batch = self._model(Batch, "POST", f"/batches/{batch_id}/cancel")
         return batch
+
+    def limits(self) -> Limits:
+        """The server's limits (``GET /batches/limits``); OpenAI's published ones if it has no such endpoint."""
+        try:
+            found: Limits = self._model(Limits, "GET", "/batches/limits")
+        except APIError as error:
+            if error.status_code != 404:
+                raise
+            return OPENAI_LIMITS
+        return found
+
+    def find_batch(self, input_file_id: str, since: int) -> Batch | None:
+        """The caller's batch created from ``input_file_id`` at ``since`` (unix time) or later, if any."""
+        after = None
+        for _ in range(MAX_FIND_PAGES):
+            page = self.list(limit=100, after=after)
+            found, done = _match_input(page, input_file_id, since)
+            if found is not None or done:
+                return found
+            after = page.last_id
+        return None
 
     def wait(
         self, batch_id: str, poll_interval: float = 1.0, timeout: float | None = None, progress: Progress | None = None

@@ -101,6 +101,19 @@ class _RateColumn(ProgressColumn):
 
 @contextmanager
 def progress_bar() -> Iterator[Callable[[Batch], None]]:
+    """A live bar fed with each polled ``Batch``."""
+    with counts_bar() as update:
+
+        def show(batch: Batch) -> None:
+            counts = batch.request_counts
+            update(batch.status.value, counts.completed + counts.failed, counts.total or None, counts.failed)
+
+        yield show
+
+
+@contextmanager
+def counts_bar() -> Iterator[Callable[[str, int, int | None, int], None]]:
+    """A live bar fed with (description, lines done, lines in all, lines failed)."""
     columns = (
         TextColumn("{task.description:>11}"),
         BarColumn(),
@@ -114,10 +127,8 @@ def progress_bar() -> Iterator[Callable[[Batch], None]]:
     with Progress(*columns, console=ERR) as bar:
         task = bar.add_task("validating", total=None, failed=0)
 
-        def update(batch: Batch) -> None:
-            counts = batch.request_counts
-            done, total = counts.completed + counts.failed, counts.total or None
-            bar.update(task, description=batch.status.value, completed=done, total=total, failed=counts.failed)
+        def update(description: str, done: int, total: int | None, failed: int) -> None:
+            bar.update(task, description=description, completed=done, total=total, failed=failed)
 
         yield update
 

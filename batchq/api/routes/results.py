@@ -22,6 +22,7 @@ from batchq.results_feed import MAX_PAGE_BYTES, MAX_PAGE_LINES, ResultsPage, rea
 router = APIRouter(prefix="/batches", tags=["batches"], responses=ERROR_RESPONSES)
 POLL_S = 0.1  # how often a long poll (wait > 0) looks for new lines
 MAX_WAIT_S = 30.0
+CURSOR_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$"  # batchq.domain.feed.Cursor.text
 CURSOR_HEADER = "X-Batchq-Next-Cursor"
 STATUS_HEADER = "X-Batchq-Batch-Status"
 MORE_HEADER = "X-Batchq-Has-More"
@@ -70,7 +71,7 @@ async def batch_results(
     batch_id: str,
     rt: RuntimeDep,
     owner: OwnerDep,
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[str | None, Query(max_length=64, pattern=CURSOR_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LINES)] = 1000,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
 ) -> Response:

@@ -1,0 +1,99 @@
+"""The manifest of a split submission: what lets ``batchq submit`` resume after it was killed.
+
+A small JSON file next to the merged output (``<output>.batchq-manifest.json``), rewritten
+atomically (temp file, fsync, rename) after every step. It records the run's settings, the
+source's size and SHA-256, and per chunk its byte and line range, its file id, its batch id and
+its state::
+
+    planned ─upload─▶ uploaded ─▶ creating ─create─▶ created ─ends─▶ ended ─merged─▶ merged
+
+``creating`` is written *before* the create is sent, so a resumed run knows a create may have
+reached the server: it looks for a batch made from the chunk's file before creating one (and
+sends the same ``Idempotency-Key`` when it must). ``output_bytes`` / ``errors_bytes`` are how much
+of the merged files the merged chunks fill; a resumed run cuts the partial files back to them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+VERSION = 1
+SUFFIX = ".batchq-manifest.json"
+
+
+class ChunkState(StrEnum):
+    PLANNED = "planned"
+    UPLOADED = "uploaded"
+    CREATING = "creating"
+    CREATED = "created"
+    ENDED = "ended"
+    MERGED = "merged"
+
+
+class ChunkRecord(BaseModel):
+    index: int
+    start: int  # byte range [start, end) of the source
+    end: int
+    first_line: int  # line number (from 1) of its first line
+    lines: int
+    state: ChunkState = ChunkState.PLANNED
+    file_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None  # the batch's final status, once ended
+    completed: int = 0
+    failed: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+    def key(self, run_id: str, kind: str) -> str:
+        """The chunk's ``Idempotency-Key`` for ``kind`` (file or batch): the same in every run."""
+        return f"batchq-{run_id}-{self.index}-{kind}"
+
+
+class Manifest(BaseModel):
+    version: int = VERSION
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    source: str
+    source_bytes: int
+    source_sha256: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+    output_expires_after_s: int | None = None
+    output: str
+    errors: str
+    output_bytes: int = 0  # bytes of the merged files that merged chunks fill
+    errors_bytes: int = 0
+    finished: bool = False  # the merged files are in place
+    chunks: list[ChunkRecord]
+
+    def settings(self) -> tuple[str, str, dict[str, str] | None, int | None]:
+        """What a resumed run must ask for again to continue this one."""
+        return self.endpoint, self.completion_window, self.metadata, self.output_expires_after_s
+
+
+def manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + SUFFIX)
+
+
+def load(path: Path) -> Manifest | None:
+    if not path.exists():
+        return None
+    return Manifest.model_validate_json(path.read_bytes())
+
+
+def save(manifest: Manifest, path: Path) -> None:
+    """Write atomically: a reader (or a resumed run) sees the old manifest or the new one."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as sink:
+        sink.write(manifest.model_dump_json(indent=1).encode())
+        sink.flush()
+        os.fsync(sink.fileno())
+    partial.replace(path)
