@@ -188,7 +188,8 @@ class _Run:
         assert chunk.file_id is not None
         found = None
         if chunk.state is ChunkState.CREATING and chunk.index not in self.refused:
-            found = self.client.find_batch(chunk.file_id, self.m.created_at - 60)  # a create may have landed
+            # a create may have landed; an hour's margin for the server's clock
+            found = self.client.find_batch(chunk.file_id, self.m.created_at - 3600)
         elif chunk.state is ChunkState.UPLOADED:
             chunk.state = ChunkState.CREATING
             self._save()  # before the create is sent: a resumed run then knows to look for it

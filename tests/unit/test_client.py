@@ -347,3 +347,49 @@ def test_async_creates_reuse_their_key_on_retries() -> None:
 )
 def test_create_backoff(attempt: int, retry_after: str | None, pause: float) -> None:
     assert mod.create_backoff(attempt, 0.5, retry_after) == pause
+
+
+class Feed:
+    """Pages of ``GET /batches/batch_1/results``: two lines per page; 503 on the first try of page 2."""
+
+    def __init__(self, lines: int = 5) -> None:
+        self.lines = lines
+        self.asked: list[tuple[str | None, str | None]] = []
+        self.failed_once = False
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        after, wait = request.url.params.get("after"), request.url.params.get("wait")
+        self.asked.append((after, wait))
+        start = int(after or 0)
+        if start == 2 and not self.failed_once:
+            self.failed_once = True
+            return httpx2.Response(503, json={"error": {"message": "busy"}})
+        end = min(self.lines, start + 2)
+        body = b"".join(orjson.dumps({"custom_id": f"r{i}"}) + b"\n" for i in range(start, end))
+        status = "completed" if end == self.lines else "in_progress"
+        headers = {"x-batchq-next-cursor": str(end), "x-batchq-batch-status": status, "x-batchq-has-more": "false"}
+        return httpx2.Response(200, content=body, headers=headers)
+
+
+def test_a_follower_resumes_each_page_from_its_cursor_and_stops_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mod.time, "sleep", lambda _: None)
+    feed = Feed()
+    with make(feed) as c:
+        assert [line["custom_id"] for line in c.iter_results("batch_1")] == [f"r{i}" for i in range(5)]
+    assert [after for after, _ in feed.asked] == [None, "2", "2", "4"]  # the failed page is asked again
+    assert {wait for _, wait in feed.asked} == {str(mod.RESULTS_WAIT_S)}  # a long poll
+    feed = Feed()
+    with make(feed) as c:
+        pages = list(c.iter_result_pages("batch_1", "2", follow=False))
+    assert [page.cursor for page in pages] == ["4"] and feed.asked[-1] == ("2", None)  # stored so far only
+
+
+def test_async_follower_matches_the_sync_one() -> None:
+    feed = Feed(lines=3)
+    feed.failed_once = True
+
+    async def scenario() -> list[str]:
+        async with AsyncClient("http://api.test", "sk-x", transport=httpx2.MockTransport(feed)) as c:
+            return [str(line["custom_id"]) async for line in c.iter_results("batch_1")]
+
+    assert asyncio.run(scenario()) == ["r0", "r1", "r2"]
