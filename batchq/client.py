@@ -24,6 +24,7 @@ creating a second one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import tempfile
@@ -126,6 +127,12 @@ def _key_for(given: str | None, part: str | None = None) -> str:
     if given is None:
         return new_idempotency_key()
     return f"{given}-{part}" if part else given
+
+
+def _multipart_headers(key: str) -> dict[str, str]:
+    """A boundary derived from the key: every try of one upload sends the very same bytes."""
+    boundary = "batchq-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def _transient_status(status: int) -> bool:
@@ -416,9 +423,10 @@ class Client:
     def _create(self, model: type[BaseModel], path: str, key: str, **kwargs: Any) -> Any:
         """POST a create with ``Idempotency-Key: key``, sent again (same key) on transient failures."""
         tries = _CreateTries(self.create_attempts, self.create_backoff_s)
+        headers = {IDEMPOTENCY_HEADER: key} | (_multipart_headers(key) if "files" in kwargs else {})
         while True:
             try:
-                response = self._http.post(path, headers={IDEMPOTENCY_HEADER: key}, **kwargs)
+                response = self._http.post(path, headers=headers, **kwargs)
             except httpx2.TransportError as error:
                 pause = tries.pause_after(error)
                 if pause is None:
@@ -732,9 +740,10 @@ class AsyncClient:
     async def _create(self, model: type[BaseModel], path: str, key: str, **kwargs: Any) -> Any:
         """``Client._create``, awaited."""
         tries = _CreateTries(self.create_attempts, self.create_backoff_s)
+        headers = {IDEMPOTENCY_HEADER: key} | (_multipart_headers(key) if "files" in kwargs else {})
         while True:
             try:
-                response = await self._http.post(path, headers={IDEMPOTENCY_HEADER: key}, **kwargs)
+                response = await self._http.post(path, headers=headers, **kwargs)
             except httpx2.TransportError as error:
                 pause = tries.pause_after(error)
                 if pause is None:
