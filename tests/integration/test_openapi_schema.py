@@ -294,6 +294,9 @@ ERROR_REQUESTS = [
     ErrorRequest("POST", "/uploads/{upload_id}/parts", 404, {"upload_id": unknown("upload")}),
     ErrorRequest("POST", "/uploads/{upload_id}/complete", 404, {"upload_id": unknown("upload")}, body={"part_ids": []}),
     ErrorRequest("POST", "/uploads/{upload_id}/cancel", 404, {"upload_id": unknown("upload")}),
+    ErrorRequest("GET", "/batches/{batch_id}/results", 404, {"batch_id": unknown("batch")}),
+    ErrorRequest("GET", "/batches/{batch_id}/results", 400, {"batch_id": unknown("batch")}, {"after": "x"}),
+    ErrorRequest("GET", "/batches/limits", 401, authenticated=False),
 ]
 
 
