@@ -16,7 +16,8 @@ to disk or line by line, so no file is ever held whole in memory. Every non-2xx 
 
 Every create (a file upload, a batch) carries an ``Idempotency-Key`` header: a fresh uuid4 per
 call unless the caller passes ``idempotency_key=``. A create that fails on the way (connection
-error, timeout, 408, 429, 5xx) is sent again up to ``create_attempts`` times with the same key,
+error, timeout, 408, 429, 5xx, or 409 ``idempotency_request_in_progress`` while the first try
+still runs) is sent again up to ``create_attempts`` times with the same key,
 so a server that honours the header answers the retry with the first create's object instead of
 creating a second one.
 """
@@ -64,6 +65,7 @@ DEFAULT_TIMEOUT = 60.0
 MAX_METADATA_PAIRS = 16  # the OpenAI Batch API's limit
 MAX_POLL_FAILURES = 5  # consecutive transient failures ``wait`` rides out before giving up
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+IN_PROGRESS_CODE = "idempotency_request_in_progress"  # 409: the first try with this key still runs
 CREATE_ATTEMPTS = 4  # tries of one create (same key each time)
 CREATE_BACKOFF_S = 0.5  # first pause between them; doubles, at most MAX_BACKOFF_S
 MAX_BACKOFF_S = 30.0
@@ -162,9 +164,14 @@ class _CreateTries:
             return None
         if isinstance(outcome, httpx2.TransportError):
             return create_backoff(self.attempt, self.base_s)
-        if not _transient_status(outcome.status_code):
+        if not (_transient_status(outcome.status_code) or _still_running(outcome)):
             return None
         return create_backoff(self.attempt, self.base_s, outcome.headers.get("retry-after"))
+
+
+def _still_running(response: httpx2.Response) -> bool:
+    """409 ``idempotency_request_in_progress``: the first try with this key is still being served."""
+    return response.status_code == 409 and APIError.from_response(response).code == IN_PROGRESS_CODE
 
 
 def api_base(api_url: str | None) -> str:

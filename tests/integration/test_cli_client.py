@@ -209,3 +209,13 @@ def test_client_sets_file_and_output_lifetimes(api: Client) -> None:
     with pytest.raises(APIError) as refused:
         api.upload([chat_row("life1")], expires_after_s=60)
     assert refused.value.status_code == 400 and refused.value.param == "expires_after[seconds]"
+
+
+def test_a_create_sent_again_with_its_key_gets_the_first_answer(api: Client, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl([chat_row("i0"), chat_row("i1")]))
+    first, again = (api.submit(source, endpoint=CHAT, idempotency_key="job-7") for _ in range(2))
+    assert again.id == first.id and again.input_file_id == first.input_file_id  # upload and create replayed
+    fresh = api.submit(source, endpoint=CHAT)  # no key given: a fresh one, a new batch
+    assert fresh.id != first.id
+    assert len({b.id for b in api.list(limit=100).data}) == 2

@@ -315,6 +315,13 @@ def test_a_given_key_is_kept_and_final_errors_are_not_retried() -> None:
     with make(conflict) as c, pytest.raises(APIError) as raised:
         c.create("file-in", "/v1/chat/completions")
     assert raised.value.status_code == 409 and len(calls) == 1
+    running = {"error": {"message": "wait", "type": "invalid_request_error", "code": "idempotency_request_in_progress"}}
+    answers = [
+        httpx2.Response(409, json=running, headers={"retry-after": "0"}),
+        httpx2.Response(200, json=batch_json()),
+    ]
+    with make(lambda _: answers.pop(0)) as c:
+        assert c.create("file-in", "/v1/chat/completions").id == "batch_1"  # the first try's answer, on a retry
 
 
 def test_a_create_gives_up_after_its_attempts() -> None:
