@@ -10,7 +10,9 @@ worker's ``RELEASE`` (``_GRADIENT_FN`` in ``batchq.storage.scripts``), which imp
 - ``base``: the unloaded latency. It follows a lower ``short`` (by ``BASE_FOLLOW`` a step) and
   drifts up by ``DRIFT_PER_S`` a second, so a faster period does not pin it low forever.
 - While ``short`` is within ``tolerance x base`` the window grows: by one per answer in slow start
-  (doubling per round trip), by ``1 / w`` per answer after the first back-off (one per window).
+  (doubling per round trip); after the first back-off by ``1 / w`` per answer (one per window),
+  but only while ``short`` is within the lower ``GROW_BAND`` of the tolerance, and it holds above
+  that (a Vegas-style band: growing right up to the tolerance would keep the queue at its edge).
 - Above it the window shrinks in proportion (``tolerance x base / short``), by at most
   ``1 - min_cut`` at once and at most once per ``short`` seconds (one latency: the effect of a cut
   shows only after it).
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 SMOOTHING = 0.05  # weight of the newest latency in ``short``
 DRIFT_PER_S = 0.0002  # base's upward drift: about 1 % a minute
 BASE_FOLLOW = 0.2  # how fast base follows a lower short
+GROW_BAND = 0.5  # after slow start, grow only while short is within this part of the tolerance
 START = 8  # a route's window before its first latencies are known (at most its cap)
 NORMAL_CUT, BACKGROUND_CUT = 0.8, 0.5  # the most one back-off takes: a fifth; half when yielding first
 BACKGROUND_TOLERANCE = 1.05  # a background route's latency inflation, at most
@@ -62,8 +65,11 @@ class GradientLimit:
         moved = replace(state, short=short, base=base, at=now)
         if short > self.tolerance * base:
             return self._back_off(moved, now) if now - state.cut >= short else moved
-        step = 1.0 if state.slow_start else 1.0 / state.w
-        return replace(moved, w=min(self.cap, state.w + step))
+        if state.slow_start:
+            return replace(moved, w=min(self.cap, state.w + 1.0))
+        if short <= (1 + (self.tolerance - 1) * GROW_BAND) * base:
+            return replace(moved, w=min(self.cap, state.w + 1.0 / state.w))
+        return moved  # between the two: hold (TCP Vegas' alpha-beta band), so the queue stays short
 
     def _back_off(self, state: Gradient, now: float) -> Gradient:
         target = state.w * max(self.min_cut, self.tolerance * state.base / state.short)

@@ -151,6 +151,7 @@ class RedisLimiter:
             "min_cut": gradient.BACKGROUND_CUT if route.priority == "background" else gradient.NORMAL_CUT,
             "failures": self.breaker.failures,
             "smoothing": gradient.SMOOTHING, "drift": gradient.DRIFT_PER_S, "follow": gradient.BASE_FOLLOW,
+            "band": gradient.GROW_BAND,
         }  # fmt: skip
         return Call(_release_keys(route.name), args)
 

@@ -207,7 +207,7 @@ local function gradient(k, a)
     end
   elseif ss then
     w = math.min(a.cap, w + 1)
-  else
+  elseif short <= (1 + (a.tolerance - 1) * a.band) * base then
     w = math.min(a.cap, w + 1 / w)
   end
   local ssv = '0'
