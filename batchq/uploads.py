@@ -21,7 +21,7 @@ from batchq.domain.uploads import NewUpload, UploadObject, UploadPartObject, Upl
 from batchq.domain.windows import expiry_seconds
 from batchq.errors import InvalidRequest
 from batchq.runtime import Runtime
-from batchq.storage.uploads import OK, UploadRecord
+from batchq.storage.uploads import GONE, OK, UploadRecord, not_found
 
 CHUNK = 1 << 20
 log = logging.getLogger("batchq.uploads")
@@ -52,7 +52,7 @@ def pending(rt: Runtime, owner: Owner, upload_id: str, action: str) -> UploadRec
     """The caller's upload (404 otherwise), when it still takes parts, a complete or a cancel."""
     record = rt.uploads.get(upload_id, owner)
     if record.upload.status != UploadStatus.PENDING.value:
-        _refuse(rt, upload_id, UploadStatus(record.upload.status), action)
+        _refuse(rt, upload_id, record.upload.status, action)
     return record
 
 
@@ -69,7 +69,7 @@ def add_part(rt: Runtime, owner: Owner, upload_id: str, streamed: Path) -> Uploa
             code="upload_parts_too_large",
         )
     if verdict != OK:
-        _refuse(rt, upload_id, UploadStatus(verdict), "add a part to")
+        _refuse(rt, upload_id, verdict, "add a part to")
     return part
 
 
@@ -78,7 +78,7 @@ def complete(rt: Runtime, owner: Owner, upload_id: str, part_ids: list[str], md5
     rules.part_sizes(part_ids, rt.uploads.parts(upload_id), record.upload.bytes)
     moved = rt.uploads.move(upload_id, [UploadStatus.PENDING], UploadStatus.COMPLETING, now=time.time())
     if moved != OK:
-        _refuse(rt, upload_id, UploadStatus(moved), "complete")
+        _refuse(rt, upload_id, moved, "complete")
     try:
         stored = _join_and_accept(rt, owner, record, part_ids, md5)
     except BaseException:
@@ -121,14 +121,18 @@ def cancel(rt: Runtime, owner: Owner, upload_id: str) -> UploadObject:
     if record.upload.status == UploadStatus.CANCELLED.value:
         return record.upload  # cancelling twice is harmless
     moved = rt.uploads.move(upload_id, [UploadStatus.PENDING], UploadStatus.CANCELLED, now=time.time())
-    if moved != OK:
-        _refuse(rt, upload_id, UploadStatus(moved), "cancel")
+    if moved not in (OK, UploadStatus.CANCELLED.value):  # a cancel at the same time: as harmless
+        _refuse(rt, upload_id, moved, "cancel")
     rt.uploads.remove_parts(upload_id)
     log.info("upload cancelled", extra={"upload_id": upload_id, "owner": owner.key})
     return record.upload.model_copy(update={"status": UploadStatus.CANCELLED.value})
 
 
-def _refuse(rt: Runtime, upload_id: str, status: UploadStatus, action: str) -> NoReturn:
+def _refuse(rt: Runtime, upload_id: str, verdict: str, action: str) -> NoReturn:
+    """400 ``invalid_upload_state`` naming the status a store verdict reports (404 when it is gone)."""
+    if verdict == GONE:  # the record ran out between the read and the script
+        raise not_found(upload_id)
+    status = UploadStatus(verdict)
     if status is UploadStatus.COMPLETING:
         message = f"Cannot {action} upload '{upload_id}': it is being completed."
         raise InvalidRequest(message, param="upload_id", code="invalid_upload_state")

@@ -1,15 +1,19 @@
 """Uploads (OpenAI's Uploads API): records in Redis, parts on disk under ``DATA_DIR/uploads/<id>/``.
 
 An upload's status changes only through ``MOVE`` (compare-and-set on the record), and a part is
-recorded only through ``ADD_PART`` (the upload is pending, not past its expiry, and its parts stay
+reserved only through ``ADD_PART`` (the upload is pending, not past its expiry, and its parts stay
 within their room), so a part, a complete, a cancel and the expiry sweep never cross each other.
-Part files are written to disk first and recorded after; anything left on disk by a race is
-removed when the upload's expiry comes round (``expire_due`` clears every upload's directory then,
-whatever its status).
+
+A part is reserved first, then its file is moved into place, then the status is read again. Every
+path that removes an upload's directory (cancel, completed, expired) moves the status away from
+pending first and removes after, so a part that still sees ``pending`` after its move is removed
+with the directory, and a part that sees anything else withdraws itself (its file, its
+reservation, the directory when it was the last). No interleaving leaves a part file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -26,6 +30,7 @@ from batchq.storage import keys
 from batchq.storage.lua import Call, Script
 
 OK = "ok"
+GONE = "gone"  # the record is no more (past its retention)
 
 # Move the record from one of a.from to a.to (and record a.file_id). A pending upload past its
 # expiry (when a.now is given) becomes expired instead. Returns 'ok', else the status it has.
@@ -45,7 +50,7 @@ if a.file_id then redis.call('HSET', k.rec, 'file_id', a.file_id) end
 return 'ok'
 """
 
-# Record a part of a.size bytes while the upload is pending and its parts fit in a.room bytes.
+# Reserve a part of a.size bytes while the upload is pending and its parts fit in a.room bytes.
 ADD_PART = """
 local k, a = part('part')
 local status = redis.call('HGET', k.rec, 'status')
@@ -62,6 +67,15 @@ redis.call('HINCRBY', k.rec, 'stored', a.size)
 redis.call('HSET', k.parts, a.part, a.size)
 redis.call('EXPIREAT', k.parts, expires_at + tonumber(a.retain))
 return 'ok'
+"""
+
+# Undo ADD_PART's reservation of a.part (a.size bytes), when it is still there.
+WITHDRAW_PART = """
+local k, a = part('withdraw')
+if redis.call('HDEL', k.parts, a.part) == 1 and redis.call('EXISTS', k.rec) == 1 then
+  redis.call('HINCRBY', k.rec, 'stored', -tonumber(a.size))
+end
+return 1
 """
 
 
@@ -81,6 +95,7 @@ class UploadStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._move = Script(client, MOVE)
         self._add_part = Script(client, ADD_PART)
+        self._withdraw = Script(client, WITHDRAW_PART)
 
     def create(self, upload: UploadObject, owner: Owner, mime_type: str, file_ttl_s: int | None) -> None:
         fields = upload.model_dump(exclude={"object", "file"}) | {"owner": owner.key, "mime_type": mime_type}
@@ -95,24 +110,53 @@ class UploadStore:
     def get(self, upload_id: str, owner: Owner, now: float | None = None) -> UploadRecord:
         raw = self.r.hgetall(keys.upload(upload_id)) if looks_like("upload_", upload_id) else {}
         if not raw or raw.get(b"owner", b"").decode() != owner.key:
-            raise NotFound(f"No upload found with id '{upload_id}'.", param="upload_id")
+            raise not_found(upload_id)
         return _from_hash(raw, time.time() if now is None else now)
 
     def part_path(self, upload_id: str, part_id: str) -> Path:
         return self.root / upload_id / part_id
 
     def add_part(self, upload_id: str, part_id: str, source: Path, room: int, now: float) -> str:
-        """Move a streamed part into place and record it: 'ok', 'full', or the status that refused it."""
-        target = self.part_path(upload_id, part_id)
-        target.parent.mkdir(exist_ok=True)
+        """Reserve a streamed part, move it into place, and keep it while the upload is pending:
+        'ok', 'full', or the status that refused it ('gone' when the record is no more)."""
         size = source.stat().st_size
-        os.replace(source, target)
         args = {"part": part_id, "size": size, "room": room, "now": now, "retain": keys.UPLOAD_RETAIN_S}
-        call = Call({"rec": keys.upload(upload_id), "parts": keys.upload_parts(upload_id)}, args)
-        verdict = _text(self._add_part.run({"part": call}))
+        verdict = _text(self._add_part.run({"part": Call(self._part_keys(upload_id), args)}))
         if verdict != OK:
-            target.unlink(missing_ok=True)
-        return verdict
+            return verdict
+        target = self.part_path(upload_id, part_id)
+        try:
+            with contextlib.suppress(FileExistsError):  # not Path.mkdir(exist_ok=True): it raises if the
+                os.mkdir(target.parent)  # directory goes between its mkdir and its is_dir
+            os.replace(source, target)
+        except FileNotFoundError:  # the directory went in between: a cancel or the expiry removed it
+            if self.status(upload_id) == UploadStatus.PENDING.value:
+                self._unreserve(upload_id, part_id, size)
+                raise  # a pending upload's directory is never removed: not a race, a real fault
+        status = self.status(upload_id)
+        if status != UploadStatus.PENDING.value:  # cancelled, expired or being completed meanwhile
+            self._withdraw_part(upload_id, part_id, size, target)
+            return status
+        return OK
+
+    def status(self, upload_id: str) -> str:
+        """The stored status, or 'gone'."""
+        status = self.r.hget(keys.upload(upload_id), "status")
+        return GONE if status is None else _text(status)
+
+    def _withdraw_part(self, upload_id: str, part_id: str, size: int, target: Path) -> None:
+        """Take back a part of an upload that is no longer pending: its reservation, file and directory."""
+        self._unreserve(upload_id, part_id, size)
+        target.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty (other parts, or one on its way): theirs to clear
+            target.parent.rmdir()
+
+    def _unreserve(self, upload_id: str, part_id: str, size: int) -> None:
+        self._withdraw.run({"withdraw": Call(self._part_keys(upload_id), {"part": part_id, "size": size})})
+
+    @staticmethod
+    def _part_keys(upload_id: str) -> dict[str, str]:
+        return {"rec": keys.upload(upload_id), "parts": keys.upload_parts(upload_id)}
 
     def parts(self, upload_id: str) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.r.hgetall(keys.upload_parts(upload_id)).items()}
@@ -153,6 +197,10 @@ class UploadStore:
             return False
         self.move(upload_id, [UploadStatus.COMPLETING], UploadStatus.EXPIRED)
         return True
+
+
+def not_found(upload_id: str) -> NotFound:
+    return NotFound(f"No upload found with id '{upload_id}'.", param="upload_id")
 
 
 def _text(value: object) -> str:
