@@ -5,7 +5,8 @@ hands its content and the operation itself to ``once``:
 
 - no key: the operation runs as usual;
 - a free key: the operation runs; its answer (status and body) is kept for 24 h when it is final
-  (2xx, and 4xx but 429), else the key is freed again (5xx, 429: a retry may succeed);
+  (2xx, and 4xx but 429), else the key is freed again (5xx, 429: a retry may succeed). A request
+  cancelled meanwhile leaves the operation running to its end, and its answer is kept all the same;
 - the same key with the same request: the kept answer, byte for byte, with ``Idempotent-Replayed:
   true``. While the first request still runs, duplicates wait for its answer (polling the record,
   at most ``BATCHQ_IDEMPOTENCY_WAIT_S``), then answer 409 ``idempotency_request_in_progress``
@@ -36,6 +37,7 @@ REPLAYED = "Idempotent-Replayed"
 POLL_S = (0.01, 0.2)  # first and longest pause between looks at a running request's record
 
 Action = Callable[[], Awaitable[BaseModel]]
+_SETTLING: set[asyncio.Task[Response]] = set()  # operations being settled (one may outlive its request)
 
 
 def get_idempotency_key(
@@ -90,6 +92,20 @@ async def _claim(rt: Runtime, scope: str, digest: str) -> Claim:
 
 
 async def _run(rt: Runtime, scope: str, digest: str, token: str, action: Action) -> Response:
+    """Run ``action`` and settle the key in a task of its own, which the request's cancellation (the
+    client went away, a shutdown's grace ran out) does not reach: the create already runs in a thread
+    that nothing can stop, so its answer is always recorded, for the client's retry to replay.
+
+    Not ``anyio.CancelScope(shield=True)`` alone: it holds off anyio's cancellation, but a plain
+    ``Task.cancel()`` (uvicorn's on a shutdown timeout) still interrupts the wait for the thread."""
+    settling = asyncio.create_task(_settle(rt, scope, digest, token, action))
+    _SETTLING.add(settling)  # a strong reference until it is done (the loop keeps weak ones)
+    settling.add_done_callback(_SETTLING.discard)
+    return await asyncio.shield(settling)
+
+
+async def _settle(rt: Runtime, scope: str, digest: str, token: str, action: Action) -> Response:
+    """Keep a final answer (2xx, 4xx but 429); free the key on any other failure."""
     try:
         response = _ok(await action())
     except Exception as exc:
@@ -98,9 +114,6 @@ async def _run(rt: Runtime, scope: str, digest: str, token: str, action: Action)
             await run_in_threadpool(rt.idempotency.release, scope, token)
             raise
         response = refused
-    except BaseException:  # cancelled: the client went away; its retry runs afresh
-        await run_in_threadpool(rt.idempotency.release, scope, token)
-        raise
     answer = idem.Answer(response.status_code, bytes(response.body))
     await run_in_threadpool(rt.idempotency.finish, scope, token, digest, answer)
     return response

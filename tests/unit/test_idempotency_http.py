@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pytest
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from batchq.api.idempotency import REPLAYED, once
@@ -158,3 +163,53 @@ def test_a_duplicate_gives_up_with_409_and_retry_after() -> None:
         "idempotency_request_in_progress",
         1,
     )
+
+
+class InThread:
+    """An operation that runs in a worker thread, as a create does: a cancelled request cannot stop it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = threading.Event()
+
+    async def __call__(self) -> Made:
+        self.calls += 1
+        return await run_in_threadpool(self._create)
+
+    def _create(self) -> Made:
+        self.started.set()
+        time.sleep(0.1)
+        return Made(id=f"made-{self.calls}")
+
+
+async def cancel_natively(first: Callable[[], Awaitable[Any]], started: threading.Event) -> None:
+    """``Task.cancel()``, as uvicorn does when a shutdown's grace runs out."""
+    task = asyncio.create_task(first())
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def cancel_by_anyio(first: Callable[[], Awaitable[Any]], started: threading.Event) -> None:
+    """A cancelled anyio scope, as Starlette's task groups do."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        await anyio.to_thread.run_sync(started.wait, 5)
+        group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("cancel", [cancel_natively, cancel_by_anyio])
+def test_a_cancelled_request_still_keeps_its_answer_for_the_retry(cancel: Any) -> None:
+    rt, action = FakeRuntime(), InThread()
+
+    async def first() -> Any:
+        return await once(request(), rt, OWNER, "k", [b"c"], action)  # type: ignore[arg-type]
+
+    async def cancelled_then_retried() -> Any:
+        await cancel(first, action.started)
+        return await first()  # the client's retry, with the same key
+
+    retry = asyncio.run(cancelled_then_retried())
+    assert action.calls == 1 and rt.idempotency.released == 0
+    assert retry.body == b'{"id":"made-1"}' and retry.headers[REPLAYED] == "true"
