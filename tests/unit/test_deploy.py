@@ -335,6 +335,15 @@ def test_systemd_unit_runs_batchq(path: Path) -> None:
     assert parsed["Install"]["WantedBy"] == "multi-user.target"
 
 
+@pytest.mark.parametrize("path", UNIT_FILES, ids=rel)
+def test_systemd_every_variable_of_execstart_has_a_default(path: Path) -> None:
+    """An EnvironmentFile without the variable must not leave ExecStart an empty argument (a restart loop)."""
+    text = path.read_text(encoding="utf-8")
+    defaults = set(re.findall(r"^Environment=(\w+)=\S", text, re.M))
+    used = set(re.findall(r"\$\{(\w+)\}", unit(path)["Service"]["ExecStart"]))
+    assert used <= defaults, f"no Environment= default for {sorted(used - defaults)}"
+
+
 def test_systemd_serve_stops_in_order_and_lets_lines_finish() -> None:
     parsed = unit(SYSTEMD / "batchq-serve.service")
     service = parsed["Service"]
