@@ -2,9 +2,15 @@
 
 Redis (an embedded ``redis-server`` with append-only persistence under ``BATCHQ_DATA_DIR/redis``,
 unless ``BATCHQ_REDIS_URL`` already answers), the API and one worker (which also runs the
-watchdog). State lives in Redis' AOF and in the data directory, so the same command started again
-after a crash or a reboot picks up every unfinished batch: the watchdog re-sends the lines that were
-in flight once their leases run out.
+watchdog). The embedded Redis listens on 127.0.0.1 only and wants a password: one made at random
+once (``redis/password``, 0600) unless the URL names one, given to Redis in ``redis/redis.conf``
+(0600; never on a command line, where ``ps`` shows it) and to the children in their environment;
+``redis/url`` (0600) holds the whole URL for the other commands (``batchq top``, ``batchq keys``).
+A Redis replaying a large append-only file answers LOADING: it is waited for as long as it loads.
+
+State lives in Redis' AOF and in the data directory, so the same command started again after a
+crash or a reboot picks up every unfinished batch: the watchdog re-sends the lines that were in
+flight once their leases run out.
 
 Stopping: SIGTERM or Ctrl-C stops the API, then the worker (Celery's warm shutdown, at most
 ``stop_timeout`` seconds), then Redis, which flushes its AOF; a second Ctrl-C kills them at once.
@@ -26,13 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import httpx2
+import redis
 
 from batchq.config import Settings
 from batchq.domain.redis_url import is_sentinel, redact
-from batchq.embedded import reachable, redis_args, wait_for
+from batchq.embedded import knock, loaded_percent, private_file, redis_args, redis_conf, redis_password, wait_for
+from batchq.storage.redis_client import connect
 
 PR_SET_PDEATHSIG = 1
 LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the embedded Redis binds 127.0.0.1
@@ -64,6 +72,9 @@ class Supervisor:
     port: int = 8000
     concurrency: int = 32
     stop_timeout: float = 30.0
+    redis_silence_s: float = 30.0  # a starting Redis that answers nothing, not even LOADING, this long: an error
+    loading_note_s: float = 10.0  # while Redis loads its append-only file, say so this often
+    redis_url: str = ""  # the URL the children use (with the embedded Redis' password); set by start_redis
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     signals: int = 0  # SIGTERM/SIGINT received: one stops in order, two kill
 
@@ -78,7 +89,7 @@ class Supervisor:
 
     def env(self) -> dict[str, str]:
         return os.environ | {
-            "BATCHQ_REDIS_URL": self.settings.redis_url,
+            "BATCHQ_REDIS_URL": self.redis_url or self.settings.redis_url,
             "BATCHQ_DATA_DIR": str(self.data_dir),
             "BATCHQ_WORKER_CONCURRENCY": str(self.concurrency),
         }
@@ -92,8 +103,10 @@ class Supervisor:
 
     def start_redis(self) -> str:
         """Use the configured Redis if it answers; otherwise start the embedded one. Says which."""
-        url = self.settings.redis_url
-        if reachable(url):
+        url = self.redis_url = self.settings.redis_url
+        if knock(url) != "silent":
+            self._wait_redis(url, lambda: None)  # it may be loading its files
+            _say(f"batchq serve: WARNING: using the Redis that already answers at {redact(url)}; {persistence(url)}")
             return f"Redis at {redact(url)} (BATCHQ_REDIS_URL; not started by batchq serve)"
         parts = urlsplit(url)
         if is_sentinel(url) or parts.scheme != "redis" or parts.hostname not in LOCAL_HOSTS:
@@ -102,15 +115,39 @@ class Supervisor:
                 " this machine (redis://127.0.0.1:PORT/DB): start that Redis, or unset BATCHQ_REDIS_URL"
             )
         workdir = self.data_dir / "redis"
-        options = ["--appendfsync", "everysec", "--logfile", str(workdir / "redis.log")]
-        options += ["--requirepass", parts.password] if parts.password else []
-        args = redis_args(parts.port or 6379, workdir, True, *options)
-        self.spawn("redis", args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._spawn_redis(parts, workdir)
         try:
-            self._wait("redis", lambda: reachable(url, 0.2), 30)
-        except (ServeError, RuntimeError) as error:
+            self._wait_redis(self.redis_url, lambda: self._check("redis"))
+        except ServeError as error:
             raise ServeError(f"{error}; see {workdir / 'redis.log'}") from None
-        return f"Redis at {redact(url)} (embedded; append-only file in {workdir})"
+        return f"Redis at {redact(self.redis_url)} (embedded; append-only file in {workdir})"
+
+    def _spawn_redis(self, parts: SplitResult, workdir: Path) -> None:
+        """redis-server on 127.0.0.1 with its password in a 0600 redis.conf; ``redis_url`` names it."""
+        if parts.username not in (None, "", "default"):
+            raise ServeError("the embedded Redis has a password and no user names: drop the user from BATCHQ_REDIS_URL")
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.chmod(0o700)  # its append-only file holds every tenant's prompts and results
+        password = unquote(parts.password) if parts.password else redis_password(workdir)
+        if not parts.password:
+            self.redis_url = parts._replace(netloc=f":{password}@{parts.netloc.rpartition('@')[2]}").geturl()
+        private_file(workdir / "url", self.redis_url + "\n")
+        options = ["--appendfsync", "everysec", "--logfile", str(workdir / "redis.log")]
+        args = redis_args(parts.port or 6379, workdir, True, *options, conf=redis_conf(workdir, password))
+        self.spawn("redis", args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _wait_redis(self, url: str, check: Callable[[], None]) -> None:
+        def loading(seconds: float) -> None:
+            percent = loaded_percent(url)
+            done = f" ({percent:.0f}% read)" if percent is not None else ""
+            _say(f"batchq serve: redis: loading its append-only file, {seconds:.0f} s so far{done}")
+
+        def checks() -> None:
+            if self.signals:
+                raise ServeError("stopped while redis was starting")
+            check()
+
+        wait_for_redis(lambda: knock(url), checks, loading, self.redis_silence_s, self.loading_note_s)
 
     def start(self) -> None:
         where = self.start_redis()
@@ -121,6 +158,9 @@ class Supervisor:
         self._wait("api", self._api_ready, 60)
         _say(f"batchq serve: API on {self.api_url}, one worker ({self.concurrency} threads) with the watchdog.")
         _say(f"batchq serve: {where}; files in {self.data_dir}. Ctrl-C or SIGTERM stops everything.")
+        if "redis" in self.children:
+            url_file = self.data_dir / "redis" / "url"
+            _say(f'batchq serve: for batchq top/keys in another shell: export BATCHQ_REDIS_URL="$(cat {url_file})"')
 
     def _api_ready(self) -> bool:
         try:
@@ -132,11 +172,14 @@ class Supervisor:
         def up() -> bool:
             if self.signals:
                 raise ServeError(f"stopped while {name} was starting")
-            if self.children[name].poll() is not None:
-                raise ServeError(f"{name} exited before it was ready (code {self.children[name].returncode})")
+            self._check(name)
             return ready()
 
         wait_for(up, timeout, name)
+
+    def _check(self, name: str) -> None:
+        if self.children[name].poll() is not None:
+            raise ServeError(f"{name} exited before it was ready (code {self.children[name].returncode})")
 
     def watch(self) -> int:
         """Until a signal (0) or until a child exits on its own (1: the rest are stopped)."""
@@ -170,6 +213,53 @@ class Supervisor:
         self.signals += 1
         if self.signals == 1:
             _say(f"batchq serve: {signal.Signals(signum).name}: stopping (again to kill at once).")
+
+
+def wait_for_redis(
+    knock: Callable[[], str],
+    check: Callable[[], None],
+    loading: Callable[[float], None],
+    silence_s: float = 30.0,
+    note_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Until ``knock`` says ``ready``. While it says ``loading`` (Redis replays its append-only
+    file: minutes for a large one) there is no limit, and ``loading(seconds)`` is called every
+    ``note_s``; ``silence_s`` without any answer raises ``ServeError``; ``check`` may raise too."""
+    started = heard = clock()
+    noted = started
+    while (answer := knock()) != "ready":
+        now = clock()
+        if answer == "loading":
+            heard = now
+            if now - noted >= note_s:
+                noted = now
+                loading(now - started)
+        elif now - heard > silence_s:
+            raise ServeError(f"redis did not answer within {silence_s:.0f}s")
+        check()
+        sleep(0.1)
+
+
+def persistence(url: str) -> str:
+    """Whether the Redis at ``url`` keeps its data when it restarts, in words (CONFIG GET)."""
+    client = connect(url, max_connections=1)
+    try:
+        config = client.config_get("appendonly") | client.config_get("save")
+        return persistence_note(config.get("appendonly"), config.get("save"))
+    except redis.RedisError as error:  # a managed Redis may refuse or rename CONFIG
+        return f"could not check whether it persists its data (CONFIG GET: {error})"
+    finally:
+        client.close()
+
+
+def persistence_note(appendonly: str | None, save: str | None) -> str:
+    if appendonly == "yes":
+        return "it keeps an append-only file (appendonly yes)"
+    if save:
+        return f"it keeps RDB snapshots only (save {save}): a crash loses the writes since the last one"
+    return "it does not persist (appendonly no, no RDB snapshots): when it restarts, every batch is lost"
 
 
 def _say(message: str) -> None:

@@ -13,12 +13,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
+import redis
 from openai import APIError, OpenAI
 
-from batchq.embedded import free_port, wait_for
+from batchq import serve as serve_module
+from batchq.config import Settings
+from batchq.embedded import free_port, redis_args, wait_for
+from batchq.serve import Supervisor
 from batchq.stack import Stack
 from tests.integration.conftest import FAST
 from tests.integration.helpers import assert_exactly_once, chat_row, submit, wait
@@ -168,3 +174,45 @@ def test_api_and_worker_without_redis_say_so_in_one_line(role: str) -> None:
     (line,) = ran.stderr.splitlines()
     assert line.startswith(f"error: batchq {role}: no Redis answers at redis://:***@127.0.0.1:")
     assert "batchq serve" in line and "BATCHQ_REDIS_URL" in line and "secret" not in line
+
+
+def test_the_embedded_redis_wants_its_password_and_is_waited_for_while_it_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real redis-server replaying a real append-only file, slowed down (``key-load-delay``) so
+    that loading outlasts the limit on silence: the supervisor waits it out and says how far it is."""
+    settings = Settings(_env_file=None, redis_url=f"redis://127.0.0.1:{free_port()}/0", data_dir=tmp_path)  # type: ignore[call-arg]
+    first = Supervisor(settings)
+    try:
+        first.start_redis()
+        pid = first.children["redis"].pid
+        assert first.redis_url != settings.redis_url
+        with pytest.raises(redis.AuthenticationError):  # NOAUTH: the URL without the password
+            redis.Redis.from_url(settings.redis_url).ping()
+        password = urlsplit(first.redis_url).password
+        assert password and password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        with redis.Redis.from_url(first.redis_url) as client:
+            pipe = client.pipeline(transaction=False)
+            for i in range(50_000):
+                pipe.set(f"k{i}", "v")
+            pipe.execute()
+    finally:
+        first.stop()  # SIGTERM: Redis flushes its append-only file
+
+    def slowed(*args: Any, **kw: Any) -> list[str]:  # about 90 µs per command replayed
+        return [*redis_args(*args, **kw), "--key-load-delay", "10"]
+
+    monkeypatch.setattr(serve_module, "redis_args", slowed)
+    second = Supervisor(settings, redis_silence_s=2.0, loading_note_s=0.5)
+    started = time.monotonic()
+    try:
+        second.start_redis()
+        took = time.monotonic() - started
+        with redis.Redis.from_url(second.redis_url) as client:
+            assert client.dbsize() == 50_000
+    finally:
+        second.stop()
+    notes = [line for line in capsys.readouterr().err.splitlines() if "loading its append-only file" in line]
+    print(f"\nloading took {took:.1f}s; {notes[-1] if notes else 'no note'}")
+    assert took > second.redis_silence_s, "loading outlasted the limit on silence"
+    assert notes and any("% read)" in line for line in notes)
