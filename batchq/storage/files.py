@@ -27,13 +27,20 @@ from batchq.storage.batches import page_ids
 KEPT_RECHECK_S = 3600  # an expired file still read by a batch is looked at again after this
 
 
+def private_dir(path: Path) -> None:
+    """A directory only batchq's own user may enter: the files in it hold every tenant's prompts
+    and answers, whatever the umask made of the files themselves."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
 class FileStore:
     def __init__(self, client: redis.Redis, data_dir: Path, ttl_days: int = 30) -> None:
         self.r = client
         self.root = Path(data_dir)
         self.ttl_s = ttl_days * 86_400
-        (self.root / "files").mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        private_dir(self.root / "files")
+        private_dir(self.root / "tmp")
 
     def path(self, file_id: str) -> Path:
         if not looks_like("file-", file_id):

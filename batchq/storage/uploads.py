@@ -27,6 +27,7 @@ from batchq.domain.models import Owner
 from batchq.domain.uploads import COMPLETE_GRACE_S, UploadObject, UploadStatus, shown_status
 from batchq.errors import NotFound
 from batchq.storage import keys
+from batchq.storage.files import private_dir
 from batchq.storage.lua import Call, Script
 
 OK = "ok"
@@ -92,7 +93,7 @@ class UploadStore:
     def __init__(self, client: redis.Redis, data_dir: Path) -> None:
         self.r = client
         self.root = Path(data_dir) / "uploads"
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         self._move = Script(client, MOVE)
         self._add_part = Script(client, ADD_PART)
         self._withdraw = Script(client, WITHDRAW_PART)
