@@ -7,6 +7,7 @@ A path from a client never touches the filesystem: paths are built from our own 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -27,11 +28,17 @@ from batchq.storage.batches import page_ids
 KEPT_RECHECK_S = 3600  # an expired file still read by a batch is looked at again after this
 
 
+log = logging.getLogger("batchq.files")
+
+
 def private_dir(path: Path) -> None:
     """A directory only batchq's own user may enter: the files in it hold every tenant's prompts
     and answers, whatever the umask made of the files themselves."""
     path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    try:
+        path.chmod(0o700)
+    except PermissionError:  # another user's directory (a volume mounted as is): leave it as it is
+        log.warning("cannot make the data directory private", extra={"path": str(path)})
 
 
 class FileStore:
