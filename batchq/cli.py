@@ -171,8 +171,9 @@ def submit(
     limits (GET /batches/limits), followed with one progress bar and merged into --output and
     --errors (default <output stem>_errors.jsonl), in input-chunk order. A manifest beside the
     output (<output>.batchq-manifest.json) records every batch: run the same command again
-    after an interruption and it resumes without submitting any line twice (after a finished
-    run, it only prints the result; delete the manifest to run again).
+    after an interruption and it resumes without submitting any line twice. After a finished
+    run, the same command runs the job again (the old manifest is kept, renamed). The file is
+    validated as the server would before anything is sent. One run per --output at a time.
 
     --output/--errors imply --wait. Exit codes:
 
@@ -538,7 +539,7 @@ def _client(api_url: str | None, api_key: str | None, on_behalf_of: str | None) 
         with Client(api_url, api_key, on_behalf_of) as client:
             yield client
     except (ClientError, httpx2.HTTPError, OSError) as error:
-        ERR.print(Text.assemble(("error: ", "bold red"), f"{error or type(error).__name__}"))
+        ERR.print(Text.assemble(("error: ", "bold red"), f"{error or type(error).__name__}"), soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -576,6 +577,7 @@ def _submit_many(client: Client, request: BulkRequest, poll_interval: float, as_
             result = submit_many(
                 client, request, poll_interval=poll_interval,
                 progress=lambda p: update(p.status, p.done, p.total, p.failed),
+                notice=lambda line: ERR.print(line, soft_wrap=True, markup=False),
             )  # fmt: skip
     except KeyboardInterrupt:
         ERR.print("Stopped; the batches keep running. Run the same command again to resume.")
