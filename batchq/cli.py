@@ -21,8 +21,9 @@ from rich.text import Text
 
 from batchq import views
 from batchq.bulk import BulkRequest, default_errors_path, submit_many
-from batchq.client import Client, ClientError
+from batchq.client import Client, ClientError, ResultsPage
 from batchq.config import Settings
+from batchq.cursorfile import CursorFile, fileno
 from batchq.domain.models import Batch, page_of
 from batchq.domain.status import Status, is_terminal
 from batchq.storage.apikeys import ApiKeyStore
@@ -277,7 +278,8 @@ def results(
     cursor_file: Annotated[
         Path | None,
         typer.Option(
-            help="Read the start cursor from this file if it exists; write it after every page.", show_default=False
+            help="Go on from the cursor in this file if it exists; keep it up to date after every page.",
+            show_default=False,
         ),
     ] = None,
     api_url: ApiUrl = None,
@@ -289,16 +291,19 @@ def results(
     Each line once: the cursor after the last line printed goes to stderr (and to --cursor-file);
     pass it to --after to go on from there. Output order: the order lines were stored while the
     batch runs; from its output file, then its error file, once it has ended.
+
+    With --cursor-file and the output appended to a regular file (>> results.jsonl), each line
+    is printed exactly once even across kills; on a pipe or a terminal, a kill while a page is
+    printed prints that page again in the next run (see batchq.cursorfile).
     """
-    start = after or _read_cursor(cursor_file)
+    log = CursorFile(cursor_file, fileno(sys.stdout)) if cursor_file is not None else None
+    start = after or _resume(log)
     cursor = start
     with _client(api_url, api_key, on_behalf_of) as client:
         try:
             for page in client.iter_result_pages(batch_id, start, follow=follow):
-                sys.stdout.buffer.write(page.data)
-                sys.stdout.buffer.flush()
+                _print_page(page, cursor, log)
                 cursor = page.cursor
-                _write_cursor(cursor_file, cursor)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         finally:
@@ -306,15 +311,23 @@ def results(
                 ERR.print(f"Next cursor: {cursor} (batchq results {batch_id} --after {cursor})")
 
 
-def _read_cursor(path: Path | None) -> str | None:
-    return path.read_text().strip() or None if path is not None and path.exists() else None
+def _resume(log: CursorFile | None) -> str | None:
+    if log is None:
+        return None
+    found = log.resume()
+    if found.again:
+        ERR.print(f"The last page before the stop may be printed again ({log.path} could not tell).")
+    return found.cursor
 
 
-def _write_cursor(path: Path | None, cursor: str) -> None:
-    if path is not None:
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(cursor + "\n")
-        partial.replace(path)
+def _print_page(page: ResultsPage, before: str | None, log: CursorFile | None) -> None:
+    """Record the page as pending, print and flush it, then record its cursor (``batchq.cursorfile``)."""
+    if log is not None and page.data:
+        log.printing(before, page.cursor, len(page.data))
+    sys.stdout.buffer.write(page.data)
+    sys.stdout.buffer.flush()
+    if log is not None:
+        log.printed(page.cursor)
 
 
 @files_app.command("list")
