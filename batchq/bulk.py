@@ -1,33 +1,40 @@
 """Jobs larger than one batch: split, submit, follow, merge and resume (``Client.submit_many``).
 
-The input is cut into chunks that fit the server's limits (``batchq.split``, one streaming pass),
-and each chunk is uploaded as a byte range of the source and made a batch of its own, with
+The input is validated as the server would and cut into chunks that fit the server's limits
+(``batchq.split``, one streaming pass: a bad line refuses the file before anything is sent).
+Each chunk is uploaded as a byte range of the source and made a batch of its own, with
 ``Idempotency-Key``s derived from the manifest (``batchq.manifest``), which is rewritten after
 every step. The batches are followed together; as each one ends, its output and error files are
 appended to one merged output file and one merged error file **in chunk order** (within a chunk,
 the order of its files: lines as they were stored). The merged files are written beside their
-targets (``.<name>.partial``) and moved into place when every chunk is merged.
+targets (``.<name>.partial``) and moved into place when every chunk is merged. A chunk whose batch
+still fails (validation on the server) gives one error line per request, so every input line ends
+up exactly once in the merged output or the merged errors.
 
 Killed at any point, the same call (or ``batchq submit`` command) resumes from the manifest: no
 chunk is uploaded into a second batch, no line is submitted twice, and no merged line is written
-twice (the partial files are cut back to what the manifest says was merged).
+twice (the partial files are cut back to what the manifest says was merged). Only an unfinished
+run is resumed: after a finished one, the same call starts a new run (its manifest is kept aside).
+One run per output at a time (a lock beside the manifest).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
 import httpx2
+import orjson
 
 from batchq.client import APIError, Batch, Client, ClientError
-from batchq.domain.status import is_terminal
-from batchq.manifest import ChunkRecord, ChunkState, Manifest, load, manifest_path, save
-from batchq.split import ByteRange, file_sha256, plan_chunks
+from batchq.domain.results import error_line
+from batchq.domain.status import Status, is_terminal
+from batchq.manifest import ChunkRecord, ChunkState, Manifest, archive, load, locked, manifest_path, save
+from batchq.split import ByteRange, SplitLimits, file_sha256, plan_chunks
 
 POLL_PACE_S = 0.2  # at least this long between two status polls of one batch, per batch followed
 
@@ -73,32 +80,48 @@ def submit_many(
     *,
     poll_interval: float = 1.0,
     progress: Callable[[BulkProgress], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> BulkResult:
-    """Run ``request`` to the end (or resume it from its manifest); see the module docstring."""
+    """Run ``request`` to the end, or resume its unfinished run; see the module docstring.
+
+    ``notice`` is told (one line) when a finished run's manifest is moved aside for a new run.
+    """
     path = manifest_path(request.output)
-    manifest = _resume(load(path), request) or _plan(client, request)
-    save(manifest, path)
-    return _Run(client, manifest, path, poll_interval, progress).run()
+    with locked(path):
+        manifest = _resume(load(path), request, path, notice) or _plan(client, request)
+        save(manifest, path)
+        return _Run(client, manifest, path, poll_interval, progress).run()
 
 
-def _resume(found: Manifest | None, request: BulkRequest) -> Manifest | None:
+def _resume(
+    found: Manifest | None, request: BulkRequest, path: Path, notice: Callable[[str], None] | None
+) -> Manifest | None:
+    """The unfinished run to go on with; None for a new run (a finished run's manifest is moved aside)."""
     if found is None:
+        return None
+    if found.finished:
+        moved = archive(path, found)
+        if notice is not None:
+            notice(f"{path.name} was of a finished run (kept as {moved.name}): starting a new run.")
         return None
     asked = (request.endpoint, request.completion_window, _metadata(request.metadata), request.output_expires_after_s)
     same_source = Path(found.source) == request.source.resolve() and found.source_bytes == request.source.stat().st_size
     if not same_source or found.settings() != asked or Path(found.errors) != request.errors.resolve():
-        raise ClientError(f"{manifest_path(request.output)} is of another run: delete it (or pick another output).")
-    if not found.finished and file_sha256(request.source) != found.source_sha256:
-        raise ClientError(f"{request.source} changed since the run in {manifest_path(request.output)} began.")
+        raise ClientError(f"{path} is of another unfinished run: delete it (or pick another output).")
+    if file_sha256(request.source) != found.source_sha256:
+        raise ClientError(f"{request.source} changed since the unfinished run in {path} began.")
     return found
 
 
 def _plan(client: Client, request: BulkRequest) -> Manifest:
     limits = client.limits()
+    if limits.endpoints and request.endpoint not in limits.endpoints:
+        raise ClientError(f"The server takes no batches for {request.endpoint} (only {', '.join(limits.endpoints)}).")
     max_lines = limits.max_requests_per_batch
     if limits.max_enqueued_requests_per_key:
         max_lines = min(max_lines, limits.max_enqueued_requests_per_key)
-    plan = plan_chunks(request.source, max_lines, limits.max_file_bytes, limits.max_line_bytes)
+    split = SplitLimits(max_lines, limits.max_file_bytes, limits.max_line_bytes)
+    plan = plan_chunks(request.source, request.endpoint, split)
     chunks = [
         ChunkRecord(index=i, start=c.start, end=c.end, first_line=c.first_line, lines=c.lines)
         for i, c in enumerate(plan.chunks)
@@ -221,6 +244,8 @@ class _Run:
         counts = batch.request_counts
         chunk.status, chunk.completed, chunk.failed = batch.status.value, counts.completed, counts.failed
         chunk.output_file_id, chunk.error_file_id = batch.output_file_id, batch.error_file_id
+        if batch.status is Status.FAILED:  # nothing ran: every line of the chunk is an error line
+            chunk.failed, chunk.errors = chunk.lines, list(batch.errors.data if batch.errors else [])
         chunk.state = ChunkState.ENDED
         self._save()
 
@@ -263,16 +288,34 @@ class _Run:
                 return  # chunk order: a later chunk waits for this one
 
     def _merge(self, chunk: ChunkRecord) -> None:
-        self.m.output_bytes = self._append(chunk.output_file_id, _partial(self.output))
-        self.m.errors_bytes = self._append(chunk.error_file_id, _partial(self.errors))
+        self.m.output_bytes = self._append(self._content(chunk.output_file_id), _partial(self.output))
+        errors = self._failed_lines(chunk) if chunk.status == Status.FAILED else self._content(chunk.error_file_id)
+        self.m.errors_bytes = self._append(errors, _partial(self.errors))
         chunk.state = ChunkState.MERGED
         self._save()
 
-    def _append(self, file_id: str | None, target: Path) -> int:
+    def _content(self, file_id: str | None) -> Iterable[bytes]:
+        return self.client.iter_content(file_id) if file_id is not None else ()
+
+    def _failed_lines(self, chunk: ChunkRecord) -> Iterator[bytes]:
+        """One error line per request of a chunk whose batch failed: its own error, else batch_failed."""
+        assert chunk.batch_id is not None
+        own = {e.line: (e.code, e.message) for e in chunk.errors or [] if e.line is not None}
+        first = next(iter(chunk.errors or []), None)
+        why = f" ({first.code}: {first.message})" if first else ""
+        failed = ("batch_failed", f"This request was not executed because batch {chunk.batch_id} failed{why}.")
+        with ByteRange(Path(self.m.source), chunk.start, chunk.end) as part:
+            for number, raw in enumerate(part.lines(), start=1):
+                if not raw.strip():
+                    continue  # trailing blank lines (in chunks planned before they were left out)
+                code, message = own.get(number, failed)
+                yield error_line(_custom_id(raw), code, message).data + b"\n"
+
+    @staticmethod
+    def _append(blocks: Iterable[bytes], target: Path) -> int:
         with open(target, "ab") as sink:
-            if file_id is not None:
-                for block in self.client.iter_content(file_id):
-                    sink.write(block)
+            for block in blocks:
+                sink.write(block)
             sink.flush()
             os.fsync(sink.fileno())
             return sink.tell()
@@ -292,6 +335,15 @@ class _Run:
                 batch = self.client.get(chunk.batch_id)
             batches.append(batch)
         return batches
+
+
+def _custom_id(raw: bytes) -> str:
+    """A request line's ``custom_id`` ('' when it has none: the split refuses such files)."""
+    try:
+        found = orjson.loads(raw).get("custom_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return found if isinstance(found, str) else ""
 
 
 def _size(path: Path) -> int:

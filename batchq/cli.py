@@ -21,8 +21,9 @@ from rich.text import Text
 
 from batchq import views
 from batchq.bulk import BulkRequest, default_errors_path, submit_many
-from batchq.client import Client, ClientError
+from batchq.client import Client, ClientError, ResultsPage
 from batchq.config import Settings
+from batchq.cursorfile import CursorFile, fileno
 from batchq.domain.models import Batch, page_of
 from batchq.domain.status import Status, is_terminal
 from batchq.storage.apikeys import ApiKeyStore
@@ -171,8 +172,9 @@ def submit(
     limits (GET /batches/limits), followed with one progress bar and merged into --output and
     --errors (default <output stem>_errors.jsonl), in input-chunk order. A manifest beside the
     output (<output>.batchq-manifest.json) records every batch: run the same command again
-    after an interruption and it resumes without submitting any line twice (after a finished
-    run, it only prints the result; delete the manifest to run again).
+    after an interruption and it resumes without submitting any line twice. After a finished
+    run, the same command runs the job again (the old manifest is kept, renamed). The file is
+    validated as the server would before anything is sent. One run per --output at a time.
 
     --output/--errors imply --wait. Exit codes:
 
@@ -276,7 +278,8 @@ def results(
     cursor_file: Annotated[
         Path | None,
         typer.Option(
-            help="Read the start cursor from this file if it exists; write it after every page.", show_default=False
+            help="Go on from the cursor in this file if it exists; keep it up to date after every page.",
+            show_default=False,
         ),
     ] = None,
     api_url: ApiUrl = None,
@@ -288,16 +291,19 @@ def results(
     Each line once: the cursor after the last line printed goes to stderr (and to --cursor-file);
     pass it to --after to go on from there. Output order: the order lines were stored while the
     batch runs; from its output file, then its error file, once it has ended.
+
+    With --cursor-file and the output appended to a regular file (>> results.jsonl), each line
+    is printed exactly once even across kills; on a pipe or a terminal, a kill while a page is
+    printed prints that page again in the next run (see batchq.cursorfile).
     """
-    start = after or _read_cursor(cursor_file)
+    log = CursorFile(cursor_file, fileno(sys.stdout)) if cursor_file is not None else None
+    start = after or _resume(log)
     cursor = start
     with _client(api_url, api_key, on_behalf_of) as client:
         try:
             for page in client.iter_result_pages(batch_id, start, follow=follow):
-                sys.stdout.buffer.write(page.data)
-                sys.stdout.buffer.flush()
+                _print_page(page, cursor, log)
                 cursor = page.cursor
-                _write_cursor(cursor_file, cursor)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         finally:
@@ -305,15 +311,23 @@ def results(
                 ERR.print(f"Next cursor: {cursor} (batchq results {batch_id} --after {cursor})")
 
 
-def _read_cursor(path: Path | None) -> str | None:
-    return path.read_text().strip() or None if path is not None and path.exists() else None
+def _resume(log: CursorFile | None) -> str | None:
+    if log is None:
+        return None
+    found = log.resume()
+    if found.again:
+        ERR.print(f"The last page before the stop may be printed again ({log.path} could not tell).")
+    return found.cursor
 
 
-def _write_cursor(path: Path | None, cursor: str) -> None:
-    if path is not None:
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(cursor + "\n")
-        partial.replace(path)
+def _print_page(page: ResultsPage, before: str | None, log: CursorFile | None) -> None:
+    """Record the page as pending, print and flush it, then record its cursor (``batchq.cursorfile``)."""
+    if log is not None and page.data:
+        log.printing(before, page.cursor, len(page.data))
+    sys.stdout.buffer.write(page.data)
+    sys.stdout.buffer.flush()
+    if log is not None:
+        log.printed(page.cursor)
 
 
 @files_app.command("list")
@@ -538,7 +552,7 @@ def _client(api_url: str | None, api_key: str | None, on_behalf_of: str | None) 
         with Client(api_url, api_key, on_behalf_of) as client:
             yield client
     except (ClientError, httpx2.HTTPError, OSError) as error:
-        ERR.print(Text.assemble(("error: ", "bold red"), f"{error or type(error).__name__}"))
+        ERR.print(Text.assemble(("error: ", "bold red"), f"{error or type(error).__name__}"), soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -576,6 +590,7 @@ def _submit_many(client: Client, request: BulkRequest, poll_interval: float, as_
             result = submit_many(
                 client, request, poll_interval=poll_interval,
                 progress=lambda p: update(p.status, p.done, p.total, p.failed),
+                notice=lambda line: ERR.print(line, soft_wrap=True, markup=False),
             )  # fmt: skip
     except KeyboardInterrupt:
         ERR.print("Stopped; the batches keep running. Run the same command again to resume.")

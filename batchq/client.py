@@ -485,13 +485,16 @@ class Client:
         output_expires_after_s: int | None = None,
         poll_interval: float = 1.0,
         progress: Callable[[BulkProgress], None] | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> BulkResult:
-        """Run a JSONL file of any size to the end: split into batches within the server's limits,
-        submitted, followed, and merged into ``output`` and ``errors`` (default ``<output stem>_errors``).
+        """Run a JSONL file of any size to the end: validated, split into batches within the server's
+        limits, submitted, followed, and merged into ``output`` and ``errors`` (default
+        ``<output stem>_errors``).
 
         Resumable: a manifest beside ``output`` (``<output>.batchq-manifest.json``) records every
         batch, and the same call continues a run that was killed without submitting any line
-        twice. Merged order: chunk after chunk (see ``batchq.bulk``).
+        twice. After a finished run, the same call runs the job again (``notice`` is told that
+        the old manifest was moved aside). Merged order: chunk after chunk (see ``batchq.bulk``).
         """
         from batchq.bulk import BulkRequest, default_errors_path, submit_many
 
@@ -500,7 +503,7 @@ class Client:
             Path(source), target, Path(errors) if errors else default_errors_path(target), endpoint,
             completion_window, metadata, output_expires_after_s,
         )  # fmt: skip
-        return submit_many(self, request, poll_interval=poll_interval, progress=progress)
+        return submit_many(self, request, poll_interval=poll_interval, progress=progress, notice=notice)
 
     def create(
         self,

@@ -3,6 +3,7 @@ merged, and resumed after the CLI is killed, without submitting any line twice."
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -71,10 +72,6 @@ def test_a_file_of_three_batches_is_merged_and_resumed_after_a_kill(small_stack:
     assert [b["id"] for b in orjson.loads(out)["data"]] == [c.batch_id for c in manifest.chunks]
     assert lines_submitted(small_stack, user) == 1200  # no line submitted twice
 
-    rerun = cli(small_stack, user, *args)  # a finished run: nothing is submitted again
-    rerun.communicate(timeout=60)
-    assert rerun.returncode == 0 and lines_submitted(small_stack, user) == 1200
-
 
 def _created(path: Path) -> bool:
     manifest = load(path)  # replaced atomically: never read half-written
@@ -93,10 +90,15 @@ def test_split_results_keep_chunk_order_and_failures_exit_2(small_stack: Stack, 
     errors = custom_ids(result.errors)  # chunk order: the first batch's failed lines come first
     assert set(errors[:5]) == {"m7", "m107", "m207", "m307", "m407"} and set(errors[5:]) == {"m507", "m607"}
     assert len(custom_ids(output)) == 693 and seen[-1].done == 700 and seen[-1].status == "2/2 batches"
-    code = subprocess.run(
-        [sys.executable, "-m", "batchq", "submit", str(source), "--output", str(output), "--endpoint", CHAT],
-        env=os.environ | {"BATCHQ_API_URL": small_stack.api_url, "BATCHQ_API_KEY": small_stack.api_key,
-                          "BATCHQ_ON_BEHALF_OF": "split-b"},
-        capture_output=True, check=False, timeout=60,
-    ).returncode  # fmt: skip
-    assert code == 2  # the finished run again: its outcome, partial
+    args = [str(source), "--output", str(output), "--endpoint", CHAT, "--poll-interval", "0.2"]
+    with open(f"{manifest_path(output)}.lock", "a") as held:  # another run holds this output
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = cli(small_stack, "split-b", *args)
+        _, refused = second.communicate(timeout=60)
+    assert second.returncode == 1 and b"Another batchq run is using" in refused
+    assert lines_submitted(small_stack, "split-b") == 700
+    again = cli(small_stack, "split-b", *args)  # the finished run's command again: a new run
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 2 and b"starting a new run" in err and lines_submitted(small_stack, "split-b") == 1400
+    kept = [p for p in tmp_path.glob("merged.jsonl.batchq-manifest.json.*") if p.suffix != ".lock"]
+    assert len(kept) == 1 and len(custom_ids(output)) == 693  # the first run's manifest, kept
