@@ -32,7 +32,7 @@ BASE_FOLLOW = 0.2  # how fast base follows a lower short
 GROW_BAND = 0.5  # after slow start, grow only while short is within this part of the tolerance
 START = 8  # a route's window before its first latencies are known (at most its cap)
 NORMAL_CUT, BACKGROUND_CUT = 0.8, 0.5  # the most one back-off takes: a fifth; half when yielding first
-BACKGROUND_TOLERANCE = 1.05  # a background route's latency inflation, at most
+BACKGROUND_TOLERANCE = 1.03  # a background route's latency inflation, at most
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Gradient:
 class GradientLimit:
     cap: int
     w0: float  # the window before any feedback
-    tolerance: float = 1.1  # latency inflation allowed above the unloaded latency
+    tolerance: float = 1.05  # latency inflation allowed above the unloaded latency
     min_cut: float = 0.8  # the smallest factor one back-off multiplies the window by
 
     def update(self, state: Gradient | None, latency: float, now: float) -> Gradient:

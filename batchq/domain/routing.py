@@ -29,7 +29,7 @@ class Route(BaseModel):
     mode: Literal["aimd", "gradient", "fixed"] | None = None
     tolerance: float | None = Field(default=None, ge=1.0, le=10.0)  # None: BATCHQ_UPSTREAM_TOLERANCE
     # background: a server shared with interactive users; batch traffic takes only the spare capacity
-    # (gradient with a tolerance of at most 1.05, and cuts of up to half: it yields first).
+    # (gradient with a tolerance of at most 1.03, and cuts of up to half: it yields first).
     priority: Literal["normal", "background"] = "normal"
 
     @field_validator("url")

@@ -72,7 +72,7 @@ class RedisLimiter:
         default_timeout_s: float,
         breaker: BreakerPolicy | None = None,
         mode: str = "aimd",
-        tolerance: float = 1.1,
+        tolerance: float = 1.05,
     ) -> None:
         self.adaptive = adaptive  # false: every route is fixed, whatever its mode
         self.mode = mode  # a route's mode when it names none

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+
+import pytest
 
 from batchq.domain.gradient import Gradient, GradientLimit
 
@@ -14,12 +17,21 @@ def feed(limit: GradientLimit, state: Gradient | None, latency: float, count: in
     return state
 
 
-def test_slow_start_doubles_then_grows_by_one_per_window() -> None:
-    limit = GradientLimit(cap=256, w0=8)
+def test_slow_start_doubles_then_grows_by_one_per_window_within_the_band() -> None:
+    limit = GradientLimit(cap=256, w0=8, tolerance=1.2)
     state = feed(limit, None, 0.2, 8, 0.0)
     assert state.w == 16 and state.slow_start  # one per answer: a window's worth of answers doubles it
     state = limit.update(state, 0.6, 1.0)  # a slow answer, but one among many: short barely moves
     assert state.w == 17
+    for i in range(20):  # slower answers: short crosses the tolerance, and the first back-off ends slow start
+        before, state = state, limit.update(state, 0.3, 2.0 + i * 0.01)
+        if not state.slow_start:
+            break
+    assert not state.slow_start and state.w < before.w
+    calm = feed(limit, state, 0.2, 200, 3.0)
+    assert calm.w == pytest.approx(state.w + 200 / state.w, rel=0.1)  # about one per window's answers
+    loaded = replace(calm, short=calm.base * 1.15)  # above half the tolerance, below the whole: hold
+    assert limit.update(loaded, calm.base * 1.15, 6.0).w == calm.w
 
 
 def test_latency_above_tolerance_cuts_in_proportion_at_most_a_fifth_and_once_per_latency() -> None:
