@@ -26,6 +26,12 @@ class Settings(BaseSettings):
 
     # Where state lives: redis://, rediss://, unix:// or sentinel:// (batchq/domain/redis_url.py)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Redis client: connect and read timeouts, and how long a failed command is retried in all.
+    # The API answers 503 (with Retry-After) once its budget is spent; a worker rides out a restart.
+    redis_connect_timeout_s: float = Field(default=0.5, gt=0)
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    redis_api_retry_s: float = Field(default=0.5, ge=0)
+    redis_worker_retry_s: float = Field(default=20.0, ge=0)
     data_dir: Path = Path("./batchq-data")
 
     # Who may call the API: comma-separated keys (managed keys come on top)

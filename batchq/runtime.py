@@ -67,8 +67,13 @@ class Runtime:
         return self._upstream
 
 
-def build_runtime(settings: Settings, pool_size: int | None = None) -> Runtime:
-    client = connect(settings.redis_url, max_connections=pool_size or settings.worker_concurrency + 32)
+def build_runtime(settings: Settings, pool_size: int | None = None, api: bool = False) -> Runtime:
+    """``api``: retry Redis only briefly (a request answers 503 rather than wait for Redis)."""
+    client = connect(
+        settings.redis_url, max_connections=pool_size or settings.worker_concurrency + 32,
+        connect_timeout_s=settings.redis_connect_timeout_s, socket_timeout_s=settings.redis_socket_timeout_s,
+        retry_s=settings.redis_api_retry_s if api else settings.redis_worker_retry_s,
+    )  # fmt: skip
     return Runtime(
         settings=settings,
         redis=client,

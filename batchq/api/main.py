@@ -10,4 +10,4 @@ from workers.tasks import queue
 
 settings = get_settings()
 configure_logging(settings.log_level, json=settings.log_json)
-app = create_app(build_runtime(settings, pool_size=64), queue)
+app = create_app(build_runtime(settings, pool_size=64, api=True), queue)

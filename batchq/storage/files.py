@@ -72,7 +72,11 @@ class FileStore:
             id=file_id, bytes=target.stat().st_size, created_at=now, filename=filename,
             purpose=purpose, expires_at=now + (ttl_s or self.ttl_s),
         )  # fmt: skip
-        self._record(obj, owner, lines)
+        try:
+            self._record(obj, owner, lines)
+        except BaseException:
+            target.unlink(missing_ok=True)  # no file without its record (else the orphan sweep finds it)
+            raise
         return obj
 
     def line_count(self, file_id: str) -> int:
