@@ -8,6 +8,7 @@ from typing import Protocol
 import redis
 
 from batchq.config import Settings
+from batchq.execution.recovery import HeldLines
 from batchq.execution.upstream import Upstream
 from batchq.observability.metrics import worker_metrics
 from batchq.storage.apikeys import ApiKeyStore
@@ -41,6 +42,9 @@ class TaskQueue(Protocol):
     def queued_lines(self) -> set[tuple[str, int]]:
         """(batch id, line index) of every granted line task still in the queue."""
 
+    def waiting_lines(self, batch_id: str) -> set[int]:
+        """Line indices of the batch's tasks not granted yet (read in chunks: it may be long)."""
+
 
 @dataclass
 class Runtime:
@@ -53,6 +57,7 @@ class Runtime:
     scheduler: Scheduler
     idempotency: IdempotencyStore
     uploads: UploadStore
+    held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property

@@ -17,7 +17,7 @@ from celery.app.task import Task
 
 from batchq.config import get_settings
 from batchq.domain.health import Deferred
-from batchq.execution import dispatch, runner, submit, watchdog, webhooks
+from batchq.execution import dispatch, recovery, runner, submit, watchdog, webhooks
 from batchq.execution import finalize as finalizing
 from batchq.observability.logs import configure_logging
 from batchq.observability.metrics import start_worker_metrics_server
@@ -58,6 +58,10 @@ class CeleryQueue:
     def queued_lines(self) -> set[tuple[str, int]]:
         found = (line_of(m) for m in runtime().scheduler.queued_messages())
         return {line for line in found if line is not None}
+
+    def waiting_lines(self, batch_id: str) -> set[int]:
+        found = (line_of(m) for m in runtime().scheduler.waiting_messages(batch_id))
+        return {line[1] for line in found if line is not None and line[0] == batch_id}
 
 
 def _messages(batch_id: str, lines: list[tuple[int, int, int]]) -> Iterator[bytes]:
@@ -115,6 +119,19 @@ def watchdog_loop(stop: threading.Event) -> None:
             log.exception("watchdog sweep failed")
 
 
+def restart_watch_loop(stop: threading.Event) -> None:
+    """Every few seconds: has Redis restarted? Then renew the leases of the lines this process holds."""
+    rt = runtime()
+    lease_s = rt.settings.line_lease_s
+    while True:
+        try:
+            rt.held.check(rt.redis, lambda batch_id, lines: rt.batches.renew_held(batch_id, lines, lease_s))
+        except Exception:  # Redis still away: the next check tries again
+            log.debug("redis restart check failed", exc_info=True)
+        if stop.wait(recovery.CHECK_S):
+            return
+
+
 _stop = threading.Event()
 
 
@@ -140,6 +157,7 @@ def _start_metrics(**_: object) -> None:
 def _start_watchdog(sender: object = None, **_: object) -> None:
     print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
+    threading.Thread(target=restart_watch_loop, args=(_stop,), name="batchq-restarts", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

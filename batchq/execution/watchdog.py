@@ -16,6 +16,10 @@ Every sweep also deletes expired files, expires uploads past their hour (removin
 and makes sure each running batch with waiting lines is known to the scheduler
 (state lost with a Redis restart, a crash in the middle of dispatching) and tops the line queue
 up, so the queue refills even when no task is being delivered.
+
+After a Redis restart (``batchq.execution.recovery``), a lease written before the Redis process
+started counts as run out once the workers had time to renew theirs, and once per Redis process
+every unfinished line that is nowhere (not leased, waiting or queued) is sent again.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from enum import StrEnum
 from batchq.domain.models import Batch
 from batchq.domain.results import LOST
 from batchq.domain.status import Status, is_terminal
-from batchq.execution import dispatch
+from batchq.execution import dispatch, recovery
 from batchq.execution.finalize import claim_lines, missing_lines
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
+from batchq.storage.server import ServerInfo, server_info
 
 log = logging.getLogger("batchq.watchdog")
 
@@ -78,12 +83,16 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
     expire_uploads(rt)
+    info = server_info(rt.redis)
+    stale = recovery.stale_before(info, time.time())
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
-            check(rt, queue, batch_id, in_queue)
+            check(rt, queue, batch_id, in_queue, stale)
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
+    if stale is not None:
+        reconcile_once(rt, queue, info)
     rt.scheduler.fill(time.time())
 
 
@@ -97,12 +106,15 @@ def expire_uploads(rt: Runtime) -> None:
         log.info("uploads expired", extra={"count": expired})
 
 
-def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]]) -> None:
+def check(
+    rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]], stale: float | None = None
+) -> None:
+    """``stale``: leases written before this time run out now (their Redis process is gone)."""
     batch = rt.batches.get(batch_id)
     if batch is None or is_terminal(batch.status):
         rt.redis.srem(keys.ACTIVE_BATCHES, batch_id)
         return
-    facts = _facts(rt, batch, in_queue)
+    facts = _facts(rt, batch, in_queue, stale)
     if batch.status is Status.IN_PROGRESS and facts.waiting:
         dispatch.enroll(rt, batch)
     action = plan(facts, rt.settings.line_lease_s)
@@ -111,16 +123,42 @@ def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str,
     _act(rt, queue, batch, action, facts)
 
 
-def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]]) -> Facts:
+def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None) -> Facts:
     now = time.time()
     leases = rt.batches.leases(batch.id)
     record = rt.batches.bookkeeping(batch.id)
     progress = record.progress_at if record and record.progress_at else None
     last = progress or float(batch.in_progress_at or batch.created_at)
-    expired = sorted(i for i, until in leases.items() if until <= now)
+    lease_s = rt.settings.line_lease_s
+    expired = sorted(i for i, until in leases.items() if until <= now or recovery.is_stale(until, lease_s, stale))
     waiting = rt.scheduler.waiting(batch.id)
     mine = sum(1 for b, _ in in_queue if b == batch.id)
     return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine)
+
+
+def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:
+    """Once per Redis process: send again every unfinished line of a running batch that is nowhere."""
+    if rt.redis.get(keys.RECONCILED_RUN) == info.run_id.encode():
+        return
+    in_queue = queue.queued_lines()
+    for batch_id in rt.batches.active_ids():
+        batch = rt.batches.get(batch_id)
+        if batch is not None and batch.status is Status.IN_PROGRESS:
+            found = resend_unseen(rt, queue, batch, {i for b, i in in_queue if b == batch_id})
+            if found:
+                log.warning("lines lost with redis sent again", extra={"batch_id": batch_id, "lines": found})
+    rt.redis.set(keys.RECONCILED_RUN, info.run_id)
+
+
+def resend_unseen(rt: Runtime, queue: TaskQueue, batch: Batch, queued: set[int]) -> int:
+    """Send again the unfinished lines that are not leased, not waiting and not queued; returns how many."""
+    waiting = queue.waiting_lines(batch.id)
+    leases = rt.batches.leases(batch.id)
+    missing = missing_lines(rt, batch.id, batch.request_counts.total)
+    unseen = [i for i in missing if i not in leases and i not in waiting and i not in queued]
+    if unseen:
+        requeue(rt, queue, batch, unseen)
+    return len(unseen)
 
 
 def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: Action, facts: Facts) -> None:

@@ -82,6 +82,7 @@ class BatchStore:
         self._begin = Script(client, scripts.BEGIN_LINE)
         self._complete = Script(client, scripts.COMPLETE_LINE)
         self._read_results = Script(client, scripts.READ_RESULTS)
+        self._renew_held = Script(client, scripts.RENEW_HELD)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -206,6 +207,11 @@ class BatchStore:
 
     def renew_lease(self, batch_id: str, index: int, lease_s: float) -> None:
         self.r.hset(keys.batch_leases(batch_id), str(index), time.time() + lease_s)
+
+    def renew_held(self, batch_id: str, indices: list[int], lease_s: float) -> int:
+        """Renew the leases of these lines that still have one (after a Redis restart); returns how many."""
+        call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": time.time() + lease_s})
+        return int(self._renew_held.run({"line": call}))
 
     def complete_line(self, batch_id: str, index: int, result: ResultLine, release: Call | None = None) -> Progress:
         """Store the line's result once; with ``release``, also give back that limiter slot."""

@@ -7,6 +7,7 @@ PREFIX = "batchq"
 ACTIVE_BATCHES = f"{PREFIX}:batches:active"  # set of non-terminal batch ids (the watchdog's work list)
 WATCHDOG_LOCK = f"{PREFIX}:watchdog:lock"
 FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
+RECONCILED_RUN = f"{PREFIX}:redis:reconciled"  # the Redis run_id whose lost lines the watchdog sent again
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 
 LINE_QUEUE = "batchq.lines"  # the Celery queue (kombu's Redis list) of granted line tasks
