@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=30.0, ge=0)
     watchdog_interval_s: float = Field(default=15.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
+    finalize_retry_max_s: float = Field(default=60.0, gt=0)  # longest wait between tries of a failing finalize
+    orphan_grace_s: float = Field(default=3600.0, ge=1)  # a file on disk with no record is removed this old
     queue_depth: int = Field(default=64, ge=1)  # granted line tasks kept in the Celery queue (scheduler.py)
     urgent_share: float = Field(default=0.25, ge=0, le=1)  # a batch in this last part of its window goes first
 

@@ -87,9 +87,21 @@ def line_task(batch_id: str, index: int, offset: int, length: int) -> None:
         queue.finalize_batch(batch_id)  # the batch's completion callback: fired once, by the last line
 
 
-@app.task(name="batchq.finalize", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=8)
-def finalize_task(batch_id: str) -> None:
-    finalizing.finalize(runtime(), queue, batch_id)
+@app.task(name="batchq.finalize", bind=True, autoretry_for=(redis.RedisError,), retry_backoff=True, max_retries=8)
+def finalize_task(self: Task, batch_id: str) -> None:
+    rt = runtime()
+    try:
+        finalizing.finalize(rt, queue, batch_id)
+    except OSError as exc:  # the result files could not be written (a full disk): logged, recorded, retried
+        wait = finalize_backoff(self.request.retries, rt.settings.finalize_retry_max_s)
+        raise self.retry(exc=exc, countdown=wait, max_retries=FINALIZE_RETRIES) from exc
+
+
+FINALIZE_RETRIES = 10_000  # a full disk is retried until space returns (the watchdog takes over after a crash)
+
+
+def finalize_backoff(retries: int, cap: float) -> float:
+    return min(cap, 2.0**retries) * random.uniform(0.5, 1.0)
 
 
 @app.task(name="batchq.webhook", bind=True, max_retries=None)

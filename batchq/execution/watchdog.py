@@ -6,6 +6,7 @@ Per active batch it decides (``plan``, pure) and then acts:
 - past ``expires_at`` or ``cancelling``            -> finalize (expire / cancel with partial results)
 - ``in_progress`` with every line done             -> finalize (a completion callback that never ran)
 - ``finalizing`` with no progress for a lease       -> finalize again (idempotent)
+- a finalize that could not write its files lately  -> wait: its task retries (a full disk)
 - ``validating`` for longer than a lease            -> submit again (idempotent)
 - lines whose worker lease ran out (worker killed)  -> re-enqueue them, or past the requeue budget,
                                                        record them as ``request_lost``
@@ -58,12 +59,15 @@ class Facts:
     progress_at: float
     waiting: int = 0  # line tasks not granted yet (in the scheduler)
     in_queue: int = 0  # its granted tasks still in the line queue
+    finalize_failed_at: float | None = None  # a finalize could not write the result files then (it retries)
 
 
 def plan(f: Facts, lease_s: float) -> Action:
     """What to do with one active batch."""
     b = f.batch
     counts = b.request_counts
+    if f.finalize_failed_at is not None and f.now - f.finalize_failed_at <= lease_s:
+        return Action.WAIT  # its finalize task retries until the disk has room again
     if b.status is Status.CANCELLING or (b.expires_at is not None and f.now >= b.expires_at):
         return Action.FINALIZE
     if b.status is Status.VALIDATING:
@@ -133,7 +137,8 @@ def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: flo
     expired = sorted(i for i, until in leases.items() if until <= now or recovery.is_stale(until, lease_s, stale))
     waiting = rt.scheduler.waiting(batch.id)
     mine = sum(1 for b, _ in in_queue if b == batch.id)
-    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine)
+    failed_at = record.finalize_failed_at if record else None
+    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at)
 
 
 def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:

@@ -43,6 +43,7 @@ class Bookkeeping:
     output_ttl_s: int | None  # output_expires_after, applied to the result files
     progress_at: float | None  # when a line was last stored
     reserved_lines: int | None  # lines reserved against the account's quota
+    finalize_failed_at: float | None = None  # the last finalize that could not write the result files
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,8 @@ class BatchStore:
         return _from_hash(raw)
 
     def bookkeeping(self, batch_id: str) -> Bookkeeping | None:
-        names = ["owner", "account", "output_ttl_s", "progress_at", "reserved_lines"]
-        owner, account, ttl, progress, reserved = self.r.hmget(keys.batch(batch_id), names)
+        names = ["owner", "account", "output_ttl_s", "progress_at", "reserved_lines", "finalize_failed_at"]
+        owner, account, ttl, progress, reserved, failed_at = self.r.hmget(keys.batch(batch_id), names)
         if owner is None:
             return None
         return Bookkeeping(
@@ -122,6 +123,7 @@ class BatchStore:
             output_ttl_s=int(ttl) if ttl else None,
             progress_at=float(progress) if progress else None,
             reserved_lines=int(reserved) if reserved else None,
+            finalize_failed_at=float(failed_at) if failed_at else None,
         )
 
     def page(self, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
@@ -161,6 +163,18 @@ class BatchStore:
 
     def set_fields(self, batch_id: str, **fields: Any) -> None:
         self.r.hset(keys.batch(batch_id), mapping={k: _encode(v) for k, v in fields.items()})
+
+    def finalize_failed(self, batch_id: str, reason: str, now: float) -> None:
+        """A finalize could not write the result files: since when it fails, why, and one more in the count."""
+        pipe = self.r.pipeline()
+        pipe.hsetnx(keys.batch(batch_id), "finalize_failing_since", int(now))
+        pipe.hset(keys.batch(batch_id), mapping={"finalize_error": reason[:500], "finalize_failed_at": now})
+        pipe.hincrby(keys.STATS, keys.STAT_FINALIZE_FAILURES, 1)
+        pipe.execute()
+
+    def finalize_written(self, batch_id: str) -> None:
+        """The result files are written: the batch no longer shows a failing finalize."""
+        self.r.hdel(keys.batch(batch_id), "finalize_failing_since", "finalize_error", "finalize_failed_at")
 
     def touch(self, batch_id: str, now: float) -> None:
         """Count as progress now (the watchdog gives a batch it acted on a lease period)."""
