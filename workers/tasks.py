@@ -23,6 +23,7 @@ from batchq.observability.logs import configure_logging
 from batchq.observability.metrics import start_worker_metrics_server
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
+from batchq.storage.server import warn_if_not_durable
 from workers.celery_app import app
 from workers.publish import line_messages, line_of
 
@@ -168,6 +169,7 @@ def _start_metrics(**_: object) -> None:
 @signals.worker_ready.connect
 def _start_watchdog(sender: object = None, **_: object) -> None:
     print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
+    warn_if_not_durable(runtime().redis)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
     threading.Thread(target=restart_watch_loop, args=(_stop,), name="batchq-restarts", daemon=True).start()
 

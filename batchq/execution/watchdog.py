@@ -13,6 +13,10 @@ Per active batch it decides (``plan``, pure) and then acts:
 - nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
   none of its tasks in the line queue, no progress     in the line queue (its task was lost)
 
+Files on disk without a record in Redis (lost with Redis, or a crash between writing and
+recording) are removed once older than ``BATCHQ_ORPHAN_GRACE_S``; this look runs at most every
+ten minutes.
+
 Every sweep also deletes expired files, expires uploads past their hour (removing their parts),
 and makes sure each running batch with waiting lines is known to the scheduler
 (state lost with a Redis restart, a crash in the middle of dispatching) and tops the line queue
@@ -82,11 +86,15 @@ def plan(f: Facts, lease_s: float) -> Action:
     return Action.RESEND_LOST
 
 
+ORPHAN_SWEEP_EVERY_S = 600  # at most; sooner with a shorter BATCHQ_ORPHAN_GRACE_S
+
+
 def sweep(rt: Runtime, queue: TaskQueue) -> None:
     deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
     expire_uploads(rt)
+    remove_orphans(rt)
     info = server_info(rt.redis)
     stale = recovery.stale_before(info, time.time())
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
@@ -139,6 +147,15 @@ def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: flo
     mine = sum(1 for b, _ in in_queue if b == batch.id)
     failed_at = record.finalize_failed_at if record else None
     return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at)
+
+
+def remove_orphans(rt: Runtime) -> None:
+    """Files on disk without a record, older than the grace: removed, one log line each."""
+    grace = rt.settings.orphan_grace_s
+    if not rt.redis.set(keys.ORPHANS_SWEPT, "1", nx=True, ex=max(1, int(min(ORPHAN_SWEEP_EVERY_S, grace)))):
+        return
+    for file_id, size in rt.files.remove_orphans(time.time() - grace):
+        log.warning("orphan file removed: no record in redis", extra={"file_id": file_id, "bytes": size})
 
 
 def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:

@@ -129,6 +129,35 @@ class FileStore:
         self._sweep_tmp(now - 86_400)
         return len(gone)
 
+    def remove_orphans(self, older_than: float, batch: int = 1000) -> list[tuple[str, int]]:
+        """Remove files on disk that have no record in Redis and were last written before
+        ``older_than``: lost with Redis, or left by a crash between writing and recording.
+        Returns (file id, bytes) of each one removed."""
+        removed: list[tuple[str, int]] = []
+        candidates = self._old_files(older_than)
+        for start in range(0, len(candidates), batch):
+            chunk = candidates[start : start + batch]
+            pipe = self.r.pipeline(transaction=False)
+            for file_id, _ in chunk:
+                pipe.exists(keys.file(file_id))
+            for (file_id, size), known in zip(chunk, pipe.execute(), strict=True):
+                if not known:
+                    (self.root / "files" / file_id).unlink(missing_ok=True)
+                    removed.append((file_id, size))
+        if removed:
+            self.r.hincrby(keys.STATS, keys.STAT_ORPHANS_REMOVED, len(removed))
+        return removed
+
+    def _old_files(self, older_than: float) -> list[tuple[str, int]]:
+        found = []
+        with os.scandir(self.root / "files") as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat()
+                    if entry.is_file() and looks_like("file-", entry.name) and stat.st_mtime < older_than:
+                        found.append((entry.name, stat.st_size))
+        return found
+
     def _remove(self, file_id: str, owner_key: str) -> None:
         pipe = self.r.pipeline()
         pipe.delete(keys.file(file_id))

@@ -3,10 +3,13 @@ since when, and whether it keeps what it is given (persistence, eviction)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import redis
+
+log = logging.getLogger("batchq.redis")
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,17 @@ def durability_problems(client: redis.Redis) -> list[str]:
     if policy != "noeviction":
         problems.append(f"Redis maxmemory-policy is {policy}, not noeviction: an evicted key is a lost line or batch")
     return problems
+
+
+def warn_if_not_durable(client: redis.Redis) -> None:
+    """At startup: a WARNING for each way this Redis can lose batchq's state; never raises."""
+    try:
+        problems = durability_problems(client)
+    except redis.ResponseError as exc:  # CONFIG is often refused on managed Redis
+        log.info("redis persistence and eviction policy not checked: CONFIG GET refused", extra={"reason": str(exc)})
+        return
+    except redis.RedisError as exc:
+        log.info("redis persistence and eviction policy not checked", extra={"reason": str(exc)})
+        return
+    for problem in problems:
+        log.warning(problem + " (see docs/operations.md, 'Redis: persistence and failover')")
