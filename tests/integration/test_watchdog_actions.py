@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from batchq.domain.models import Batch, Owner, RequestCounts
 from batchq.domain.results import LOST, response_line
 from batchq.domain.status import Status
 from batchq.execution import finalize, watchdog
+from batchq.observability.overview import read_overview
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from batchq.storage.batches import pack_offsets
@@ -30,6 +33,7 @@ class RecordingQueue:
         self.requeued: list[int] = []
         self.in_queue = in_queue or set()
         self.waiting = waiting or set()  # the lines whose tasks wait in the scheduler
+        self.events: list[str] = []
 
     def queued_lines(self) -> set[tuple[str, int]]:
         return self.in_queue
@@ -42,6 +46,9 @@ class RecordingQueue:
 
     def finalize_batch(self, batch_id: str, countdown: float = 0) -> None:
         raise AssertionError("not finished")
+
+    def notify(self, batch_id: str, event_type: str) -> None:
+        self.events.append(event_type)
 
 
 @pytest.fixture
@@ -148,3 +155,31 @@ def test_lines_that_are_nowhere_after_a_restart_are_sent_again_once(rt: Runtime)
     assert queue.requeued == [2, 5]  # once per Redis process
     watchdog.reconcile_once(rt, queue, ServerInfo("run-3", time.time()))  # type: ignore[arg-type]
     assert queue.requeued == [2, 5, 2, 5]
+
+
+# --- a finalize that cannot write --------------------------------------------------------------
+
+
+def test_a_finalize_that_cannot_write_is_recorded_then_cleared_once_it_can(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch_id, queue = stalled_batch(rt, done=TOTAL, granted=TOTAL), RecordingQueue()
+    writes = finalize.write_files
+
+    def disk_full(*_: object, **__: object) -> tuple[str, str | None]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(finalize, "write_files", disk_full)
+    before = int(rt.redis.hget(keys.STATS, keys.STAT_FINALIZE_FAILURES) or 0)
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, logger="batchq.finalize"), pytest.raises(OSError):
+            finalize.finalize(rt, queue, batch_id)  # type: ignore[arg-type]
+    assert [r.message for r in caplog.records].count("finalize could not write the result files; retrying") == 2
+    assert int(rt.redis.hget(keys.STATS, keys.STAT_FINALIZE_FAILURES) or 0) == before + 2
+    (row,) = [b for b in read_overview(rt.redis, []).batches if b.id == batch_id]
+    assert row.status == "finalizing" and row.finalize_failing_since and "No space left" in (row.finalize_error or "")
+    monkeypatch.setattr(finalize, "write_files", writes)  # space is back
+    finalize.finalize(rt, queue, batch_id)  # type: ignore[arg-type]
+    batch = rt.batches.get(batch_id)
+    assert batch is not None and batch.status is Status.COMPLETED and queue.events == ["batch.completed"]
+    assert rt.redis.hget(keys.batch(batch_id), "finalize_failing_since") is None
