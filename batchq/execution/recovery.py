@@ -64,7 +64,8 @@ class HeldLines:
                 self._held.update({(batch_id, i): run_id for i in indices if (batch_id, i) in self._held})
         if restarted or stale:
             lines = sum(len(i) for i in stale.values())
-            log.log(logging.WARNING if restarted else logging.DEBUG, "leases renewed", extra={"lines": lines})
+            message = "redis restarted: leases of the lines held here renewed" if restarted else "leases renewed"
+            log.log(logging.WARNING if restarted else logging.DEBUG, message, extra={"lines": lines})
         return restarted
 
     def _stale(self, run_id: str) -> dict[str, list[int]]:
