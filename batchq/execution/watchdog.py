@@ -13,9 +13,9 @@ Per active batch it decides (``plan``, pure) and then acts:
 - nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
   none of its tasks in the line queue, no progress     in the line queue (its task was lost)
 
-Files on disk without a record in Redis (lost with Redis, or a crash between writing and
-recording) are removed once older than ``BATCHQ_ORPHAN_GRACE_S``; this look runs at most every
-ten minutes.
+Files (and upload parts) on disk without a record in Redis (lost with Redis, or a crash between
+writing and recording) are removed once older than ``BATCHQ_ORPHAN_GRACE_S``; this look runs at
+most every ten minutes.
 
 Every sweep also deletes expired files, expires uploads past their hour (removing their parts),
 and makes sure each running batch with waiting lines is known to the scheduler
@@ -156,6 +156,8 @@ def remove_orphans(rt: Runtime) -> None:
         return
     for file_id, size in rt.files.remove_orphans(time.time() - grace):
         log.warning("orphan file removed: no record in redis", extra={"file_id": file_id, "bytes": size})
+    for upload_id in rt.uploads.remove_orphans(time.time() - grace):
+        log.warning("orphan upload parts removed: no record in redis", extra={"upload_id": upload_id})
 
 
 def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:
