@@ -4,15 +4,11 @@ line is still stored exactly once."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from batchq.embedded import free_port, start_redis
 from batchq.stack import Stack
 from tests.integration.conftest import FAST, _dump_logs
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait
@@ -21,62 +17,34 @@ pytestmark = pytest.mark.integration
 LINES = 160
 
 
-class Durable:
-    """A redis-server with an append-only file (appendfsync everysec) that a test may kill and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port, self.dir = free_port(), workdir / "redis"
-        self.process = start_redis(self.port, self.dir, persist=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def start(self) -> None:
-        self.process = start_redis(self.port, self.dir, persist=True)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture(scope="module")
-def durable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Durable]]:
+def durable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("durable")
-    server = Durable(workdir)
     env = FAST | {"BATCHQ_LINE_LEASE_S": "120"}  # the default lease: what the lines in flight used to wait for
-    stack = Stack(workdir, env_overrides=env, redis_url=server.url)
+    stack = Stack(workdir, env_overrides=env, persist=True)
     try:
-        yield stack.start(workers=1, concurrency=16), server
+        yield stack.start(workers=1, concurrency=16)
     except BaseException:
         _dump_logs(workdir)
         raise
     finally:
         stack.stop()
-        server.stop()
 
 
 @pytest.mark.parametrize("workers_too", [False, True], ids=["redis", "redis-and-worker"])
-def test_a_batch_completes_within_30_s_of_a_redis_restart_every_line_once(
-    durable: tuple[Stack, Durable], workers_too: bool
-) -> None:
+def test_a_batch_completes_within_30_s_of_a_redis_restart_every_line_once(durable: Stack, workers_too: bool) -> None:
     """With the worker SIGKILLed too, its leases and its Celery messages are gone with it, and the
     last second of Redis's writes may be: the watchdog sends those lines again."""
-    stack, server = durable
+    stack = durable
     sdk = client(stack, user="restart")
     rows = [chat_row(f"r{i}", f"r {i}", latency_ms=400) for i in range(LINES)]
     batch = submit(sdk, rows)
     stack.wait_until(lambda: _done(stack, batch.id) >= 30, 30, "the batch is under way")
-    server.kill()  # SIGKILL: the last second of writes may be lost with it
+    stack.kill("redis")  # SIGKILL: the last second of writes may be lost with it
     if workers_too:
         stack.kill("worker0")
     time.sleep(3)
-    server.start()
+    stack.start_redis()  # the same port and directory: it reads its append-only file back
     restarted = time.monotonic()
     if workers_too:
         stack.start_worker("worker0", concurrency=16)
