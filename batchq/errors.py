@@ -13,10 +13,10 @@ OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}`` in exactl
     ├── NotFound                     404   (unknown id *or* someone else's: same body)
     ├── RateLimited                  429   (carries retry_after seconds)
     ├── Unavailable                  503   (Redis unreachable; carries retry_after seconds)
-    └── StorageFull                  507 insufficient_storage (no space left for an upload)
+    └── StorageFull                  507 insufficient_storage (no space left: the disk, or Redis's maxmemory)
 
 Foreign errors become these in one place, ``batchq.api.errors.translate``: Redis connection
-errors and timeouts -> ``Unavailable``, ENOSPC/EDQUOT -> ``StorageFull``.
+errors and timeouts -> ``Unavailable``, ENOSPC/EDQUOT (and Redis's OOM) -> ``StorageFull``.
 
 Upstream (LLM gateway) failures are not exceptions of this tree: a line's failure is data,
 turned into a result line by ``batchq.execution``.

@@ -1,7 +1,7 @@
 """The one table that turns exceptions into OpenAI-shaped HTTP error responses.
 
 Foreign errors are translated here too (``translate``): Redis unreachable or too slow -> 503 with
-``Retry-After``, a full disk -> 507. The dashboard's pages use the same translation.
+``Retry-After``, a full disk (or Redis at its ``maxmemory``) -> 507. The dashboard's pages use the same translation.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def translate(exc: BaseException) -> BatchqError | None:
         return exc
     if isinstance(exc, REDIS_DOWN):
         return Unavailable(f"The service is temporarily unavailable (Redis: {type(exc).__name__}); retry shortly.")
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+    if (isinstance(exc, OSError) and exc.errno in DISK_FULL) or isinstance(exc, redis.OutOfMemoryError):
         return StorageFull("The server's storage is full: nothing was stored. Retry later, or tell its operator.")
     return None
 
@@ -129,7 +129,7 @@ async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(BatchqError, on_batchq_error)
-    for foreign in (*REDIS_DOWN, OSError):
+    for foreign in (*REDIS_DOWN, redis.OutOfMemoryError, OSError):
         app.add_exception_handler(foreign, on_foreign_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)

@@ -61,6 +61,7 @@ def test_no_budget_means_one_try() -> None:
         (redis.ReadOnlyError("replica"), Unavailable, 503),
         (OSError(errno.ENOSPC, "No space left on device"), StorageFull, 507),
         (OSError(errno.EDQUOT, "Disk quota exceeded"), StorageFull, 507),
+        (redis.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."), StorageFull, 507),
     ],
 )
 def test_foreign_errors_become_batchq_errors(exc: Exception, kind: type, status: int) -> None:
