@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+import redis
+
 from batchq.domain.models import Batch
 from batchq.domain.results import LOST
 from batchq.domain.status import Status, is_terminal
@@ -95,17 +97,26 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
         log.info("expired files deleted", extra={"count": deleted})
     expire_uploads(rt)
     remove_orphans(rt)
-    info = server_info(rt.redis)
-    stale = recovery.stale_before(info, time.time())
+    info = _server_info(rt)
+    stale = recovery.stale_before(info, time.time()) if info else None
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
             check(rt, queue, batch_id, in_queue, stale)
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
-    if stale is not None:
+    if info is not None and stale is not None:
         reconcile_once(rt, queue, info)
     rt.scheduler.fill(time.time())
+
+
+def _server_info(rt: Runtime) -> ServerInfo | None:
+    """Redis's run_id and start, or None where INFO is refused (then leases only run out in time)."""
+    try:
+        return server_info(rt.redis)
+    except redis.ResponseError as exc:
+        log.debug("redis INFO refused: no fast recovery after a restart", extra={"reason": str(exc)})
+        return None
 
 
 def expire_uploads(rt: Runtime) -> None:
