@@ -26,6 +26,12 @@ class Settings(BaseSettings):
 
     # Where state lives: redis://, rediss://, unix:// or sentinel:// (batchq/domain/redis_url.py)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Redis client: connect and read timeouts, and how long a failed command is retried in all.
+    # The API answers 503 (with Retry-After) once its budget is spent; a worker rides out a restart.
+    redis_connect_timeout_s: float = Field(default=0.5, gt=0)
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    redis_api_retry_s: float = Field(default=0.5, ge=0)
+    redis_worker_retry_s: float = Field(default=20.0, ge=0)
     data_dir: Path = Path("./batchq-data")
 
     # Who may call the API: comma-separated keys (managed keys come on top)
@@ -82,6 +88,8 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=30.0, ge=0)
     watchdog_interval_s: float = Field(default=15.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
+    finalize_retry_max_s: float = Field(default=60.0, gt=0)  # longest wait between tries of a failing finalize
+    orphan_grace_s: float = Field(default=3600.0, ge=1)  # a file on disk with no record is removed this old
     queue_depth: int = Field(default=64, ge=1)  # granted line tasks kept in the Celery queue (scheduler.py)
     urgent_share: float = Field(default=0.25, ge=0, le=1)  # a batch in this last part of its window goes first
 

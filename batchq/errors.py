@@ -12,7 +12,11 @@ OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}`` in exactl
     ├── AuthenticationFailed         401 authentication_error / invalid_api_key
     ├── NotFound                     404   (unknown id *or* someone else's: same body)
     ├── RateLimited                  429   (carries retry_after seconds)
-    └── Unavailable                  503   (Redis unreachable)
+    ├── Unavailable                  503   (Redis unreachable; carries retry_after seconds)
+    └── StorageFull                  507 insufficient_storage (no space left: the disk, or Redis's maxmemory)
+
+Foreign errors become these in one place, ``batchq.api.errors.translate``: Redis connection
+errors and timeouts -> ``Unavailable``, ENOSPC/EDQUOT (and Redis's OOM) -> ``StorageFull``.
 
 Upstream (LLM gateway) failures are not exceptions of this tree: a line's failure is data,
 turned into a result line by ``batchq.execution``.
@@ -84,3 +88,10 @@ class Unavailable(BatchqError):
     status_code = 503
     error_type = "server_error"
     default_code = "service_unavailable"
+    retry_after = 5
+
+
+class StorageFull(BatchqError):
+    status_code = 507
+    error_type = "server_error"
+    default_code = "insufficient_storage"

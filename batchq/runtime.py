@@ -8,6 +8,7 @@ from typing import Protocol
 import redis
 
 from batchq.config import Settings
+from batchq.execution.recovery import HeldLines
 from batchq.execution.upstream import Upstream
 from batchq.observability.metrics import worker_metrics
 from batchq.storage.apikeys import ApiKeyStore
@@ -41,6 +42,9 @@ class TaskQueue(Protocol):
     def queued_lines(self) -> set[tuple[str, int]]:
         """(batch id, line index) of every granted line task still in the queue."""
 
+    def waiting_lines(self, batch_id: str) -> set[int]:
+        """Line indices of the batch's tasks not granted yet (read in chunks: it may be long)."""
+
 
 @dataclass
 class Runtime:
@@ -53,6 +57,7 @@ class Runtime:
     scheduler: Scheduler
     idempotency: IdempotencyStore
     uploads: UploadStore
+    held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -67,8 +72,13 @@ class Runtime:
         return self._upstream
 
 
-def build_runtime(settings: Settings, pool_size: int | None = None) -> Runtime:
-    client = connect(settings.redis_url, max_connections=pool_size or settings.worker_concurrency + 32)
+def build_runtime(settings: Settings, pool_size: int | None = None, api: bool = False) -> Runtime:
+    """``api``: retry Redis only briefly (a request answers 503 rather than wait for Redis)."""
+    client = connect(
+        settings.redis_url, max_connections=pool_size or settings.worker_concurrency + 32,
+        connect_timeout_s=settings.redis_connect_timeout_s, socket_timeout_s=settings.redis_socket_timeout_s,
+        retry_s=settings.redis_api_retry_s if api else settings.redis_worker_retry_s,
+    )  # fmt: skip
     return Runtime(
         settings=settings,
         redis=client,

@@ -33,10 +33,12 @@ class Upload:
 def accept_upload(rt: Runtime, owner: Owner, upload: Upload) -> FileObject:
     try:
         ttl_s, lines = _checked_upload(rt, upload)
-    except InvalidRequest:
+        stored = rt.files.register(
+            new_file_id(), owner, upload.filename, str(upload.purpose), upload.temp, lines, ttl_s
+        )
+    except BaseException:
         upload.temp.unlink(missing_ok=True)
         raise
-    stored = rt.files.register(new_file_id(), owner, upload.filename, str(upload.purpose), upload.temp, lines, ttl_s)
     log.info("file uploaded", extra={"file_id": stored.id, "owner": owner.key, "bytes": stored.bytes})
     return stored
 

@@ -40,6 +40,8 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     api_port: int = 0
     upstream_port: int = 0
+    persist: bool = False  # the private redis-server keeps an append-only file (appendfsync everysec)
+    redis_port: int = 0
 
     @property
     def api_url(self) -> str:
@@ -64,9 +66,9 @@ class Stack:
     def start(self, workers: int = 1, concurrency: int = 32) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.redis_url is None:
-            port = free_port()
-            self.processes["redis"] = start_redis(port, self.workdir / "redis")
-            self.redis_url = f"redis://127.0.0.1:{port}/0"
+            self.redis_port = free_port()
+            self.start_redis()
+            self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.start_upstream()
         self.start_api()
         for n in range(workers):
@@ -80,6 +82,10 @@ class Stack:
             )
         self.processes[name] = process
         return process
+
+    def start_redis(self) -> None:
+        """The private redis-server, on its port and directory (again, after ``kill("redis")``)."""
+        self.processes["redis"] = start_redis(self.redis_port, self.workdir / "redis", self.persist)
 
     def start_upstream(self) -> None:
         self.upstream_port = self.upstream_port or free_port()

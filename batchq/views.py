@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchq.domain.models import Batch, FileObject, Page
-from batchq.observability.overview import Overview, eta_s, rate, tenant_rates
+from batchq.observability.overview import BatchRow, Overview, eta_s, rate, tenant_rates
 from batchq.storage.apikeys import ApiKey
 
 OUT = Console()
@@ -74,10 +74,19 @@ def overview_table(snapshot: Overview, previous: Overview | None = None) -> Tabl
         speed = rate(row, snapshot.at, before.get(row.id), previous.at if previous else None)
         eta = eta_s(row, speed)
         table.add_row(
-            row.id, row.owner.account, row.owner.user or "", row.status, f"{row.done}/{row.total}", str(row.failed),
-            f"{speed:.1f}" if speed is not None else "-", span(eta), span(snapshot.at - row.created_at),
+            row.id, row.owner.account, row.owner.user or "", _status_cell(snapshot, row), f"{row.done}/{row.total}",
+            str(row.failed), f"{speed:.1f}" if speed is not None else "-", span(eta),
+            span(snapshot.at - row.created_at),
         )  # fmt: skip
     return table
+
+
+def _status_cell(snapshot: Overview, row: BatchRow) -> str:
+    """The status, and a finalize that cannot write its files: for how long, and why."""
+    if row.finalize_failing_since is None:
+        return row.status
+    failing = span(snapshot.at - row.finalize_failing_since)
+    return f"{row.status} (FINALIZE FAILING for {failing}: {row.finalize_error or 'unknown error'})"
 
 
 def _route_cell(snapshot: Overview, route: str, in_flight: int) -> str:

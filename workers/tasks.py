@@ -17,12 +17,13 @@ from celery.app.task import Task
 
 from batchq.config import get_settings
 from batchq.domain.health import Deferred
-from batchq.execution import dispatch, runner, submit, watchdog, webhooks
+from batchq.execution import dispatch, recovery, runner, submit, watchdog, webhooks
 from batchq.execution import finalize as finalizing
 from batchq.observability.logs import configure_logging
 from batchq.observability.metrics import start_worker_metrics_server
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
+from batchq.storage.server import warn_if_not_durable
 from workers.celery_app import app
 from workers.publish import line_messages, line_of
 
@@ -59,6 +60,10 @@ class CeleryQueue:
         found = (line_of(m) for m in runtime().scheduler.queued_messages())
         return {line for line in found if line is not None}
 
+    def waiting_lines(self, batch_id: str) -> set[int]:
+        found = (line_of(m) for m in runtime().scheduler.waiting_messages(batch_id))
+        return {line[1] for line in found if line is not None and line[0] == batch_id}
+
 
 def _messages(batch_id: str, lines: list[tuple[int, int, int]]) -> Iterator[bytes]:
     return line_messages(line_task.name, [(batch_id, i, o, n) for i, o, n in lines], keys.LINE_QUEUE)
@@ -83,9 +88,21 @@ def line_task(batch_id: str, index: int, offset: int, length: int) -> None:
         queue.finalize_batch(batch_id)  # the batch's completion callback: fired once, by the last line
 
 
-@app.task(name="batchq.finalize", autoretry_for=RETRY_ON, retry_backoff=True, max_retries=8)
-def finalize_task(batch_id: str) -> None:
-    finalizing.finalize(runtime(), queue, batch_id)
+@app.task(name="batchq.finalize", bind=True, autoretry_for=(redis.RedisError,), retry_backoff=True, max_retries=8)
+def finalize_task(self: Task, batch_id: str) -> None:
+    rt = runtime()
+    try:
+        finalizing.finalize(rt, queue, batch_id)
+    except OSError as exc:  # the result files could not be written (a full disk): logged, recorded, retried
+        wait = finalize_backoff(self.request.retries, rt.settings.finalize_retry_max_s)
+        raise self.retry(exc=exc, countdown=wait, max_retries=FINALIZE_RETRIES) from exc
+
+
+FINALIZE_RETRIES = 10_000  # a full disk is retried until space returns (the watchdog takes over after a crash)
+
+
+def finalize_backoff(retries: int, cap: float) -> float:
+    return min(cap, 2.0**retries) * random.uniform(0.5, 1.0)
 
 
 @app.task(name="batchq.webhook", bind=True, max_retries=None)
@@ -115,6 +132,19 @@ def watchdog_loop(stop: threading.Event) -> None:
             log.exception("watchdog sweep failed")
 
 
+def restart_watch_loop(stop: threading.Event) -> None:
+    """Every few seconds: has Redis restarted? Then renew the leases of the lines this process holds."""
+    rt = runtime()
+    lease_s = rt.settings.line_lease_s
+    while True:
+        try:
+            rt.held.check(rt.redis, lambda batch_id, lines: rt.batches.renew_held(batch_id, lines, lease_s))
+        except Exception:  # Redis still away: the next check tries again
+            log.debug("redis restart check failed", exc_info=True)
+        if stop.wait(recovery.CHECK_S):
+            return
+
+
 _stop = threading.Event()
 
 
@@ -139,7 +169,9 @@ def _start_metrics(**_: object) -> None:
 @signals.worker_ready.connect
 def _start_watchdog(sender: object = None, **_: object) -> None:
     print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
+    warn_if_not_durable(runtime().redis)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
+    threading.Thread(target=restart_watch_loop, args=(_stop,), name="batchq-restarts", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

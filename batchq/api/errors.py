@@ -1,17 +1,23 @@
-"""The one table that turns exceptions into OpenAI-shaped HTTP error responses."""
+"""The one table that turns exceptions into OpenAI-shaped HTTP error responses.
+
+Foreign errors are translated here too (``translate``): Redis unreachable or too slow -> 503 with
+``Retry-After``, a full disk (or Redis at its ``maxmemory``) -> 507. The dashboard's pages use the same translation.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from batchq.errors import BatchqError
+from batchq.errors import BatchqError, StorageFull, Unavailable
 
 log = logging.getLogger("batchq.api")
 
@@ -38,7 +44,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "Not possible in the resource's current state.",
         413: "Request or upload too large.",
         429: "Over a per-key limit; see the Retry-After header.",
-        503: "Redis unreachable.",
+        503: "Redis unreachable; see the Retry-After header.",
+        507: "The server's storage is full.",
     }.items()
 }
 
@@ -47,6 +54,21 @@ _HTTP_CODES = {404: ("not_found", "invalid_request_error"), 405: ("method_not_al
 
 def envelope(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)  # ReadOnly: a replica, mid-failover
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def translate(exc: BaseException) -> BatchqError | None:
+    """The batchq error a foreign exception stands for; None when it is a bug (a 500)."""
+    if isinstance(exc, BatchqError):
+        return exc
+    if isinstance(exc, REDIS_DOWN):
+        return Unavailable(f"The service is temporarily unavailable (Redis: {type(exc).__name__}); retry shortly.")
+    if (isinstance(exc, OSError) and exc.errno in DISK_FULL) or isinstance(exc, redis.OutOfMemoryError):
+        return StorageFull("The server's storage is full: nothing was stored. Retry later, or tell its operator.")
+    return None
 
 
 def batchq_response(exc: BatchqError) -> JSONResponse:
@@ -81,6 +103,14 @@ async def on_batchq_error(_: Request, exc: Exception) -> JSONResponse:
     return batchq_response(exc)
 
 
+async def on_foreign_error(request: Request, exc: Exception) -> JSONResponse:
+    mapped = translate(exc)
+    if mapped is None:
+        return await on_unexpected(request, exc)
+    log.warning("request failed", extra={"reason": mapped.code, "path": request.url.path, "error": str(exc)})
+    return batchq_response(mapped)
+
+
 async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, (RequestValidationError, ValidationError))
     return validation_response(exc)
@@ -99,6 +129,8 @@ async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(BatchqError, on_batchq_error)
+    for foreign in (*REDIS_DOWN, redis.OutOfMemoryError, OSError):
+        app.add_exception_handler(foreign, on_foreign_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)

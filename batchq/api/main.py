@@ -6,8 +6,11 @@ from batchq.api.app import create_app
 from batchq.config import get_settings
 from batchq.observability.logs import configure_logging
 from batchq.runtime import build_runtime
+from batchq.storage.server import warn_if_not_durable
 from workers.tasks import queue
 
 settings = get_settings()
 configure_logging(settings.log_level, json=settings.log_json)
-app = create_app(build_runtime(settings, pool_size=64), queue)
+runtime = build_runtime(settings, pool_size=64, api=True)
+warn_if_not_durable(runtime.redis)
+app = create_app(runtime, queue)

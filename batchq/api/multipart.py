@@ -18,6 +18,7 @@ On any error the partial file at ``dest`` is removed before the exception propag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,8 @@ async def receive_upload(
         await _pump(request, parser, max_bytes, limit, file_field)
         return collector.result()
     except BaseException:
-        collector.close()
+        with contextlib.suppress(OSError):  # a full disk fails the close's flush too
+            collector.close()
         dest.unlink(missing_ok=True)
         raise
     finally:
@@ -189,9 +191,9 @@ class _Collector:
         )
 
     def close(self) -> None:
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
 
     # -- headers -----------------------------------------------------------------------
 

@@ -150,7 +150,7 @@ def upload_problem(head: bytes, lines: int, max_lines: int, max_line_bytes: int)
     if lines == 0:
         return "empty_file", "The file holds no requests."
     if lines > max_lines:
-        return "too_many_requests", f"The file has {lines} lines; a batch holds at most {max_lines} requests."
+        return "too_many_requests", f"The file has {lines} non-blank lines; a batch holds at most {max_lines} requests."
     if len(head) > max_line_bytes:
         return "invalid_file_format", f"Line 1 is larger than {max_line_bytes} bytes. {NOT_JSONL}"
     try:

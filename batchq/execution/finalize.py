@@ -141,7 +141,17 @@ def _bit(bitmap: bytes, index: int) -> bool:
 def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status) -> None:
     record = rt.batches.bookkeeping(batch_id)
     owner = Owner.from_key(record.owner if record else "")
-    output_id, error_id = write_files(rt, batch_id, owner, record.output_ttl_s if record else None)
+    try:
+        output_id, error_id = write_files(rt, batch_id, owner, record.output_ttl_s if record else None)
+    except OSError as exc:  # a full disk, most often: the finalize task retries; `batchq top` and /metrics show it
+        rt.batches.finalize_failed(batch_id, f"{type(exc).__name__}: {exc}", time.time())
+        log.warning(
+            "finalize could not write the result files; retrying", extra={"batch_id": batch_id, "reason": str(exc)}
+        )
+        raise
+    if record is not None and record.finalize_failed_at is not None:
+        rt.batches.finalize_written(batch_id)
+        log.info("finalize wrote the result files after failing", extra={"batch_id": batch_id})
     fields = {"output_file_id": output_id} | ({"error_file_id": error_id} if error_id else {})
     if rt.batches.move(batch_id, target, **fields):
         rt.batches.drop_working_keys(batch_id)

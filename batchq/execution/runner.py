@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import orjson
+import redis
 
 from batchq.domain.health import RouteState
 from batchq.domain.results import ResultLine, error_line, response_line
@@ -47,14 +48,30 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
     start = rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s, ask[1] if ask else None, _fill(rt))
     if start.verdict is not Verdict.GO:
         return None
+    rt.held.add(batch_id, index)
     try:
-        held = ask[0] if ask and start.slot else None
-        outcome, done = _send(rt, batch_id, index, route, source, body, held)
+        return _run(rt, batch_id, index, request, (route, source, body), ask[0] if ask and start.slot else None)
+    finally:
+        rt.held.discard(batch_id, index)
+
+
+def _run(
+    rt: Runtime,
+    batch_id: str,
+    index: int,
+    request: dict[str, Any],
+    where: tuple[Route | None, LineSource, dict[str, Any]],
+    held: str | None,
+) -> Progress:
+    """Send a leased line and store its result."""
+    try:
+        outcome, done = _send(rt, batch_id, index, *where, held)
     except BaseException:
         rt.batches.drop_lease(batch_id, index)  # let the watchdog hand it out again at once
         raise
     result = result_of(request["custom_id"], outcome)
     progress = _complete(rt, batch_id, index, result, done)
+    route = where[0]
     if route is not None:
         _note_health(rt, route, progress)
     if progress.accepted:
@@ -96,11 +113,19 @@ def _send(
     if route is None:
         return no_upstream(source.endpoint, body.get("model")), None
     lease = rt.settings.line_lease_s
-    renew = functools.partial(rt.batches.renew_lease, batch_id, index, lease)
+    renew = functools.partial(_renew, rt, batch_id, index, lease)
     payload = orjson.dumps(body)
     return rt.upstream.send_on(
         route, source.endpoint, payload, held, heartbeat=renew, every=lease / 3, deadline=source.expires_at
     )
+
+
+def _renew(rt: Runtime, batch_id: str, index: int, lease_s: float) -> None:
+    """The heartbeat: a Redis outage does not abandon a request in flight (its lease is renewed on return)."""
+    try:
+        rt.batches.renew_lease(batch_id, index, lease_s)
+    except redis.RedisError as exc:
+        log.warning("lease not renewed", extra={"batch_id": batch_id, "line": index + 1, "reason": str(exc)})
 
 
 def _complete(rt: Runtime, batch_id: str, index: int, result: ResultLine, done: Release | None) -> Progress:

@@ -6,16 +6,25 @@ Per active batch it decides (``plan``, pure) and then acts:
 - past ``expires_at`` or ``cancelling``            -> finalize (expire / cancel with partial results)
 - ``in_progress`` with every line done             -> finalize (a completion callback that never ran)
 - ``finalizing`` with no progress for a lease       -> finalize again (idempotent)
+- a finalize that could not write its files lately  -> wait: its task retries (a full disk)
 - ``validating`` for longer than a lease            -> submit again (idempotent)
 - lines whose worker lease ran out (worker killed)  -> re-enqueue them, or past the requeue budget,
                                                        record them as ``request_lost``
 - nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
   none of its tasks in the line queue, no progress     in the line queue (its task was lost)
 
+Files (and upload parts) on disk without a record in Redis (lost with Redis, or a crash between
+writing and recording) are removed once older than ``BATCHQ_ORPHAN_GRACE_S``; this look runs at
+most every ten minutes.
+
 Every sweep also deletes expired files, expires uploads past their hour (removing their parts),
 and makes sure each running batch with waiting lines is known to the scheduler
 (state lost with a Redis restart, a crash in the middle of dispatching) and tops the line queue
 up, so the queue refills even when no task is being delivered.
+
+After a Redis restart (``batchq.execution.recovery``), a lease written before the Redis process
+started counts as run out once the workers had time to renew theirs, and once per Redis process
+every unfinished line that is nowhere (not leased, waiting or queued) is sent again.
 """
 
 from __future__ import annotations
@@ -25,13 +34,16 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+import redis
+
 from batchq.domain.models import Batch
 from batchq.domain.results import LOST
 from batchq.domain.status import Status, is_terminal
-from batchq.execution import dispatch
+from batchq.execution import dispatch, recovery
 from batchq.execution.finalize import claim_lines, missing_lines
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
+from batchq.storage.server import ServerInfo, server_info
 
 log = logging.getLogger("batchq.watchdog")
 
@@ -53,12 +65,15 @@ class Facts:
     progress_at: float
     waiting: int = 0  # line tasks not granted yet (in the scheduler)
     in_queue: int = 0  # its granted tasks still in the line queue
+    finalize_failed_at: float | None = None  # a finalize could not write the result files then (it retries)
 
 
 def plan(f: Facts, lease_s: float) -> Action:
     """What to do with one active batch."""
     b = f.batch
     counts = b.request_counts
+    if f.finalize_failed_at is not None and f.now - f.finalize_failed_at <= lease_s:
+        return Action.WAIT  # its finalize task retries until the disk has room again
     if b.status is Status.CANCELLING or (b.expires_at is not None and f.now >= b.expires_at):
         return Action.FINALIZE
     if b.status is Status.VALIDATING:
@@ -73,18 +88,35 @@ def plan(f: Facts, lease_s: float) -> Action:
     return Action.RESEND_LOST
 
 
+ORPHAN_SWEEP_EVERY_S = 600  # at most; sooner with a shorter BATCHQ_ORPHAN_GRACE_S
+
+
 def sweep(rt: Runtime, queue: TaskQueue) -> None:
     deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
     expire_uploads(rt)
+    remove_orphans(rt)
+    info = _server_info(rt)
+    stale = recovery.stale_before(info, time.time()) if info else None
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
-            check(rt, queue, batch_id, in_queue)
+            check(rt, queue, batch_id, in_queue, stale)
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
+    if info is not None and stale is not None:
+        reconcile_once(rt, queue, info)
     rt.scheduler.fill(time.time())
+
+
+def _server_info(rt: Runtime) -> ServerInfo | None:
+    """Redis's run_id and start, or None where INFO is refused (then leases only run out in time)."""
+    try:
+        return server_info(rt.redis)
+    except redis.ResponseError as exc:
+        log.debug("redis INFO refused: no fast recovery after a restart", extra={"reason": str(exc)})
+        return None
 
 
 def expire_uploads(rt: Runtime) -> None:
@@ -97,12 +129,15 @@ def expire_uploads(rt: Runtime) -> None:
         log.info("uploads expired", extra={"count": expired})
 
 
-def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]]) -> None:
+def check(
+    rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]], stale: float | None = None
+) -> None:
+    """``stale``: leases written before this time run out now (their Redis process is gone)."""
     batch = rt.batches.get(batch_id)
     if batch is None or is_terminal(batch.status):
         rt.redis.srem(keys.ACTIVE_BATCHES, batch_id)
         return
-    facts = _facts(rt, batch, in_queue)
+    facts = _facts(rt, batch, in_queue, stale)
     if batch.status is Status.IN_PROGRESS and facts.waiting:
         dispatch.enroll(rt, batch)
     action = plan(facts, rt.settings.line_lease_s)
@@ -111,16 +146,54 @@ def check(rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str,
     _act(rt, queue, batch, action, facts)
 
 
-def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]]) -> Facts:
+def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None) -> Facts:
     now = time.time()
     leases = rt.batches.leases(batch.id)
     record = rt.batches.bookkeeping(batch.id)
     progress = record.progress_at if record and record.progress_at else None
     last = progress or float(batch.in_progress_at or batch.created_at)
-    expired = sorted(i for i, until in leases.items() if until <= now)
+    lease_s = rt.settings.line_lease_s
+    expired = sorted(i for i, until in leases.items() if until <= now or recovery.is_stale(until, lease_s, stale))
     waiting = rt.scheduler.waiting(batch.id)
     mine = sum(1 for b, _ in in_queue if b == batch.id)
-    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine)
+    failed_at = record.finalize_failed_at if record else None
+    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at)
+
+
+def remove_orphans(rt: Runtime) -> None:
+    """Files on disk without a record, older than the grace: removed, one log line each."""
+    grace = rt.settings.orphan_grace_s
+    if not rt.redis.set(keys.ORPHANS_SWEPT, "1", nx=True, ex=max(1, int(min(ORPHAN_SWEEP_EVERY_S, grace)))):
+        return
+    for file_id, size in rt.files.remove_orphans(time.time() - grace):
+        log.warning("orphan file removed: no record in redis", extra={"file_id": file_id, "bytes": size})
+    for upload_id in rt.uploads.remove_orphans(time.time() - grace):
+        log.warning("orphan upload parts removed: no record in redis", extra={"upload_id": upload_id})
+
+
+def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:
+    """Once per Redis process: send again every unfinished line of a running batch that is nowhere."""
+    if rt.redis.get(keys.RECONCILED_RUN) == info.run_id.encode():
+        return
+    in_queue = queue.queued_lines()
+    for batch_id in rt.batches.active_ids():
+        batch = rt.batches.get(batch_id)
+        if batch is not None and batch.status is Status.IN_PROGRESS:
+            found = resend_unseen(rt, queue, batch, {i for b, i in in_queue if b == batch_id})
+            if found:
+                log.warning("lines lost with redis sent again", extra={"batch_id": batch_id, "lines": found})
+    rt.redis.set(keys.RECONCILED_RUN, info.run_id)
+
+
+def resend_unseen(rt: Runtime, queue: TaskQueue, batch: Batch, queued: set[int]) -> int:
+    """Send again the unfinished lines that are not leased, not waiting and not queued; returns how many."""
+    waiting = queue.waiting_lines(batch.id)
+    leases = rt.batches.leases(batch.id)
+    missing = missing_lines(rt, batch.id, batch.request_counts.total)
+    unseen = [i for i in missing if i not in leases and i not in waiting and i not in queued]
+    if unseen:
+        requeue(rt, queue, batch, unseen)
+    return len(unseen)
 
 
 def _act(rt: Runtime, queue: TaskQueue, batch: Batch, action: Action, facts: Facts) -> None:

@@ -423,6 +423,16 @@ def _line_families(stats: dict[str, float]) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "batchq_lines_failed_total", "Lines stored as an error.", value=stats.get(STAT_LINES_FAILED, 0.0)
     )
+    yield CounterMetricFamily(
+        "batchq_finalize_failures_total",
+        "Finalize attempts that could not write a batch's result files (a full disk); each is retried.",
+        value=stats.get(keys.STAT_FINALIZE_FAILURES, 0.0),
+    )
+    yield CounterMetricFamily(
+        "batchq_orphan_files_removed_total",
+        "Files on disk without a record (lost with Redis, or a crash before recording), removed.",
+        value=stats.get(keys.STAT_ORPHANS_REMOVED, 0.0),
+    )
 
 
 def _gauge(name: str, doc: str, label: str, values: Iterable[tuple[str, float]]) -> GaugeMetricFamily:

@@ -19,7 +19,10 @@ from batchq.domain.models import Owner
 from batchq.storage import keys
 
 CHUNK = 1000  # batches per pipeline round trip
-FIELDS = ("status", "owner", "total", "completed", "failed", "created_at", "in_progress_at", "expires_at")
+FIELDS = (
+    "status", "owner", "total", "completed", "failed", "created_at", "in_progress_at", "expires_at",
+    "finalize_failing_since", "finalize_error",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class BatchRow:
     expires_at: int | None
     waiting: int = 0  # line tasks not granted yet (waiting in the scheduler)
     leased: int = 0  # lines a worker holds now
+    finalize_failing_since: int | None = None  # its finalize cannot write the result files (a full disk)
+    finalize_error: str | None = None  # why, the last time
 
     @property
     def done(self) -> int:
@@ -140,7 +145,8 @@ def _row(batch_id: str, h: dict[str, Any], waiting: int, leased: int) -> BatchRo
         id=batch_id, owner=Owner.from_key((h["owner"] or b"").decode()), status=h["status"].decode(),
         total=number("total") or 0, completed=number("completed") or 0, failed=number("failed") or 0,
         created_at=number("created_at") or 0, in_progress_at=number("in_progress_at"), expires_at=number("expires_at"),
-        waiting=waiting, leased=leased,
+        waiting=waiting, leased=leased, finalize_failing_since=number("finalize_failing_since"),
+        finalize_error=h["finalize_error"].decode() if h["finalize_error"] else None,
     )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ class Bookkeeping:
     output_ttl_s: int | None  # output_expires_after, applied to the result files
     progress_at: float | None  # when a line was last stored
     reserved_lines: int | None  # lines reserved against the account's quota
+    finalize_failed_at: float | None = None  # the last finalize that could not write the result files
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class BatchStore:
         self._begin = Script(client, scripts.BEGIN_LINE)
         self._complete = Script(client, scripts.COMPLETE_LINE)
         self._read_results = Script(client, scripts.READ_RESULTS)
+        self._renew_held = Script(client, scripts.RENEW_HELD)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -111,8 +113,8 @@ class BatchStore:
         return _from_hash(raw)
 
     def bookkeeping(self, batch_id: str) -> Bookkeeping | None:
-        names = ["owner", "account", "output_ttl_s", "progress_at", "reserved_lines"]
-        owner, account, ttl, progress, reserved = self.r.hmget(keys.batch(batch_id), names)
+        names = ["owner", "account", "output_ttl_s", "progress_at", "reserved_lines", "finalize_failed_at"]
+        owner, account, ttl, progress, reserved, failed_at = self.r.hmget(keys.batch(batch_id), names)
         if owner is None:
             return None
         return Bookkeeping(
@@ -121,6 +123,7 @@ class BatchStore:
             output_ttl_s=int(ttl) if ttl else None,
             progress_at=float(progress) if progress else None,
             reserved_lines=int(reserved) if reserved else None,
+            finalize_failed_at=float(failed_at) if failed_at else None,
         )
 
     def page(self, owner: Owner, after: str | None, limit: int) -> Page[Batch]:
@@ -160,6 +163,18 @@ class BatchStore:
 
     def set_fields(self, batch_id: str, **fields: Any) -> None:
         self.r.hset(keys.batch(batch_id), mapping={k: _encode(v) for k, v in fields.items()})
+
+    def finalize_failed(self, batch_id: str, reason: str, now: float) -> None:
+        """A finalize could not write the result files: since when it fails, why, and one more in the count."""
+        pipe = self.r.pipeline()
+        pipe.hsetnx(keys.batch(batch_id), "finalize_failing_since", int(now))
+        pipe.hset(keys.batch(batch_id), mapping={"finalize_error": reason[:500], "finalize_failed_at": now})
+        pipe.hincrby(keys.STATS, keys.STAT_FINALIZE_FAILURES, 1)
+        pipe.execute()
+
+    def finalize_written(self, batch_id: str) -> None:
+        """The result files are written: the batch no longer shows a failing finalize."""
+        self.r.hdel(keys.batch(batch_id), "finalize_failing_since", "finalize_error", "finalize_failed_at")
 
     def touch(self, batch_id: str, now: float) -> None:
         """Count as progress now (the watchdog gives a batch it acted on a lease period)."""
@@ -206,6 +221,11 @@ class BatchStore:
 
     def renew_lease(self, batch_id: str, index: int, lease_s: float) -> None:
         self.r.hset(keys.batch_leases(batch_id), str(index), time.time() + lease_s)
+
+    def renew_held(self, batch_id: str, indices: list[int], lease_s: float) -> int:
+        """Renew the leases of these lines that still have one (after a Redis restart); returns how many."""
+        call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": time.time() + lease_s})
+        return int(self._renew_held.run({"line": call}))
 
     def complete_line(self, batch_id: str, index: int, result: ResultLine, release: Call | None = None) -> Progress:
         """Store the line's result once; with ``release``, also give back that limiter slot."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator, Set
@@ -71,7 +72,11 @@ class FileStore:
             id=file_id, bytes=target.stat().st_size, created_at=now, filename=filename,
             purpose=purpose, expires_at=now + (ttl_s or self.ttl_s),
         )  # fmt: skip
-        self._record(obj, owner, lines)
+        try:
+            self._record(obj, owner, lines)
+        except BaseException:
+            target.unlink(missing_ok=True)  # no file without its record (else the orphan sweep finds it)
+            raise
         return obj
 
     def line_count(self, file_id: str) -> int:
@@ -124,6 +129,35 @@ class FileStore:
         self._sweep_tmp(now - 86_400)
         return len(gone)
 
+    def remove_orphans(self, older_than: float, batch: int = 1000) -> list[tuple[str, int]]:
+        """Remove files on disk that have no record in Redis and were last written before
+        ``older_than``: lost with Redis, or left by a crash between writing and recording.
+        Returns (file id, bytes) of each one removed."""
+        removed: list[tuple[str, int]] = []
+        candidates = self._old_files(older_than)
+        for start in range(0, len(candidates), batch):
+            chunk = candidates[start : start + batch]
+            pipe = self.r.pipeline(transaction=False)
+            for file_id, _ in chunk:
+                pipe.exists(keys.file(file_id))
+            for (file_id, size), known in zip(chunk, pipe.execute(), strict=True):
+                if not known:
+                    (self.root / "files" / file_id).unlink(missing_ok=True)
+                    removed.append((file_id, size))
+        if removed:
+            self.r.hincrby(keys.STATS, keys.STAT_ORPHANS_REMOVED, len(removed))
+        return removed
+
+    def _old_files(self, older_than: float) -> list[tuple[str, int]]:
+        found = []
+        with os.scandir(self.root / "files") as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat()
+                    if entry.is_file() and looks_like("file-", entry.name) and stat.st_mtime < older_than:
+                        found.append((entry.name, stat.st_size))
+        return found
+
     def _remove(self, file_id: str, owner_key: str) -> None:
         pipe = self.r.pipeline()
         pipe.delete(keys.file(file_id))
@@ -155,36 +189,33 @@ class FileStore:
 class InputShape:
     """What an upload-time check needs of a batch input file, read without parsing it all."""
 
-    lines: int  # lines up to the last non-blank one (an upper bound on the file's requests)
+    lines: int  # non-blank lines: an upper bound on the file's requests (blank lines are not requests)
     head: bytes  # the first line, without its newline, cut at ``head_limit`` + 1 bytes
 
 
+_NON_BLANK = re.compile(rb"\S[^\n]*")  # from a line's first non-whitespace byte to its end: one per line
+
+
 def input_shape(path: Path, head_limit: int) -> InputShape:
-    """Counts newlines in 1 MiB chunks and reads the first line and the blank tail."""
-    newlines, size = 0, path.stat().st_size
+    """Counts the non-blank lines in 1 MiB reads and reads the first line."""
     with open(path, "rb") as handle:
         head = handle.readline(head_limit + 1).rstrip(b"\r\n")
         handle.seek(0)
-        while chunk := handle.read(1 << 20):
-            newlines += chunk.count(b"\n")
-        end, blank_newlines = _content_end(handle, size)
-    lines = 0 if end == 0 else newlines - blank_newlines + 1
-    return InputShape(lines, head)
+        return InputShape(_non_blank_lines(handle), head)
 
 
-def _content_end(handle: BinaryIO, size: int) -> tuple[int, int]:
-    """Where the content before trailing whitespace ends, and how many newlines that whitespace holds."""
-    end, newlines = size, 0
-    while end > 0:
-        start = max(0, end - (1 << 16))
-        handle.seek(start)
-        block = handle.read(end - start)
-        kept = block.rstrip()
-        newlines += block.count(b"\n", len(kept))
-        if kept:
-            return start + len(kept), newlines
-        end = start
-    return 0, newlines
+def _non_blank_lines(handle: BinaryIO) -> int:
+    """Lines holding anything but whitespace; a line cut by a read is counted once."""
+    count, counted = 0, False  # counted: the line running into this read was counted already
+    while chunk := handle.read(1 << 20):
+        first_newline = chunk.find(b"\n")
+        head_end = len(chunk) if first_newline < 0 else first_newline
+        count += sum(1 for _ in _NON_BLANK.finditer(chunk))
+        if counted and _NON_BLANK.search(chunk, 0, head_end):
+            count -= 1
+        tail = _NON_BLANK.search(chunk, chunk.rfind(b"\n") + 1) is not None
+        counted = tail or (counted and first_newline < 0)
+    return count
 
 
 def _from_hash(raw: dict[bytes, bytes]) -> FileObject:

@@ -6,8 +6,12 @@ PREFIX = "batchq"
 
 ACTIVE_BATCHES = f"{PREFIX}:batches:active"  # set of non-terminal batch ids (the watchdog's work list)
 WATCHDOG_LOCK = f"{PREFIX}:watchdog:lock"
+ORPHANS_SWEPT = f"{PREFIX}:watchdog:orphans"  # set (with a TTL) while the last sweep for orphan files is recent
 FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
+RECONCILED_RUN = f"{PREFIX}:redis:reconciled"  # the Redis run_id whose lost lines the watchdog sent again
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
+STAT_FINALIZE_FAILURES = "finalize_failures"  # STATS field: finalize attempts that could not write the files
+STAT_ORPHANS_REMOVED = "orphans_removed"  # STATS field: files on disk without a record, removed
 
 LINE_QUEUE = "batchq.lines"  # the Celery queue (kombu's Redis list) of granted line tasks
 CONTROL_QUEUE = "batchq.control"  # submit, finalize and webhook tasks: never behind line work

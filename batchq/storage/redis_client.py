@@ -1,14 +1,20 @@
 """One Redis client per process, with a pool sized for the worker's concurrency.
 
 A ``BlockingConnectionPool`` makes a burst wait for a free connection instead of failing with
-``MaxConnectionsError``; reconnects are retried with backoff. A ``sentinel://`` URL
-(``batchq.domain.redis_url``) gives a client of the master the Sentinels name, found again after
-a failover.
+``MaxConnectionsError``. Connects and reads time out (``BATCHQ_REDIS_CONNECT_TIMEOUT_S``,
+``BATCHQ_REDIS_SOCKET_TIMEOUT_S``), and a failed command is retried with backoff for at most
+``retry_s`` in all: the API keeps that short (it answers 503 at once, with ``Retry-After``), a
+worker long enough to ride out a Redis restart with the results of the lines it holds. A
+``sentinel://`` URL (``batchq.domain.redis_url``) gives a client of the master the Sentinels name,
+found again after a failover.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -18,18 +24,85 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from batchq.domain.redis_url import is_sentinel, parse_sentinel_url
 from batchq.errors import Unavailable
 
+T = TypeVar("T")
+POOL_WAIT_S = 30  # the longest a command waits for a free connection of the pool
 
-def connect(url: str, max_connections: int = 64) -> redis.Redis:
+
+class BoundedRetry(Retry):
+    """Exponential backoff (50 ms doubling, at most 2 s a wait), bounded by total time.
+
+    redis-py nests retries (a command's retry reconnects under the connection's own): the
+    outermost call on a thread sets the deadline, and every call nested in it keeps to it.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(ExponentialBackoff(cap=2.0, base=0.05), retries=-1 if budget_s > 0 else 0)
+        self.budget_s = budget_s
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        outer = getattr(_deadline, "at", None)
+        if outer is None:
+            _deadline.at = time.monotonic() + self.budget_s
+        try:
+            return self._attempts(do, fail, is_retryable, with_failure_count)
+        finally:
+            if outer is None:
+                _deadline.at = None
+
+    def _attempts(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None,
+        with_failure_count: bool,
+    ) -> T:
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                wait = min(2.0, 0.05 * 2**failures)
+                if time.monotonic() + wait > _deadline.at:
+                    raise
+                time.sleep(wait)
+
+
+_deadline = threading.local()  # .at: when the outermost retry on this thread gives up
+
+
+def connect(
+    url: str,
+    max_connections: int = 64,
+    *,
+    connect_timeout_s: float | None = None,
+    socket_timeout_s: float | None = None,
+    retry_s: float = 3.0,
+) -> redis.Redis:
+    timeouts = {"socket_connect_timeout": connect_timeout_s, "socket_timeout": socket_timeout_s}
     if is_sentinel(url):
-        return sentinel_client(url, max_connections)
+        return sentinel_client(url, max_connections, retry=BoundedRetry(retry_s), **timeouts)
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=30,
+        timeout=POOL_WAIT_S,
         health_check_interval=30,
         socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+        retry=BoundedRetry(retry_s),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **timeouts,
     )
     return redis.Redis(connection_pool=pool)
 

@@ -28,7 +28,7 @@ transport's (``workers.publish``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -96,6 +96,15 @@ class Scheduler:
     def waiting(self, batch_id: str) -> int:
         """Line tasks of the batch not granted yet."""
         return int(self.r.llen(keys.batch_pending(batch_id)))
+
+    def waiting_messages(self, batch_id: str) -> Iterator[bytes]:
+        """The batch's tasks not granted yet, read ``CHUNK`` at a time."""
+        pending = keys.batch_pending(batch_id)
+        for start in itertools.count(0, CHUNK):
+            chunk = self.r.lrange(pending, start, start + CHUNK - 1)
+            yield from chunk
+            if len(chunk) < CHUNK:
+                return
 
     def queued_messages(self) -> list[bytes]:
         """The granted tasks in the line queue (a short list: about ``depth``)."""

@@ -16,7 +16,9 @@ from __future__ import annotations
 from batchq.storage.lua import Call, Script
 from batchq.storage.scheduler import SCHEDULER_LUA
 
-__all__ = ["ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "TRANSITION", "Call", "Script"]
+__all__ = [
+    "ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "RENEW_HELD", "TRANSITION", "Call", "Script",
+]  # fmt: skip
 
 
 # Positional (a plain registered script: its status list has a variable length).
@@ -61,6 +63,21 @@ local function begin_line(k, a)
   redis.call('HSET', k.leases, a.index, a.lease_until)
   return 'go'
 end
+"""
+
+# line  k: leases.  a: indices (a list), lease_until.
+# After a Redis restart: renews the leases a live worker holds. A line completed meanwhile has no
+# lease left and gets none back. Returns how many leases were renewed.
+RENEW_HELD = """
+local k, a = part('line')
+local renewed = 0
+for _, index in ipairs(a.indices) do
+  if redis.call('HEXISTS', k.leases, index) == 1 then
+    redis.call('HSET', k.leases, index, a.lease_until)
+    renewed = renewed + 1
+  end
+end
+return renewed
 """
 
 # line  k: batch, done, results, order, leases, stats, tenant_lines.

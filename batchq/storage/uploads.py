@@ -176,6 +176,23 @@ class UploadStore:
         shutil.rmtree(self.root / upload_id, ignore_errors=True)
         self.r.delete(keys.upload_parts(upload_id))
 
+    def remove_orphans(self, older_than: float) -> list[str]:
+        """Remove the part directories of uploads that have no record in Redis (lost with Redis)
+        and were last written before ``older_than``; returns their upload ids."""
+        old = []
+        for entry in os.scandir(self.root):
+            if entry.is_dir() and looks_like("upload_", entry.name) and entry.stat().st_mtime < older_than:
+                old.append(entry.name)
+        if not old:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for upload_id in old:
+            pipe.exists(keys.upload(upload_id))
+        gone = [upload_id for upload_id, known in zip(old, pipe.execute(), strict=True) if not known]
+        for upload_id in gone:
+            shutil.rmtree(self.root / upload_id, ignore_errors=True)
+        return gone
+
     def expire_due(self, now: float | None = None, limit: int = 1000) -> int:
         """Expire the pending uploads past ``expires_at`` and clear every due upload's parts;
         returns how many uploads expired."""

@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from batchq import service
 from batchq.api.deps import authenticate, check_user
 from batchq.api.deps import get_runtime as runtime
+from batchq.api.errors import translate
 from batchq.api.multipart import receive_upload
 from batchq.client import ClientError, _retry_metadata, _retryable
 from batchq.domain.models import Batch, Owner, Page, page_of
@@ -65,10 +66,13 @@ class UiRoute(APIRoute):
                 if request.url.path.endswith("/live"):
                     return HTMLResponse("Signed out.", status_code=401)
                 return RedirectResponse("/ui/signin", status_code=303)
-            except BatchqError as exc:
-                return error_page(request, exc.status_code, exc.message)
             except RequestValidationError:
                 return error_page(request, 400, "That request was not understood.")
+            except Exception as exc:  # batchq's errors, and Redis unreachable or a full disk (the API's translation)
+                mapped = translate(exc)
+                if mapped is None:
+                    raise
+                return error_page_of(request, mapped)
 
         return guarded
 
@@ -119,6 +123,13 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     return render(request, "error.html", status=status, status_code=status, message=message)
+
+
+def error_page_of(request: Request, exc: BatchqError) -> HTMLResponse:
+    page = error_page(request, exc.status_code, exc.message)
+    if exc.retry_after is not None:
+        page.headers["Retry-After"] = str(exc.retry_after)
+    return page
 
 
 def go(url: str) -> RedirectResponse:

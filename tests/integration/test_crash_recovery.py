@@ -37,5 +37,6 @@ def test_sigkill_of_a_worker_mid_batch_loses_and_duplicates_nothing(crashy: Stac
 
 
 def _done(stack: Stack, batch_id: str) -> int:
-    counts = client(stack, user="crash").batches.retrieve(batch_id).request_counts
+    with client(stack, user="crash") as sdk:  # closed: an SDK client left to the GC warns
+        counts = sdk.batches.retrieve(batch_id).request_counts
     return 0 if counts is None else counts.completed + counts.failed

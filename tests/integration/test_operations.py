@@ -72,7 +72,7 @@ def test_health_checks_redis_and_livez_checks_only_the_process(stack: Stack) -> 
     assert httpx2.get(stack.api_url + "/health").json() == {"status": "ok"}
     assert httpx2.get(stack.api_url + "/livez").json() == {"status": "ok"}
     cut_off = Settings(_env_file=None, redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=["k"])  # type: ignore[call-arg]
-    with TestClient(create_app(build_runtime(cut_off, pool_size=2), cast(TaskQueue, None))) as api:
+    with TestClient(create_app(build_runtime(cut_off, pool_size=2, api=True), cast(TaskQueue, None))) as api:
         unready = api.get("/health")
         assert unready.status_code == 503 and unready.json()["error"]["message"].startswith("Redis is unreachable")
         assert api.get("/livez").status_code == 200  # a Redis outage must not restart the API

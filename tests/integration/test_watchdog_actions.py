@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,11 @@ from batchq.domain.models import Batch, Owner, RequestCounts
 from batchq.domain.results import LOST, response_line
 from batchq.domain.status import Status
 from batchq.execution import finalize, watchdog
+from batchq.observability.overview import read_overview
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from batchq.storage.batches import pack_offsets
+from batchq.storage.server import ServerInfo
 
 pytestmark = pytest.mark.integration
 TOTAL, DEPTH, LEASE = 10, 3, 60
@@ -25,18 +29,26 @@ TOTAL, DEPTH, LEASE = 10, 3, 60
 class RecordingQueue:
     """A TaskQueue that records what the watchdog hands it; ``in_queue`` is what the line queue holds."""
 
-    def __init__(self, in_queue: set[tuple[str, int]] | None = None) -> None:
+    def __init__(self, in_queue: set[tuple[str, int]] | None = None, waiting: set[int] | None = None) -> None:
         self.requeued: list[int] = []
         self.in_queue = in_queue or set()
+        self.waiting = waiting or set()  # the lines whose tasks wait in the scheduler
+        self.events: list[str] = []
 
     def queued_lines(self) -> set[tuple[str, int]]:
         return self.in_queue
+
+    def waiting_lines(self, batch_id: str) -> set[int]:
+        return self.waiting
 
     def requeue_lines(self, batch_id: str, lines: list[tuple[int, int, int]]) -> None:
         self.requeued += [index for index, _, _ in lines]
 
     def finalize_batch(self, batch_id: str, countdown: float = 0) -> None:
         raise AssertionError("not finished")
+
+    def notify(self, batch_id: str, event_type: str) -> None:
+        self.events.append(event_type)
 
 
 @pytest.fixture
@@ -105,3 +117,69 @@ def test_the_queue_is_read_afresh_before_lines_are_sent_again(rt: Runtime) -> No
     queue = RecordingQueue({(batch_id, 4)})  # granted after the sweep read the queue
     watchdog.check(rt, queue, batch_id, set())  # type: ignore[arg-type]
     assert queue.requeued == []
+
+
+# --- after a Redis restart ---------------------------------------------------------------------
+
+
+def lease(rt: Runtime, batch_id: str, index: int, written_at: float) -> None:
+    rt.redis.hset(keys.batch_leases(batch_id), str(index), written_at + LEASE)
+
+
+def test_leases_written_before_redis_started_run_out_the_rest_stay(rt: Runtime) -> None:
+    batch_id, queue = stalled_batch(rt, done=2, granted=TOTAL), RecordingQueue()
+    started = time.time() - 10  # the Redis process answering now
+    lease(rt, batch_id, 2, started - 5)  # its worker held it under the Redis that was killed
+    lease(rt, batch_id, 3, started + 5)  # renewed (or taken) since: a live worker holds it
+    watchdog.check(rt, queue, batch_id, set(), stale=started)  # type: ignore[arg-type]
+    assert queue.requeued == [2]
+    assert set(rt.batches.leases(batch_id)) == {3}
+
+
+def test_before_the_grace_a_lease_of_the_old_redis_is_left_to_its_worker(rt: Runtime) -> None:
+    batch_id, queue = stalled_batch(rt, done=2, granted=TOTAL), RecordingQueue()
+    lease(rt, batch_id, 2, time.time() - 1)
+    watchdog.check(rt, queue, batch_id, set(), stale=None)  # type: ignore[arg-type]
+    assert queue.requeued == []
+
+
+def test_lines_that_are_nowhere_after_a_restart_are_sent_again_once(rt: Runtime) -> None:
+    batch_id = stalled_batch(rt, done=2, granted=6)  # lines 6.. wait in the scheduler
+    queue = RecordingQueue({(batch_id, 3)}, waiting=set(range(6, TOTAL)))  # line 3 is in the line queue
+    lease(rt, batch_id, 4, time.time())  # line 4 runs; line 5 is nowhere (its lease lost with Redis)
+    rt.batches.set_fields(batch_id, progress_at=int(time.time()))  # the batch moves: no stall rule
+    info = ServerInfo("run-2", time.time() - 60)
+    watchdog.reconcile_once(rt, queue, info)  # type: ignore[arg-type]
+    assert queue.requeued == [2, 5]  # 0 and 1 are done
+    watchdog.reconcile_once(rt, queue, info)  # type: ignore[arg-type]
+    assert queue.requeued == [2, 5]  # once per Redis process
+    watchdog.reconcile_once(rt, queue, ServerInfo("run-3", time.time()))  # type: ignore[arg-type]
+    assert queue.requeued == [2, 5, 2, 5]
+
+
+# --- a finalize that cannot write --------------------------------------------------------------
+
+
+def test_a_finalize_that_cannot_write_is_recorded_then_cleared_once_it_can(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch_id, queue = stalled_batch(rt, done=TOTAL, granted=TOTAL), RecordingQueue()
+    writes = finalize.write_files
+
+    def disk_full(*_: object, **__: object) -> tuple[str, str | None]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(finalize, "write_files", disk_full)
+    before = int(rt.redis.hget(keys.STATS, keys.STAT_FINALIZE_FAILURES) or 0)
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, logger="batchq.finalize"), pytest.raises(OSError):
+            finalize.finalize(rt, queue, batch_id)  # type: ignore[arg-type]
+    assert [r.message for r in caplog.records].count("finalize could not write the result files; retrying") == 2
+    assert int(rt.redis.hget(keys.STATS, keys.STAT_FINALIZE_FAILURES) or 0) == before + 2
+    (row,) = [b for b in read_overview(rt.redis, []).batches if b.id == batch_id]
+    assert row.status == "finalizing" and row.finalize_failing_since and "No space left" in (row.finalize_error or "")
+    monkeypatch.setattr(finalize, "write_files", writes)  # space is back
+    finalize.finalize(rt, queue, batch_id)  # type: ignore[arg-type]
+    batch = rt.batches.get(batch_id)
+    assert batch is not None and batch.status is Status.COMPLETED and queue.events == ["batch.completed"]
+    assert rt.redis.hget(keys.batch(batch_id), "finalize_failing_since") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -366,3 +367,35 @@ def test_named_file_field_is_required_and_capped(dest: Path) -> None:
     with pytest.raises(PayloadTooLarge) as large:
         asyncio.run(receive_upload(request, dest, len(JSONL) - 1, file_field="data"))
     assert large.value.param == "data" and not dest.exists()
+
+
+# -- a full disk -----------------------------------------------------------------------
+
+
+class FullDisk:
+    """A file that takes ``room`` bytes, then fails as a full disk does (its close's flush too)."""
+
+    def __init__(self, real: Any, room: int) -> None:
+        self.real, self.room, self.pending = real, room, 0
+
+    def write(self, data: bytes) -> int:
+        self.pending += len(data)
+        if self.pending > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return int(self.real.write(data))
+
+    def close(self) -> None:
+        self.real.close()
+        if self.pending > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_fails_the_upload_and_leaves_nothing(dest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: FullDisk(opened(self, *a, **k), room=1000))
+    chunks = split(body(part("file", b"x" * 5000, filename="a.jsonl")), 700)
+    request, _ = make_request(chunks, {"content-type": CONTENT_TYPE})
+    with pytest.raises(OSError) as info:
+        asyncio.run(receive_upload(request, dest, 1 << 20))
+    assert info.value.errno == errno.ENOSPC
+    assert not dest.exists()  # nothing partial left: the route answers 507 (batchq.api.errors.translate)

@@ -25,12 +25,12 @@ def shape_of(content: bytes, head_limit: int = 1 << 20) -> tuple[int, bytes]:
 
 @settings(max_examples=200)
 @given(
-    st.lists(st.sampled_from([LINE, b"x", b"", b" ", b"\r"]), max_size=30),
+    st.lists(st.sampled_from([LINE, b"x", b"", b" ", b"\r", b" x "]), max_size=30),
     st.sampled_from([b"", b"\n", b"\n\n \n\r\n", b" " * 70_000]),
 )
-def test_lines_counts_up_to_the_last_non_blank_line(lines: list[bytes], tail: bytes) -> None:
+def test_lines_counts_the_non_blank_lines(lines: list[bytes], tail: bytes) -> None:
     content = b"\n".join(lines) + tail
-    expected = len(content.rstrip().split(b"\n")) if content.strip() else 0
+    expected = sum(1 for line in content.split(b"\n") if line.strip())
     assert shape_of(content)[0] == expected
 
 
@@ -41,6 +41,23 @@ def test_head_is_the_first_line_cut_at_the_limit() -> None:
 
 def test_a_blank_tail_longer_than_one_read_block_is_not_counted() -> None:
     assert shape_of(LINE + b"\n" + b"\n" * 200_000) == (1, LINE)
+
+
+def test_two_requests_among_100_000_blank_lines_are_two() -> None:
+    content = LINE + b"\n" + b"\n" * 50_000 + b" \r\n" * 25_000 + LINE + b"\n" + b"\n" * 25_000
+    assert shape_of(content) == (2, LINE)
+    assert upload_problem(LINE, 2, max_lines=10, max_line_bytes=1 << 20) is None
+
+
+@pytest.mark.parametrize("cut", [1, 7, 1 << 20])
+def test_a_line_cut_by_a_read_block_counts_once(cut: int) -> None:
+    """Lines that run across the 1 MiB read boundary, with and without text on both sides."""
+    block = 1 << 20
+    long_line = b"x" * (block + cut)  # crosses the boundary
+    spaced = b" " * (block - 3) + b"ab  " + b"cd"  # text on both sides of the boundary
+    blank_then_text = b" " * block + b"z"  # text only after the boundary
+    content = b"\n".join([long_line, spaced, blank_then_text, b"", LINE])
+    assert shape_of(content)[0] == 4
 
 
 @pytest.mark.parametrize(

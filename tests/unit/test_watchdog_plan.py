@@ -8,7 +8,7 @@ import pytest
 
 from batchq.domain.models import Batch, RequestCounts
 from batchq.domain.status import Status
-from batchq.execution.watchdog import Facts, plan
+from batchq.execution.watchdog import Action, Facts, plan
 
 LEASE = 120.0
 CREATED = 1_000_000
@@ -38,11 +38,26 @@ def facts(
     progress_at: float = NOW,
     waiting: int = 0,
     in_queue: int = 0,
+    finalize_failed_at: float | None = None,
 ) -> Facts:
-    return Facts(b, now, expired_leases or [], live_leases, progress_at, waiting, in_queue)
+    return Facts(b, now, expired_leases or [], live_leases, progress_at, waiting, in_queue, finalize_failed_at)
 
 
 # --- finalize --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "b",
+    [
+        batch(Status.FINALIZING, completed=10),
+        batch(Status.CANCELLING),
+        batch(Status.IN_PROGRESS, expires_at=CREATED + 100),
+    ],
+)
+def test_a_finalize_that_failed_lately_is_left_to_its_own_retries(b: Batch) -> None:
+    stale = NOW - 2 * LEASE
+    assert plan(facts(b, progress_at=stale, finalize_failed_at=NOW - 10), LEASE) is Action.WAIT
+    assert plan(facts(b, progress_at=stale, finalize_failed_at=NOW - LEASE - 1), LEASE) is Action.FINALIZE
 
 
 @pytest.mark.parametrize("live", [0, 5])

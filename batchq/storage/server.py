@@ -1,0 +1,54 @@
+"""What batchq asks Redis about itself: which process answers (a restart changes its ``run_id``),
+since when, and whether it keeps what it is given (persistence, eviction)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger("batchq.redis")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    run_id: str  # new with every start of the Redis process
+    started_at: float  # unix time the process started (to the second)
+
+
+def server_info(client: redis.Redis) -> ServerInfo:
+    info = client.info("server")
+    return ServerInfo(str(info["run_id"]), time.time() - float(info["uptime_in_seconds"]))
+
+
+def durability_problems(client: redis.Redis) -> list[str]:
+    """What makes this Redis lose batchq's state: no persistence, or keys it may evict.
+
+    Raises ``redis.ResponseError`` when ``CONFIG GET`` is refused (managed Redis often does).
+    """
+    config = client.config_get("appendonly")
+    config |= client.config_get("save")
+    config |= client.config_get("maxmemory-policy")
+    problems = []
+    if config.get("appendonly") != "yes" and not (config.get("save") or "").strip():
+        problems.append("Redis has no persistence (appendonly no, no save points): a restart loses every batch")
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        problems.append(f"Redis maxmemory-policy is {policy}, not noeviction: an evicted key is a lost line or batch")
+    return problems
+
+
+def warn_if_not_durable(client: redis.Redis) -> None:
+    """At startup: a WARNING for each way this Redis can lose batchq's state; never raises."""
+    try:
+        problems = durability_problems(client)
+    except redis.ResponseError as exc:  # CONFIG is often refused on managed Redis
+        log.info("redis persistence and eviction policy not checked: CONFIG GET refused", extra={"reason": str(exc)})
+        return
+    except redis.RedisError as exc:
+        log.info("redis persistence and eviction policy not checked", extra={"reason": str(exc)})
+        return
+    for problem in problems:
+        log.warning(problem + " (see docs/operations.md, 'Redis: persistence and failover')")

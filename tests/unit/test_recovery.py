@@ -1,0 +1,46 @@
+"""After a Redis restart: which leases a worker renews, and which the watchdog takes as run out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchq.execution.recovery import GRACE_S, HeldLines, is_stale, stale_before
+from batchq.storage.server import ServerInfo
+
+
+class FakeRedis:
+    """Answers INFO server with a run_id the test sets."""
+
+    def __init__(self) -> None:
+        self.run_id = "a"
+
+    def info(self, section: str) -> dict[str, Any]:
+        assert section == "server"
+        return {"run_id": self.run_id, "uptime_in_seconds": 100}
+
+
+def test_a_worker_renews_only_the_leases_taken_under_another_redis_process() -> None:
+    redis, held, renewed = FakeRedis(), HeldLines(), []
+    held.add("b1", 0)  # before the first check: its Redis process is unknown
+    assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is False  # type: ignore[arg-type]
+    assert renewed == [("b1", [0])]
+    held.add("b1", 1)
+    held.add("b2", 7)
+    held.check(redis, lambda b, lines: renewed.append((b, sorted(lines))))  # type: ignore[arg-type]
+    assert renewed == [("b1", [0])]  # same Redis: nothing to renew
+    held.discard("b1", 0)  # completed
+    redis.run_id = "b"  # restarted
+    assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is True  # type: ignore[arg-type]
+    assert sorted(renewed[1:]) == [("b1", [1]), ("b2", [7])]
+    assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is False  # type: ignore[arg-type]
+    assert len(renewed) == 3
+
+
+def test_leases_of_the_old_redis_count_as_stale_only_after_the_grace() -> None:
+    info = ServerInfo("r", started_at=1000.0)
+    assert stale_before(info, 1000.0 + GRACE_S - 0.1) is None
+    assert stale_before(info, 1000.0 + GRACE_S) == 1000.0
+    lease_s = 120
+    assert is_stale(999.0 + lease_s, lease_s, 1000.0)  # written a second before Redis started
+    assert not is_stale(1001.0 + lease_s, lease_s, 1000.0)  # renewed after it started
+    assert not is_stale(999.0 + lease_s, lease_s, None)  # still in the grace
