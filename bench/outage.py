@@ -27,6 +27,7 @@ import httpx2
 import orjson
 
 from batchq.stack import Stack
+from bench.results import exactly_once
 
 CHAT = "/v1/chat/completions"
 LINES = 2000
@@ -112,7 +113,12 @@ def run(workdir: Path, label: str, breaker_failures: str | None, outage_s: float
             final = poll(api, batch["id"])
         after = time.monotonic() - back
         return Run(
-            label, _failed(final), _exactly_once(api, final), after, dead.attempts / outage_s, str(final["status"])
+            label,
+            _failed(final),
+            exactly_once(api, final, LINES),
+            after,
+            dead.attempts / outage_s,
+            str(final["status"]),
         )
 
 
@@ -120,16 +126,6 @@ def _failed(batch: dict[str, object]) -> int:
     counts = batch["request_counts"]
     assert isinstance(counts, dict)
     return int(counts["failed"])
-
-
-def _exactly_once(api: httpx2.Client, batch: dict[str, object]) -> bool:
-    seen: list[str] = []
-    for key in ("output_file_id", "error_file_id"):
-        file_id = batch.get(key)
-        if file_id:
-            content = api.get(f"/files/{file_id}/content").content
-            seen += [orjson.loads(line)["custom_id"] for line in content.splitlines() if line.strip()]
-    return sorted(seen) == sorted(f"l{i}" for i in range(LINES))
 
 
 def report(runs: list[Run], outage_s: float) -> None:

@@ -25,6 +25,7 @@ import httpx2
 import orjson
 
 from batchq.stack import Stack
+from bench.results import exactly_once
 
 CHAT = "/v1/chat/completions"
 LINES, KILL_AT, LATENCY_MS = 600, 100, 400
@@ -76,20 +77,10 @@ def one_round(workdir: Path, down_s: float, kill_worker: bool) -> str:
             time.sleep(0.2)
             final = api.get(f"/batches/{batch_id}").json()
         took = time.monotonic() - restarted
-        once = "yes" if exactly_once(api, final) else "NO"
+        once = "yes" if exactly_once(api, final, LINES) else "NO"
         shown = ", ".join(f"{n}x {status}" for status, n in sorted(answers.items()))
         down = f"  API while down: {shown} (slowest {slowest:.2f} s)"
         return f"{down}; completed {took:.1f} s after the restart; exactly once: {once}"
-
-
-def exactly_once(api: httpx2.Client, batch: dict[str, object]) -> bool:
-    seen: list[str] = []
-    for key in ("output_file_id", "error_file_id"):
-        file_id = batch.get(key)
-        if file_id:
-            content = api.get(f"/files/{file_id}/content").content
-            seen += [orjson.loads(line)["custom_id"] for line in content.splitlines() if line.strip()]
-    return sorted(seen) == sorted(f"l{i}" for i in range(LINES))
 
 
 def main() -> None:
