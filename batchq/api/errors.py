@@ -58,6 +58,10 @@ def envelope(message: str, type_: str, param: str | None, code: str | None) -> d
 
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)  # ReadOnly: a replica, mid-failover
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Redis refusing a write for a while: its disk (MISCONF: the AOF or RDB could not be written), or no
+# master or replica to take it (Sentinel setups mid-failover, min-replicas-to-write), or a busy script.
+REDIS_DISK_FULL = ("MISCONF",)
+REDIS_BUSY = ("NOREPLICAS", "MASTERDOWN", "BUSY", "TRYAGAIN", "LOADING")
 
 
 def translate(exc: BaseException) -> BatchqError | None:
@@ -68,6 +72,16 @@ def translate(exc: BaseException) -> BatchqError | None:
         return Unavailable(f"The service is temporarily unavailable (Redis: {type(exc).__name__}); retry shortly.")
     if (isinstance(exc, OSError) and exc.errno in DISK_FULL) or isinstance(exc, redis.OutOfMemoryError):
         return StorageFull("The server's storage is full: nothing was stored. Retry later, or tell its operator.")
+    if isinstance(exc, redis.ResponseError):
+        return _refused_by_redis(str(exc))
+    return None
+
+
+def _refused_by_redis(message: str) -> BatchqError | None:
+    if message.startswith(REDIS_DISK_FULL):
+        return StorageFull("The server's storage is full: nothing was stored. Retry later, or tell its operator.")
+    if message.startswith(REDIS_BUSY):
+        return Unavailable(f"The service is temporarily unavailable (Redis: {message.split()[0]}); retry shortly.")
     return None
 
 

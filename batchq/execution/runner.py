@@ -116,8 +116,15 @@ def _send(
     renew = functools.partial(_renew, rt, batch_id, index, lease)
     payload = orjson.dumps(body)
     return rt.upstream.send_on(
-        route, source.endpoint, payload, held, heartbeat=renew, every=lease / 3, deadline=source.expires_at
-    )
+        route, source.endpoint, payload, held, heartbeat=renew, every=lease / 3, deadline=source.expires_at,
+        may_defer=_may_defer(source, route),
+    )  # fmt: skip
+
+
+def _may_defer(source: LineSource, route: Route) -> bool:
+    """A line may stand aside for a down route only when the scheduler can park its batch: when
+    all the batch's lines go to that route. Else it would be granted again at once, in a loop."""
+    return source.route == route.name
 
 
 def _renew(rt: Runtime, batch_id: str, index: int, lease_s: float) -> None:

@@ -50,7 +50,9 @@ class Outcome:
 
 
 class Limiter(Protocol):
-    def acquire(self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None) -> str | None:
+    def acquire(
+        self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None, may_defer: bool = True
+    ) -> str | None:
         """Wait for a slot; raises ``RouteDown`` when the route stayed down too long."""
 
     def release(self, done: Release) -> RouteState:
@@ -64,7 +66,9 @@ class Limiter(Protocol):
 
 
 class NoLimiter:
-    def acquire(self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None) -> str | None:
+    def acquire(
+        self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None, may_defer: bool = True
+    ) -> str | None:
         return None
 
     def release(self, done: Release) -> RouteState:
@@ -154,6 +158,7 @@ class Upstream:
         heartbeat: Heartbeat = None,
         every: float = 30,
         deadline: float | None = None,
+        may_defer: bool = True,
     ) -> tuple[Outcome, Release]:
         """Send through ``route``; the first attempt uses the slot ``held`` when given.
 
@@ -165,6 +170,7 @@ class Upstream:
         While the route is down (its breaker open) the line waits without spending attempts. Time
         spent waiting for a slot does not count against the retry time budget. It gives up when the
         outage outlasts ``BATCHQ_UPSTREAM_MAX_OUTAGE_S`` or ``deadline`` (its batch's expiry) passes.
+        With ``may_defer`` it raises ``Deferred`` instead when enough lines already wait for the route.
         """
         tries = _Tries(time.monotonic())
         keepalive = Keepalive(heartbeat, every) if heartbeat is not None else None
@@ -172,7 +178,7 @@ class Upstream:
         while True:
             if token is None:
                 try:
-                    token = tries.blocked(lambda: self.limiter.acquire(route, deadline, keepalive))
+                    token = tries.blocked(lambda: self.limiter.acquire(route, deadline, keepalive, may_defer))
                 except RouteDown as down:
                     return _outage(down, tries.count), Release(route, None, "none")
             tries.count += 1

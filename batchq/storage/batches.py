@@ -53,6 +53,7 @@ class LineSource:
     input_file_id: str
     endpoint: str
     expires_at: float | None = None  # a line waiting for a down upstream stops waiting then
+    route: str = ""  # the one route all its lines go to ('' when several): the scheduler parks it then
 
 
 @dataclass(frozen=True)
@@ -192,13 +193,15 @@ class BatchStore:
     def line_source(self, batch_id: str) -> LineSource | None:
         source = self._sources.get(batch_id)
         if source is None:
-            file_id, endpoint, expires = self.r.hmget(keys.batch(batch_id), ["input_file_id", "endpoint", "expires_at"])
+            fields = ["input_file_id", "endpoint", "expires_at", "route"]
+            file_id, endpoint, expires, route = self.r.hmget(keys.batch(batch_id), fields)
             if file_id is None or endpoint is None:
                 return None
             if len(self._sources) >= 4096:
                 self._sources.clear()
             deadline = float(expires) if expires else None
-            source = self._sources[batch_id] = LineSource(file_id.decode(), endpoint.decode(), deadline)
+            route_name = (route or b"").decode()
+            source = self._sources[batch_id] = LineSource(file_id.decode(), endpoint.decode(), deadline, route_name)
         return source
 
     def begin_line(

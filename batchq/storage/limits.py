@@ -83,22 +83,25 @@ class RedisLimiter:
         self._acquire = Script(client, scripts.ACQUIRE)
         self._release = Script(client, scripts.RELEASE)
 
-    def acquire(self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None) -> str | None:
+    def acquire(
+        self, route: Route, deadline: float | None = None, keepalive: Keepalive | None = None, may_defer: bool = True
+    ) -> str | None:
         """Wait for a slot on ``route``; returns the slot's token (None when the route is unlimited).
 
         Raises ``RouteDown`` when the route is down and the wait has lasted too long (or ``deadline``,
         the batch's expiry, has passed), ``Deferred`` when it is down and enough lines wait for it.
         ``keepalive`` is called now and then while waiting (the line's lease is renewed through it:
-        an outage can outlast a lease).
+        an outage can outlast a lease). A line that may not defer (its batch spans routes, so the
+        scheduler cannot park it) waits in its thread whatever the number of waiters.
         """
-        ask = self.acquire_call(route)
-        if ask is None:
+        if not self._limits(route):
             return None
-        token, call = ask
+        token = secrets.token_hex(8)
+        call = self._acquire_call(route, token, may_defer)
         while not self._granted(route, self._acquire.run({"slot": call}), deadline):
             if keepalive is not None:
                 keepalive()
-            call = self._acquire_call(route, token)  # asked again now, with the time of now
+            call = self._acquire_call(route, token, may_defer)  # asked again now, with the time of now
         return token
 
     def _granted(self, route: Route, reply: bytes, deadline: float | None) -> bool:
@@ -131,11 +134,15 @@ class RedisLimiter:
         return health.state
 
     def acquire_call(self, route: Route) -> tuple[str, Call] | None:
-        """A new token and the ACQUIRE call for it, to run inside another script (None: unlimited)."""
-        if not (route.limited or self.breaker.enabled):
+        """A new token and the ACQUIRE call for it, to run inside another script (None: unlimited).
+        It only asks: on a down route it neither waits nor stands aside (``acquire`` does, after)."""
+        if not self._limits(route):
             return None
         token = secrets.token_hex(8)
-        return token, self._acquire_call(route, token)
+        return token, self._acquire_call(route, token, waits=False)
+
+    def _limits(self, route: Route) -> bool:
+        return route.limited or self.breaker.enabled
 
     def release_call(self, done: Release) -> Call | None:
         """The RELEASE call that gives back ``done``'s slot and records its outcome (None: nothing to do)."""
@@ -155,13 +162,13 @@ class RedisLimiter:
         }  # fmt: skip
         return Call(_release_keys(route.name), args)
 
-    def _acquire_call(self, route: Route, token: str) -> Call:
+    def _acquire_call(self, route: Route, token: str, may_defer: bool = True, waits: bool = True) -> Call:
         slot_ttl_s = (route.timeout_s or self.default_timeout_s) + 30  # a dead worker's slot comes back after
         args = {
             "now": time.time(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
             "adaptive": int(self.mode_of(route) != "fixed"), "w0": self._w0(route),
             "breaker": int(self.breaker.enabled), "probe_ms": int(self.breaker.probe_s * 1000),
-            "waiters": self.breaker.waiters,
+            "waiters": self.breaker.waiters if may_defer else 0, "waits": int(waits),
         }  # fmt: skip
         return Call(_acquire_keys(route.name), args)
 

@@ -121,7 +121,9 @@ end
 # slot  k: inflight, notbefore, tat, window, health (hash: open_since, failures, opened_total),
 #          probe (the one probe allowed while open), waiters (lines waiting for an open route).
 #       a: now, token, ttl, cap, rpm, adaptive (0/1), w0 (the window before any feedback), breaker
-#          (0/1), probe_ms, waiters (how many lines may wait for an open route in worker threads).
+#          (0/1), probe_ms, waiters (how many lines may wait for an open route in worker threads;
+#          0: this line waits whatever their number), waits (0: only asking, folded into BEGIN_LINE:
+#          an open route answers 'o' and registers no waiter; the line asks again to wait).
 # Returns "0" (acquired), "-1" (at the cap: wait for a freed slot), seconds to wait (string),
 # "o<seconds>:<open_since>" (the route is down: wait for the next probe) or "d" (the route is down
 # and enough lines wait for it: stand aside, back to the scheduler).
@@ -131,11 +133,14 @@ local function acquire(k, a)
   if a.breaker == 1 then
     local since = redis.call('HGET', k.health, 'open_since')
     if since and not redis.call('SET', k.probe, '1', 'NX', 'PX', a.probe_ms) then
-      redis.call('ZREMRANGEBYSCORE', k.waiters, '-inf', now)
-      if not redis.call('ZSCORE', k.waiters, a.token) and redis.call('ZCARD', k.waiters) >= a.waiters then
-        return 'd'
+      if a.waits == 1 then
+        redis.call('ZREMRANGEBYSCORE', k.waiters, '-inf', now)
+        if a.waiters > 0 and not redis.call('ZSCORE', k.waiters, a.token)
+            and redis.call('ZCARD', k.waiters) >= a.waiters then
+          return 'd'
+        end
+        redis.call('ZADD', k.waiters, now + math.max(5, 3 * a.probe_ms / 1000), a.token)
       end
-      redis.call('ZADD', k.waiters, now + math.max(5, 3 * a.probe_ms / 1000), a.token)
       local left = math.max(50, redis.call('PTTL', k.probe))
       return 'o' .. tostring(left / 1000) .. ':' .. since
     end

@@ -262,13 +262,36 @@ def test_a_line_stands_aside_when_enough_lines_wait_for_the_down_route(client: r
     client.zadd(keys.limit_waiters(route.name), {"w1": time.time() + 5, "w2": time.time() + 5})
     with pytest.raises(Deferred):
         limiter.acquire(route)
-    client.zadd(keys.limit_waiters(route.name), {"w2": time.time() - 1})  # one waiter's entry lapsed
     beats: list[int] = []
 
     def stop_waiting() -> None:
         beats.append(1)
         raise KeyboardInterrupt  # out of the wait: this line was let in as a waiter
 
+    with pytest.raises(KeyboardInterrupt):  # a line whose batch spans routes waits all the same
+        limiter.acquire(route, keepalive=Keepalive(stop_waiting, every=0.0), may_defer=False)
+    client.zrem(keys.limit_waiters(route.name), *[m for m in client.zrange(keys.limit_waiters(route.name), 0, -1)
+                                                  if m not in (b"w1", b"w2")])  # fmt: skip
+    client.zadd(keys.limit_waiters(route.name), {"w2": time.time() - 1})  # one waiter's entry lapsed
+    client.set(keys.limit_probe(route.name), "1", px=1000)  # the next probe is out
     with pytest.raises(KeyboardInterrupt):
         limiter.acquire(route, keepalive=Keepalive(stop_waiting, every=0.0))
-    assert beats and client.zcard(keys.limit_waiters(route.name)) == 2
+    assert len(beats) == 2 and client.zcard(keys.limit_waiters(route.name)) == 2
+
+
+def test_asking_at_begin_registers_no_waiter_so_one_waiter_is_one_line(client: redis.Redis) -> None:
+    client.flushdb()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, breaker=BreakerPolicy(1, waiters=1))
+    route = Route(name="restarting", url="http://upstream.test", max_in_flight=4)
+    client.hset(keys.limit_health(route.name), mapping={"open_since": time.time(), "failures": 3})
+    client.set(keys.limit_probe(route.name), "1", px=1000)  # a probe is out
+    ask = limiter.acquire_call(route)  # what BEGIN_LINE folds in
+    assert ask is not None and limiter._acquire.run({"slot": ask[1]}).startswith(b"o")
+    assert client.zcard(keys.limit_waiters(route.name)) == 0
+
+    def stop_waiting() -> None:
+        raise KeyboardInterrupt  # out of the wait: this line waits (it did not stand aside)
+
+    with pytest.raises(KeyboardInterrupt):
+        limiter.acquire(route, keepalive=Keepalive(stop_waiting, every=0.0))
+    assert client.zcard(keys.limit_waiters(route.name)) == 1

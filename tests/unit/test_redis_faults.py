@@ -62,6 +62,10 @@ def test_no_budget_means_one_try() -> None:
         (OSError(errno.ENOSPC, "No space left on device"), StorageFull, 507),
         (OSError(errno.EDQUOT, "Disk quota exceeded"), StorageFull, 507),
         (redis.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."), StorageFull, 507),
+        (redis.ResponseError("MISCONF Errors writing to the AOF file: No space left on device"), StorageFull, 507),
+        (redis.ResponseError("NOREPLICAS Not enough good replicas to write."), Unavailable, 503),
+        (redis.ResponseError("MASTERDOWN Link with MASTER is down"), Unavailable, 503),
+        (redis.ResponseError("BUSY Redis is busy running a script."), Unavailable, 503),
     ],
 )
 def test_foreign_errors_become_batchq_errors(exc: Exception, kind: type, status: int) -> None:
