@@ -94,7 +94,9 @@ def finalize_task(self: Task, batch_id: str) -> None:
     try:
         finalizing.finalize(rt, queue, batch_id)
     except OSError as exc:  # the result files could not be written (a full disk): logged, recorded, retried
-        wait = finalize_backoff(self.request.retries, rt.settings.finalize_retry_max_s)
+        # at most half a lease apart: the watchdog leaves a failing finalize to these retries for a lease
+        longest = min(rt.settings.finalize_retry_max_s, rt.settings.line_lease_s / 2)
+        wait = finalize_backoff(self.request.retries, longest)
         raise self.retry(exc=exc, countdown=wait, max_retries=FINALIZE_RETRIES) from exc
 
 

@@ -78,8 +78,10 @@ class HeldLines:
 
 
 def stale_before(info: ServerInfo, now: float) -> float | None:
-    """Leases written before this time are stale (their Redis process is gone), once the grace is over."""
-    return info.started_at if now >= info.started_at + GRACE_S else None
+    """Leases written before this time are stale (their Redis process is gone), once the grace after
+    it was first seen answering is over. A second early: its start time is rounded to the second."""
+    seen = max(info.first_seen, info.started_at)
+    return info.started_at - 1 if now >= seen + GRACE_S else None
 
 
 def is_stale(until: float, lease_s: float, before: float | None) -> bool:

@@ -43,7 +43,7 @@ from batchq.execution import dispatch, recovery
 from batchq.execution.finalize import claim_lines, missing_lines
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
-from batchq.storage.server import ServerInfo, server_info
+from batchq.storage.server import ServerInfo, server_info, with_first_seen
 
 log = logging.getLogger("batchq.watchdog")
 
@@ -96,7 +96,10 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
     expire_uploads(rt)
-    remove_orphans(rt)
+    try:
+        remove_orphans(rt)
+    except Exception:  # a file's trouble must not hold up the batches
+        log.exception("orphan sweep failed")
     info = _server_info(rt)
     stale = recovery.stale_before(info, time.time()) if info else None
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
@@ -113,7 +116,7 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
 def _server_info(rt: Runtime) -> ServerInfo | None:
     """Redis's run_id and start, or None where INFO is refused (then leases only run out in time)."""
     try:
-        return server_info(rt.redis)
+        return with_first_seen(rt.redis, server_info(rt.redis))
     except redis.ResponseError as exc:
         log.debug("redis INFO refused: no fast recovery after a restart", extra={"reason": str(exc)})
         return None

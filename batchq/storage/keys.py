@@ -8,6 +8,7 @@ ACTIVE_BATCHES = f"{PREFIX}:batches:active"  # set of non-terminal batch ids (th
 WATCHDOG_LOCK = f"{PREFIX}:watchdog:lock"
 ORPHANS_SWEPT = f"{PREFIX}:watchdog:orphans"  # set (with a TTL) while the last sweep for orphan files is recent
 FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
+REDIS_FIRST_SEEN = f"{PREFIX}:redis:first_seen"  # + ":" + run_id: when the watchdog first saw that process answer
 RECONCILED_RUN = f"{PREFIX}:redis:reconciled"  # the Redis run_id whose lost lines the watchdog sent again
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 STAT_FINALIZE_FAILURES = "finalize_failures"  # STATS field: finalize attempts that could not write the files

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
+
+from batchq.storage import keys
 
 log = logging.getLogger("batchq.redis")
 
@@ -16,11 +18,20 @@ log = logging.getLogger("batchq.redis")
 class ServerInfo:
     run_id: str  # new with every start of the Redis process
     started_at: float  # unix time the process started (to the second)
+    first_seen: float = 0.0  # when the watchdog first saw this process answer (after its AOF loaded)
 
 
 def server_info(client: redis.Redis) -> ServerInfo:
     info = client.info("server")
     return ServerInfo(str(info["run_id"]), time.time() - float(info["uptime_in_seconds"]))
+
+
+def with_first_seen(client: redis.Redis, info: ServerInfo) -> ServerInfo:
+    """``info`` with the time it was first seen answering: the workers renew their leases from then
+    on (loading a large AOF can take longer than the grace, counted from its start)."""
+    key = f"{keys.REDIS_FIRST_SEEN}:{info.run_id}"
+    client.set(key, time.time(), nx=True, ex=7 * 86_400)
+    return replace(info, first_seen=float(client.get(key) or time.time()))
 
 
 def durability_problems(client: redis.Redis) -> list[str]:

@@ -39,7 +39,10 @@ def test_a_worker_renews_only_the_leases_taken_under_another_redis_process() -> 
 def test_leases_of_the_old_redis_count_as_stale_only_after_the_grace() -> None:
     info = ServerInfo("r", started_at=1000.0)
     assert stale_before(info, 1000.0 + GRACE_S - 0.1) is None
-    assert stale_before(info, 1000.0 + GRACE_S) == 1000.0
+    assert stale_before(info, 1000.0 + GRACE_S) == 999.0  # a second early: the start is rounded
+    loaded_late = ServerInfo("r", started_at=1000.0, first_seen=1030.0)  # 30 s loading its AOF
+    assert stale_before(loaded_late, 1000.0 + GRACE_S) is None, "the grace counts from the first answer"
+    assert stale_before(loaded_late, 1030.0 + GRACE_S) == 999.0
     lease_s = 120
     assert is_stale(999.0 + lease_s, lease_s, 1000.0)  # written a second before Redis started
     assert not is_stale(1001.0 + lease_s, lease_s, 1000.0)  # renewed after it started

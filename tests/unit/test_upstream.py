@@ -194,7 +194,9 @@ class RecordingLimiter(NoLimiter):
         self.open_for = open_for  # this many down outcomes find the route's breaker open
         self.down_after = down_after  # acquire raises RouteDown after this many grants
 
-    def acquire(self, route: Route, deadline: float | None = None, keepalive: Any = None) -> str | None:
+    def acquire(
+        self, route: Route, deadline: float | None = None, keepalive: Any = None, may_defer: bool = True
+    ) -> str | None:
         if self.down_after is not None and self.acquired >= self.down_after:
             raise RouteDown(route.name, 1800)
         self.acquired += 1
