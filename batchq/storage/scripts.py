@@ -51,14 +51,16 @@ return 1
 
 # line  k: batch, done, leases.  a: index, lease_until, now.
 # Returns the verdict (batchq.domain.scheduling.Verdict): go | done | leased | stop | expired.
-# 'leased': another worker runs the line now (a redelivered message); it is not sent twice.
+# 'leased': another worker runs the line now (a redelivered message); it is not sent twice. A lease
+# equal to a.lease_until to the bit is this very call's, run again by the client after a timeout
+# (its reply was lost, not its effect): it goes.
 _BEGIN_LINE_FN = """
 local function begin_line(k, a)
   local b = redis.call('HMGET', k.batch, 'status', 'expires_at')
   if b[1] ~= 'in_progress' then return 'stop' end
   if redis.call('GETBIT', k.done, a.index) == 1 then return 'done' end
   local held = redis.call('HGET', k.leases, a.index)
-  if held and tonumber(held) > a.now then return 'leased' end
+  if held and tonumber(held) > a.now and tonumber(held) ~= a.lease_until then return 'leased' end
   if b[2] and a.now >= tonumber(b[2]) then return 'expired' end
   redis.call('HSET', k.leases, a.index, a.lease_until)
   return 'go'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 import redis
@@ -295,3 +296,13 @@ def test_asking_at_begin_registers_no_waiter_so_one_waiter_is_one_line(client: r
     with pytest.raises(KeyboardInterrupt):
         limiter.acquire(route, keepalive=Keepalive(stop_waiting, every=0.0))
     assert client.zcard(keys.limit_waiters(route.name)) == 1
+
+
+def test_a_begin_run_again_by_the_client_after_a_timeout_still_goes(client: redis.Redis, store: BatchStore) -> None:
+    """redis-py sends a timed-out call again with the same arguments: its first run took the lease."""
+    now = time.time()
+    with mock.patch("batchq.storage.batches.time.time", return_value=now):
+        assert store.begin_line("b1", 0, 30).verdict == "go"
+        assert store.begin_line("b1", 0, 30).verdict == "go", "the same call, run again"
+    with mock.patch("batchq.storage.batches.time.time", return_value=now + 0.001):
+        assert store.begin_line("b1", 0, 30).verdict == "leased", "another delivery of the line"
