@@ -5,7 +5,8 @@
 --           weights (hash tenant -> weight), granted (hash tenant -> lines granted), parked (zset
 --           batch held back while its route is down -> its urgent time).
 --        a: now, depth (the line queue's target length), batch_prefix ('batchq:batch:{'),
---           tenant_prefix ('batchq:sched:tenant:'), limit_prefix ('batchq:limit:{').
+--           tenant_prefix ('batchq:sched:tenant:'), limit_prefix ('batchq:limit:{'), force (1: look
+--           at the parked batches now; else at most every 0.1 s).
 --
 -- Stride scheduling at two levels. Each tenant has a pass (virtual time); the tenant with the
 -- least pass is served and its pass grows by 1/weight. Within the tenant each batch has its own
@@ -57,13 +58,17 @@ local function sched_retire(k, a, b, t)
   end
 end
 
--- Whether batch b must wait: its one route is down, and a line already waits there (and probes).
-local function sched_route_down(a, b)
-  local route = redis.call('HGET', sched_batch_key(a, b), 'route')
+-- Whether a route is down and a line already waits there (and probes it).
+local function sched_down(a, route)
   if not route or route == '' then return false end
   local lk = a.limit_prefix .. route .. '}'
   if not redis.call('HGET', lk .. ':health', 'open_since') then return false end
   return redis.call('ZCOUNT', lk .. ':waiters', a.now, '+inf') > 0
+end
+
+-- Whether batch b must wait: its one route is down.
+local function sched_route_down(a, b)
+  return sched_down(a, redis.call('HGET', sched_batch_key(a, b), 'route'))
 end
 
 local function sched_park(k, a, b, t)
@@ -72,14 +77,23 @@ local function sched_park(k, a, b, t)
   redis.call('ZADD', k.parked, urgent_at, b)
 end
 
--- Parked batches whose route is back (or that stopped running) leave the car park.
+-- Parked batches whose route is back (or that stopped running) leave the car park. A fill folded
+-- into a line's script (a.force ~= 1) looks at most every 0.1 s: during an outage every line of the
+-- other routes fills. Each route is looked at once per call.
 local function sched_unpark(k, a)
   if redis.call('ZCARD', k.parked) == 0 then return end
+  if a.force ~= 1 then
+    if a.now < tonumber(redis.call('HGET', k.state, 'unpark_at') or '0') then return end
+    redis.call('HSET', k.state, 'unpark_at', a.now + 0.1)
+  end
+  local down = {}
   for _, b in ipairs(redis.call('ZRANGE', k.parked, 0, 99)) do
-    local rec = redis.call('HMGET', sched_batch_key(a, b), 'status', 'account')
+    local rec = redis.call('HMGET', sched_batch_key(a, b), 'status', 'account', 'route')
+    local route = rec[3] or ''
+    if down[route] == nil then down[route] = sched_down(a, route) end
     if rec[1] ~= 'in_progress' then
       redis.call('ZREM', k.parked, b)
-    elseif not sched_route_down(a, b) then
+    elseif not down[route] then
       local urgent_at = tonumber(redis.call('ZSCORE', k.parked, b))
       redis.call('ZREM', k.parked, b)
       sched_enroll(k, a, b, rec[2] or '', urgent_at)

@@ -53,13 +53,15 @@ class Scheduler:
 
     # --- the call every begun line folds into its own script ----------------------------------
 
-    def fill_call(self, now: float) -> Call:
-        """The ``sched`` part that tops the line queue up, to fold into a line's own script."""
-        return Call(_KEYS, {"now": now, "depth": self.depth, **_PREFIXES})
+    def fill_call(self, now: float, force: bool = False) -> Call:
+        """The ``sched`` part that tops the line queue up, to fold into a line's own script.
+        It looks at the batches parked for a down route at most every 0.1 s, unless ``force``."""
+        return Call(_KEYS, {"now": now, "depth": self.depth, "force": int(force), **_PREFIXES})
 
     def fill(self, now: float) -> int:
-        """Top the line queue up to its depth; returns how many lines were granted."""
-        return int(self._fill.run({"sched": self.fill_call(now)}))
+        """Top the line queue up to its depth (parked batches looked at now); returns how many
+        lines were granted."""
+        return int(self._fill.run({"sched": self.fill_call(now, force=True)}))
 
     # --- batches ---------------------------------------------------------------------------
 

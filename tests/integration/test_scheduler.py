@@ -228,3 +228,19 @@ def test_a_parked_batch_that_ends_leaves_the_car_park(db: redis.Redis) -> None:
     db.hset(keys.batch("A1"), "status", "cancelling")
     sched.fill(time.time())
     assert db.zcard(keys.SCHED_PARKED) == 0
+
+
+def test_fills_folded_into_lines_look_at_parked_batches_at_most_every_tenth_of_a_second(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=2)
+    add(db, sched, "A1", "a", 10)
+    on_route(db, "A1", "vllm")
+    route_down(db, "vllm", waiting=True)
+    take(db, sched, 4)
+    assert db.zscore(keys.SCHED_PARKED, "A1") is not None
+    now = time.time()
+    sched._fill.run({"sched": sched.fill_call(now)})  # a line's fill: it looks, and the route is still down
+    db.hdel(keys.limit_health("vllm"), "open_since")  # back
+    sched._fill.run({"sched": sched.fill_call(now + 0.05)})
+    assert db.zscore(keys.SCHED_PARKED, "A1") is not None, "not looked at again within 0.1 s"
+    sched._fill.run({"sched": sched.fill_call(now + 0.2)})
+    assert db.zcard(keys.SCHED_PARKED) == 0, "looked at again after it"
