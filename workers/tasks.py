@@ -96,14 +96,16 @@ def finalize_task(self: Task, batch_id: str) -> None:
     except OSError as exc:  # the result files could not be written (a full disk): logged, recorded, retried
         # at most half a lease apart: the watchdog leaves a failing finalize to these retries for a lease
         longest = min(rt.settings.finalize_retry_max_s, rt.settings.line_lease_s / 2)
-        wait = finalize_backoff(self.request.retries, longest)
+        wait = backoff(self.request.retries, longest)
         raise self.retry(exc=exc, countdown=wait, max_retries=FINALIZE_RETRIES) from exc
 
 
+WEBHOOK_BACKOFF_MAX_S = 600.0
 FINALIZE_RETRIES = 10_000  # a full disk is retried until space returns (the watchdog takes over after a crash)
 
 
-def finalize_backoff(retries: int, cap: float) -> float:
+def backoff(retries: int, cap: float) -> float:
+    """Seconds before a task's next try: doubling from 1, at most ``cap``, jittered down to half."""
     return min(cap, 2.0**retries) * random.uniform(0.5, 1.0)
 
 
@@ -116,11 +118,7 @@ def webhook_task(self: Task, batch_id: str, event_type: str, created_at: int) ->
         if self.request.retries + 1 >= settings.webhook_max_attempts:
             log.error("webhook given up", extra={"batch_id": batch_id, "event": event_type, "reason": str(exc)})
             return
-        raise self.retry(exc=exc, countdown=webhook_backoff(self.request.retries)) from exc
-
-
-def webhook_backoff(retries: int) -> float:
-    return min(600.0, 2.0**retries) * random.uniform(0.5, 1.0)
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries, WEBHOOK_BACKOFF_MAX_S)) from exc
 
 
 def watchdog_loop(stop: threading.Event) -> None:
