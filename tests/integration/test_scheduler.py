@@ -218,25 +218,26 @@ def test_a_batch_over_several_routes_is_never_parked(db: redis.Redis) -> None:
     assert len(take(db, sched, 6)) == 6
 
 
-def test_a_parked_batch_that_ends_leaves_the_car_park(db: redis.Redis) -> None:
+def parked_batch(db: redis.Redis) -> Scheduler:
+    """Batch A1 of tenant a, parked: its route went down and a line waits there."""
     sched = Scheduler(db, depth=2)
     add(db, sched, "A1", "a", 10)
     on_route(db, "A1", "vllm")
     route_down(db, "vllm", waiting=True)
     take(db, sched, 4)
     assert db.zscore(keys.SCHED_PARKED, "A1") is not None
+    return sched
+
+
+def test_a_parked_batch_that_ends_leaves_the_car_park(db: redis.Redis) -> None:
+    sched = parked_batch(db)
     db.hset(keys.batch("A1"), "status", "cancelling")
     sched.fill(time.time())
     assert db.zcard(keys.SCHED_PARKED) == 0
 
 
 def test_fills_folded_into_lines_look_at_parked_batches_at_most_every_tenth_of_a_second(db: redis.Redis) -> None:
-    sched = Scheduler(db, depth=2)
-    add(db, sched, "A1", "a", 10)
-    on_route(db, "A1", "vllm")
-    route_down(db, "vllm", waiting=True)
-    take(db, sched, 4)
-    assert db.zscore(keys.SCHED_PARKED, "A1") is not None
+    sched = parked_batch(db)
     now = time.time()
     sched._fill.run({"sched": sched.fill_call(now)})  # a line's fill: it looks, and the route is still down
     db.hdel(keys.limit_health("vllm"), "open_since")  # back
