@@ -191,9 +191,7 @@ def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:
 def resend_unseen(rt: Runtime, queue: TaskQueue, batch: Batch, queued: set[int]) -> int:
     """Send again the unfinished lines that are not leased, not waiting and not queued; returns how many."""
     waiting = queue.waiting_lines(batch.id)
-    leases = rt.batches.leases(batch.id)
-    missing = missing_lines(rt, batch.id, batch.request_counts.total)
-    unseen = [i for i in missing if i not in leases and i not in waiting and i not in queued]
+    unseen = [i for i in _unleased(rt, batch) if i not in waiting and i not in queued]
     if unseen:
         requeue(rt, queue, batch, unseen)
     return len(unseen)
@@ -216,9 +214,13 @@ def resend_lost(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
     in_queue = queue.queued_lines()
     if rt.scheduler.waiting(batch.id) or any(b == batch.id for b, _ in in_queue):
         return
+    requeue(rt, queue, batch, _unleased(rt, batch))
+
+
+def _unleased(rt: Runtime, batch: Batch) -> list[int]:
+    """The batch's unfinished lines that no worker holds a lease on."""
     leases = rt.batches.leases(batch.id)
-    missing = missing_lines(rt, batch.id, batch.request_counts.total)
-    requeue(rt, queue, batch, [i for i in missing if i not in leases])
+    return [i for i in missing_lines(rt, batch.id, batch.request_counts.total) if i not in leases]
 
 
 def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> None:
