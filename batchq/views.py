@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchq.domain.models import Batch, FileObject, Page
-from batchq.observability.overview import BatchRow, Overview, eta_s, rate, tenant_rates
+from batchq.observability.overview import BatchRow, Overview, eta_s, rate, span, tenant_rates
 from batchq.storage.apikeys import ApiKey
 
 OUT = Console()
@@ -92,14 +92,6 @@ def _status_cell(snapshot: Overview, row: BatchRow) -> str:
 def _route_cell(snapshot: Overview, route: str, in_flight: int) -> str:
     since = snapshot.down_since.get(route)
     return f"{route} {in_flight}" + (f" (DOWN for {span(snapshot.at - since)})" if since else "")
-
-
-def span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 class _RateColumn(ProgressColumn):

@@ -159,6 +159,15 @@ def rate(row: BatchRow, now: float, before: BatchRow | None = None, before_at: f
     return row.done / (now - row.in_progress_at)
 
 
+def span(seconds: float | None, gap: str = "", missing: str = "-") -> str:
+    """A duration as ``1h05m`` or ``3m07s`` (``gap`` between the parts; ``missing`` for None)."""
+    if seconds is None:
+        return missing
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{gap}{minutes:02d}m" if hours else f"{minutes}m{gap}{secs:02d}s"
+
+
 def eta_s(row: BatchRow, lines_per_s: float | None) -> float | None:
     """Seconds until every line is done at ``lines_per_s``; None when nothing moves."""
     if not lines_per_s or row.total == 0:

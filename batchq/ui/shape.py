@@ -12,6 +12,7 @@ from typing import Any
 from batchq.domain.models import Batch, Owner
 from batchq.domain.status import is_terminal
 from batchq.errors import InvalidRequest
+from batchq.observability import overview
 from batchq.observability.overview import BatchRow, eta_s, rate
 
 EXAMPLES_PER_CODE = 3
@@ -56,11 +57,8 @@ def progress(batch: Batch, now: float | None = None) -> Progress:
 
 
 def span(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+    """A duration on a page: ``1h 05m``, ``3m 07s``, or a dash."""
+    return overview.span(seconds, gap=" ", missing="–")
 
 
 def when(timestamp: float | None) -> str:
