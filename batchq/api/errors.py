@@ -56,12 +56,17 @@ def envelope(message: str, type_: str, param: str | None, code: str | None) -> d
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)  # ReadOnly: a replica, mid-failover
+# ReadOnly: a replica, mid-failover; MasterDown: a replica that lost its master; TryAgain: mid-resharding
+REDIS_DOWN = (
+    redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+)  # fmt: skip
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-# Redis refusing a write for a while: its disk (MISCONF: the AOF or RDB could not be written), or no
-# master or replica to take it (Sentinel setups mid-failover, min-replicas-to-write), or a busy script.
+# Redis refusing a write for a while, in errors redis-py has no class for (they keep their prefix):
+# its disk (MISCONF: the AOF or RDB could not be written), too few replicas (min-replicas-to-write),
+# or a busy script.
 REDIS_DISK_FULL = ("MISCONF",)
-REDIS_BUSY = ("NOREPLICAS", "MASTERDOWN", "BUSY", "TRYAGAIN", "LOADING")
+REDIS_BUSY = ("NOREPLICAS", "BUSY")
 
 
 def translate(exc: BaseException) -> BatchqError | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis._parsers.base import BaseParser
 
 from batchq.api.errors import translate
 from batchq.errors import StorageFull, Unavailable
@@ -52,6 +53,11 @@ def test_no_budget_means_one_try() -> None:
     assert len(calls) == 1
 
 
+def refusal(reply: str) -> Exception:
+    """The exception redis-py raises for an error reply (some get a class of their own, without the prefix)."""
+    return BaseParser.parse_error(reply)
+
+
 @pytest.mark.parametrize(
     ("exc", "kind", "status"),
     [
@@ -62,10 +68,11 @@ def test_no_budget_means_one_try() -> None:
         (OSError(errno.ENOSPC, "No space left on device"), StorageFull, 507),
         (OSError(errno.EDQUOT, "Disk quota exceeded"), StorageFull, 507),
         (redis.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."), StorageFull, 507),
-        (redis.ResponseError("MISCONF Errors writing to the AOF file: No space left on device"), StorageFull, 507),
-        (redis.ResponseError("NOREPLICAS Not enough good replicas to write."), Unavailable, 503),
-        (redis.ResponseError("MASTERDOWN Link with MASTER is down"), Unavailable, 503),
-        (redis.ResponseError("BUSY Redis is busy running a script."), Unavailable, 503),
+        (refusal("MISCONF Errors writing to the AOF file: No space left on device"), StorageFull, 507),
+        (refusal("NOREPLICAS Not enough good replicas to write."), Unavailable, 503),
+        (refusal("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."), Unavailable, 503),
+        (refusal("BUSY Redis is busy running a script."), Unavailable, 503),
+        (refusal("TRYAGAIN Multiple keys request during rehashing of slot"), Unavailable, 503),
     ],
 )
 def test_foreign_errors_become_batchq_errors(exc: Exception, kind: type, status: int) -> None:
