@@ -66,11 +66,6 @@ local function sched_down(a, route)
   return redis.call('ZCOUNT', lk .. ':waiters', a.now, '+inf') > 0
 end
 
--- Whether batch b must wait: its one route is down.
-local function sched_route_down(a, b)
-  return sched_down(a, redis.call('HGET', sched_batch_key(a, b), 'route'))
-end
-
 local function sched_park(k, a, b, t)
   local urgent_at = redis.call('ZSCORE', k.urgent, b) or (a.now + 86400)
   sched_retire(k, a, b, t)
@@ -128,11 +123,13 @@ local function sched_charge(k, a, b, t)
   redis.call('HINCRBY', k.granted, t, 1)
 end
 
--- A running batch's next task, or false (the batch stopped, expired, or has none left).
+-- Batch b's next task: the task, 'park' (its one route is down) or false (the batch stopped,
+-- expired, or has none left). One read of its record.
 local function sched_take(a, b)
   local bk = sched_batch_key(a, b)
-  local rec = redis.call('HMGET', bk, 'status', 'expires_at')
+  local rec = redis.call('HMGET', bk, 'status', 'expires_at', 'route')
   if rec[1] ~= 'in_progress' or (rec[2] and a.now >= tonumber(rec[2])) then return false end
+  if sched_down(a, rec[3]) then return 'park' end
   return redis.call('RPOP', bk .. ':pending')
 end
 
@@ -145,17 +142,18 @@ local function sched_grant_one(k, a)
     local b, t = pick[1], pick[2]
     if not b then
       redis.call('ZREM', k.tenants, t)
-    elseif sched_route_down(a, b) then
-      sched_park(k, a, b, t)
     else
       local msg = sched_take(a, b)
-      if msg then
+      if msg == 'park' then
+        sched_park(k, a, b, t)
+      elseif msg then
         redis.call('LPUSH', k.queue, msg)
         sched_charge(k, a, b, t)
         if redis.call('LLEN', sched_pending_key(a, b)) == 0 then sched_retire(k, a, b, t) end
         return 'granted'
+      else
+        sched_retire(k, a, b, t)
       end
-      sched_retire(k, a, b, t)
     end
   end
   return 'busy'
