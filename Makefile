@@ -3,15 +3,33 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test pytest lint typecheck bench bench-fairness deploy-check clean
+LOCK   = requirements/dev.lock
+LATEST = .venv-latest
+# uv resolves the locks (universal: every platform and Python >= 3.11; hashes of every file); pip installs them.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+             --custom-compile-command "make lock" pyproject.toml requirements/build.in
 
-install: $(VENV)/.installed
+.PHONY: install lock test-latest demo test pytest lint typecheck bench bench-fairness deploy-check clean
 
-$(VENV)/.installed: pyproject.toml
+install: $(VENV)/.installed   ## .venv with exactly the locked versions (hashes checked), the project editable
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+lock: install          ## resolve the newest versions pyproject.toml allows into the locks (then: make test)
+	$(UV_COMPILE) --upgrade --extra monitor -o requirements/runtime.lock
+	$(UV_COMPILE) --upgrade --extra dev -c requirements/runtime.lock -o $(LOCK)
+
+test-latest:           ## the tests on the newest releases the ranges allow, not the lock: a breaking release fails here
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	touch $(LATEST)/.installed
+	$(MAKE) VENV=$(LATEST) lint typecheck pytest
 
 demo: install          ## a real batch, end to end, on this machine
 	$(BIN)/batchq demo
@@ -38,4 +56,4 @@ deploy-check:          ## build the image, run the compose stack with podman, on
 	bash deploy/check.sh
 
 clean:
-	rm -rf $(VENV) batchq-demo batchq-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) batchq-demo batchq-data .pytest_cache .mypy_cache .ruff_cache
