@@ -20,10 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from batchq import views
-from batchq.bulk import BulkRequest, default_errors_path, submit_many
 from batchq.client import Client, ClientError, ResultsPage
+from batchq.client.bulk import BulkRequest, default_errors_path, submit_many
+from batchq.client.cursorfile import CursorFile, fileno
 from batchq.config import Settings
-from batchq.cursorfile import CursorFile, fileno
 from batchq.domain.models import Batch, page_of
 from batchq.domain.status import Status, is_terminal
 from batchq.storage.apikeys import ApiKeyStore
@@ -294,7 +294,7 @@ def results(
 
     With --cursor-file and the output appended to a regular file (>> results.jsonl), each line
     is printed exactly once even across kills; on a pipe or a terminal, a kill while a page is
-    printed prints that page again in the next run (see batchq.cursorfile).
+    printed prints that page again in the next run (see batchq.client.cursorfile).
     """
     log = CursorFile(cursor_file, fileno(sys.stdout)) if cursor_file is not None else None
     start = after or _resume(log)
@@ -321,7 +321,7 @@ def _resume(log: CursorFile | None) -> str | None:
 
 
 def _print_page(page: ResultsPage, before: str | None, log: CursorFile | None) -> None:
-    """Record the page as pending, print and flush it, then record its cursor (``batchq.cursorfile``)."""
+    """Record the page as pending, print and flush it, then record its cursor (``batchq.client.cursorfile``)."""
     if log is not None and page.data:
         log.printing(before, page.cursor, len(page.data))
     sys.stdout.buffer.write(page.data)

@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 
 from batchq.client import Client
-from batchq.manifest import ChunkState, load, manifest_path
+from batchq.client.manifest import ChunkState, load, manifest_path
 from batchq.stack import Stack
 
 CHAT = "/v1/chat/completions"

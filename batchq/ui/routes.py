@@ -18,17 +18,17 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from batchq import service
 from batchq.api.deps import authenticate, check_user
 from batchq.api.deps import get_runtime as runtime
 from batchq.api.errors import translate
 from batchq.api.multipart import receive_upload
-from batchq.client import ClientError, _retry_metadata, _retryable
 from batchq.domain.models import Batch, Owner, Page, page_of
 from batchq.domain.status import Status, is_cancellable, is_terminal
 from batchq.errors import AuthenticationFailed, BatchqError, InvalidRequest, NotFound
 from batchq.observability.overview import BatchRow, eta_s, rate
 from batchq.runtime import Runtime, TaskQueue
+from batchq.services import batches, files
+from batchq.services.retry import retry_failed
 from batchq.storage import keys
 from batchq.storage.batches import _from_hash, page_ids  # a get_many belongs in BatchStore
 from batchq.ui import operators, shape
@@ -306,7 +306,7 @@ def cancel_page(request: Request, batch_id: str, me: Me) -> HTMLResponse:
 async def cancel(request: Request, batch_id: str, me: Me) -> Response:
     await checked_form(request, me)
     rt, queue = runtime(request), _queue(request)
-    batch = await run_in_threadpool(service.cancel_batch, rt, queue, me.owner, batch_id)
+    batch = await run_in_threadpool(batches.cancel_batch, rt, queue, me.owner, batch_id)
     return go(f"/ui/batches/{batch.id}?notice=cancelling")
 
 
@@ -320,50 +320,6 @@ async def retry(request: Request, batch_id: str, me: Me) -> Response:
     await checked_form(request, me)
     created = await run_in_threadpool(retry_failed, runtime(request), _queue(request), me.owner, batch_id)
     return go(f"/ui/batches/{created.id}" if created else f"/ui/batches/{batch_id}?notice=retry_none")
-
-
-def retry_failed(rt: Runtime, queue: TaskQueue, owner: Owner, batch_id: str) -> Batch | None:
-    """``Client.retry`` on the server: a new batch of the input lines without an output line."""
-    batch = rt.batches.get_owned(batch_id, owner)
-    try:
-        _retryable(batch)
-    except ClientError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    done = _output_ids(rt, owner, batch.output_file_id)
-    rt.files.get(batch.input_file_id, owner)
-    temp = rt.files.temp_path()
-    if not _copy_missing(rt.files.path(batch.input_file_id), temp, done):
-        temp.unlink(missing_ok=True)
-        return None
-    upload = service.Upload("batch", f"{batch.id}_retry.jsonl", temp)
-    retried = service.accept_upload(rt, owner, upload)
-    new = service.NewBatch(retried.id, batch.endpoint, batch.completion_window, _retry_metadata(batch))
-    return service.create_batch(rt, queue, owner, new)
-
-
-def _output_ids(rt: Runtime, owner: Owner, file_id: str | None) -> set[str]:
-    if file_id is None:
-        return set()
-    rt.files.get(file_id, owner)
-    return {str(row.get("custom_id")) for row in _read_lines(rt.files.path(file_id), 10**9)}
-
-
-def _copy_missing(source: Path, target: Path, done: set[str]) -> bool:
-    wrote = False
-    with open(source, "rb") as lines, open(target, "wb") as out:
-        for raw in lines:
-            if raw.strip() and _custom_id(raw) not in done:
-                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-                wrote = True
-    return wrote
-
-
-def _custom_id(raw: bytes) -> str | None:
-    try:
-        row = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return str(row.get("custom_id")) if isinstance(row, dict) else None
 
 
 # --- new batch -----------------------------------------------------------------------------------
@@ -409,10 +365,10 @@ def _create(rt: Runtime, queue: TaskQueue, owner: Owner, filename: str, temp: Pa
     except InvalidRequest:
         temp.unlink(missing_ok=True)
         raise
-    stored = service.accept_upload(rt, owner, service.Upload("batch", filename, temp))
+    stored = files.accept_upload(rt, owner, files.Upload("batch", filename, temp))
     try:
-        request = service.NewBatch(stored.id, values["endpoint"], values["window"].strip() or "24h", metadata)
-        return service.create_batch(rt, queue, owner, request)
+        request = batches.NewBatch(stored.id, values["endpoint"], values["window"].strip() or "24h", metadata)
+        return batches.create_batch(rt, queue, owner, request)
     except BatchqError:
         rt.files.delete(stored.id, owner)  # nothing reads it: do not leave it behind
         raise
@@ -447,7 +403,7 @@ def delete_page(request: Request, file_id: str, me: Me) -> HTMLResponse:
 @router.post("/files/{file_id}/delete")
 async def delete(request: Request, file_id: str, me: Me) -> Response:
     await checked_form(request, me)
-    await run_in_threadpool(service.delete_file, runtime(request), me.owner, file_id)
+    await run_in_threadpool(files.delete_file, runtime(request), me.owner, file_id)
     return go("/ui/files?notice=deleted")
 
 

@@ -177,6 +177,29 @@ def test_async_client_retries_only_the_lines_that_did_not_succeed(stack: Stack, 
     assert asyncio.run(scenario()) == ["async-flaky0", "async-flaky1"]
 
 
+def test_async_client_has_the_sync_clients_bulk_lookup_and_streaming_calls(
+    stack: Stack, user: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "job.jsonl"
+    source.write_bytes(jsonl([chat_row(f"many{i}") for i in range(6)]))
+
+    async def scenario() -> None:
+        async with AsyncClient(stack.api_url, stack.api_key, on_behalf_of=user) as client:
+            assert (await client.limits()).max_requests_per_batch >= 6
+            result = await client.submit_many(source, tmp_path / "out.jsonl", endpoint=CHAT, poll_interval=0.1)
+            assert [batch.request_counts.completed for batch in result.batches] == [6]
+            assert sorted(row["custom_id"] for row in read_jsonl(result.output)) == [f"many{i}" for i in range(6)]
+            with open(source, "rb") as stream:
+                uploaded = await client.upload_stream(stream, "again.jsonl", {"purpose": "batch"}, "async-stream-key")
+            assert b"".join([chunk async for chunk in client.iter_content(uploaded.id)]) == source.read_bytes()
+            created = await client.create(uploaded.id, CHAT)
+            found = await client.find_batch(uploaded.id, created.created_at)
+            assert found is not None and found.id == created.id
+            assert await client.find_batch(uploaded.id, created.created_at + 3600) is None
+
+    asyncio.run(scenario())
+
+
 def test_client_refuses_to_retry_a_running_or_invalid_batch(api: Client, tmp_path: Path) -> None:
     running = api.submit([chat_row("slow", latency_ms=3000)], endpoint=CHAT)
     with pytest.raises(ClientError, match="retry it once it has ended"):

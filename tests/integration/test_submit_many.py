@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from batchq.client import Client
-from batchq.manifest import ChunkState, load, manifest_path
+from batchq.client.manifest import ChunkState, load, manifest_path
 from batchq.stack import Stack
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import CHAT, chat_row, jsonl

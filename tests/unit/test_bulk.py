@@ -1,4 +1,4 @@
-"""Splitting (``batchq.split``) and ``submit_many`` (``batchq.bulk``) against an in-process fake API:
+"""Splitting (``batchq.client.split``) and ``submit_many`` (``batchq.client.bulk``) against an in-process fake API:
 chunk bounds, validation before anything is sent, keys derived from the manifest, merge order, failed
 chunks, one run per output, and resuming after a kill at any step."""
 
@@ -14,10 +14,10 @@ import httpx2
 import orjson
 import pytest
 
-from batchq.bulk import BulkRequest, submit_many
 from batchq.client import Client, ClientError
-from batchq.manifest import ChunkState, load, manifest_path, save
-from batchq.split import ByteRange, SplitLimits, plan_chunks
+from batchq.client.bulk import BulkRequest, submit_many
+from batchq.client.manifest import ChunkState, load, manifest_path, save
+from batchq.client.split import ByteRange, SplitLimits, plan_chunks
 
 CHAT = "/v1/chat/completions"
 

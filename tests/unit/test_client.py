@@ -12,9 +12,9 @@ import httpx2
 import orjson
 import pytest
 
-from batchq import client as mod
 from batchq.cli import outcome_code, uvicorn_level
 from batchq.client import APIError, AsyncClient, Batch, Client, ClientError
+from batchq.client import common as mod
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
 
@@ -145,7 +145,7 @@ def test_lines_survive_any_chunking() -> None:
     data = OUTPUT + ERRORS
     for size in (1, 2, 7, len(data)):
         chunks = [data[i : i + size] for i in range(0, len(data), size)]
-        assert [line["custom_id"] for line in mod._jsonl(chunks)] == ["a", "b", "c"]
+        assert [line["custom_id"] for line in mod.jsonl(chunks)] == ["a", "b", "c"]
 
 
 def test_download_writes_the_whole_file_or_nothing(tmp_path: Path) -> None:
@@ -154,6 +154,13 @@ def test_download_writes_the_whole_file_or_nothing(tmp_path: Path) -> None:
     with make(lambda _: httpx2.Response(404, json={"error": {"message": "gone"}})) as c, pytest.raises(APIError):
         c.download("file-out", tmp_path / "missing.jsonl")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
+
+
+def test_async_client_has_every_call_of_the_sync_one() -> None:
+    def public(cls: type) -> set[str]:
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    assert public(Client) - public(AsyncClient) == set()
 
 
 def test_async_client_mirrors_the_sync_one(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``batchq results --cursor-file`` (``batchq.cursorfile``): a follower killed at any point of any page
+"""``batchq results --cursor-file`` (``batchq.client.cursorfile``): a follower killed at any point of any page
 prints each line exactly once into a regular file, and says so when it cannot tell (a pipe)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from batchq import cli
 from batchq.client import CURSOR_HEADER, MORE_HEADER, STATUS_HEADER, Client
-from batchq.cursorfile import CursorFile, Resume
+from batchq.client.cursorfile import CursorFile, Resume
 
 PAGES = {"": ("c1", ["a0", "a1"]), "c1": ("c2", ["b0", "b1"]), "c2": ("c3", ["c0"]), "c3": ("c3", [])}
 

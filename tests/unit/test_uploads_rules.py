@@ -10,7 +10,7 @@ import pytest
 from batchq.domain import uploads as rules
 from batchq.domain.uploads import NewUpload, UploadStatus
 from batchq.errors import InvalidRequest, PayloadTooLarge
-from batchq.uploads import join
+from batchq.services.uploads import join
 
 PURPOSES = ("batch",)
 

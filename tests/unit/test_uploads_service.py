@@ -1,4 +1,4 @@
-"""Unit tests for ``batchq.uploads`` over a store double: how the store's verdicts become answers."""
+"""Unit tests for ``batchq.services.uploads`` over a store double: how the store's verdicts become answers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from batchq import uploads
 from batchq.domain.models import Owner
 from batchq.domain.uploads import UploadObject, UploadStatus
 from batchq.errors import InvalidRequest, NotFound
+from batchq.services import uploads
 from batchq.storage.uploads import UploadRecord
 
 OWNER = Owner("key_a", "u1")

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchq import service
 from batchq.api.body import read_json
 from batchq.api.deps import OwnerDep, QueueDep, RuntimeDep
 from batchq.api.errors import ERROR_RESPONSES
 from batchq.api.idempotency import IdempotencyKeyDep, once
 from batchq.domain.idempotency import json_content
 from batchq.domain.models import Batch, Page
+from batchq.services import batches
 
 router = APIRouter(prefix="/batches", tags=["batches"], responses=ERROR_RESPONSES)
 MAX_JSON_BYTES = 1 << 20
@@ -41,10 +41,10 @@ async def create_batch(
 
     async def create() -> Batch:
         body = CreateBatch.model_validate(raw)
-        new = service.NewBatch(
+        new = batches.NewBatch(
             body.input_file_id, body.endpoint, body.completion_window, body.metadata, body.output_expires_after
         )
-        return await run_in_threadpool(service.create_batch, rt, queue, owner, new)
+        return await run_in_threadpool(batches.create_batch, rt, queue, owner, new)
 
     return await once(request, rt, owner, key, [json_content(raw)], create)
 
@@ -63,4 +63,4 @@ def get_batch(batch_id: str, rt: RuntimeDep, owner: OwnerDep) -> Batch:
 
 @router.post("/{batch_id}/cancel", response_model=Batch)
 def cancel_batch(batch_id: str, rt: RuntimeDep, queue: QueueDep, owner: OwnerDep) -> Batch:
-    return service.cancel_batch(rt, queue, owner, batch_id)
+    return batches.cancel_batch(rt, queue, owner, batch_id)

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from batchq import service
 from batchq.api.deps import OwnerDep, RuntimeDep
 from batchq.api.errors import ERROR_RESPONSES
 from batchq.api.idempotency import IdempotencyKeyDep, once
 from batchq.api.multipart import receive_upload
 from batchq.domain.idempotency import form_content
 from batchq.domain.models import DeletedFile, FileObject, Page
+from batchq.services import files
 
 router = APIRouter(prefix="/files", tags=["files"], responses=ERROR_RESPONSES)
 
@@ -44,10 +44,10 @@ async def upload_file(request: Request, rt: RuntimeDep, owner: OwnerDep, key: Id
     fields = upload.fields
     anchor, seconds = fields.get("expires_after[anchor]") or "created_at", fields.get("expires_after[seconds]")
     expiry = None if seconds is None and anchor == "created_at" else (anchor, seconds)  # no seconds: the default
-    received = service.Upload(fields.get("purpose"), upload.filename, temp, expiry)
+    received = files.Upload(fields.get("purpose"), upload.filename, temp, expiry)
 
     async def accept() -> FileObject:
-        return await run_in_threadpool(service.accept_upload, rt, owner, received)
+        return await run_in_threadpool(files.accept_upload, rt, owner, received)
 
     try:
         return await once(request, rt, owner, key, form_content(fields, upload.filename, upload.sha256), accept)
@@ -80,4 +80,4 @@ def file_content(file_id: str, rt: RuntimeDep, owner: OwnerDep) -> FileResponse:
 
 @router.delete("/{file_id}", response_model=DeletedFile)
 def delete_file(file_id: str, rt: RuntimeDep, owner: OwnerDep) -> DeletedFile:
-    return service.delete_file(rt, owner, file_id)
+    return files.delete_file(rt, owner, file_id)

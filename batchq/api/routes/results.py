@@ -17,7 +17,7 @@ from batchq.api.errors import ERROR_RESPONSES
 from batchq.config import Settings
 from batchq.domain.feed import Cursor
 from batchq.domain.limits import Limits
-from batchq.results_feed import MAX_PAGE_BYTES, MAX_PAGE_LINES, ResultsPage, read_results
+from batchq.services.results import MAX_PAGE_BYTES, MAX_PAGE_LINES, ResultsPage, read_results
 
 router = APIRouter(prefix="/batches", tags=["batches"], responses=ERROR_RESPONSES)
 POLL_S = 0.1  # how often a long poll (wait > 0) looks for new lines

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchq import uploads
 from batchq.api.body import read_json, request_body
 from batchq.api.deps import OwnerDep, RuntimeDep
 from batchq.api.errors import ERROR_RESPONSES
@@ -17,6 +16,7 @@ from batchq.api.multipart import receive_upload, sanitize_filename
 from batchq.domain.idempotency import form_content, json_content
 from batchq.domain.uploads import MAX_PART_IDS, MIME_PATTERN, NewUpload, UploadObject, UploadPartObject
 from batchq.domain.windows import MAX_EXPIRY_S, MIN_EXPIRY_S
+from batchq.services import uploads
 
 router = APIRouter(prefix="/uploads", tags=["uploads"], responses=ERROR_RESPONSES)
 MAX_JSON_BYTES = 1 << 20

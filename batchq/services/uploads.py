@@ -1,7 +1,7 @@
 """The operations behind ``/uploads`` (OpenAI's Uploads API), beside ``service.py``'s files and batches.
 
 ``complete`` joins the parts with a streaming copy (1 MiB at a time, MD5 on the way) into a temp
-file, then hands it to ``service.accept_upload``: the joined file meets every check ``POST /files``
+file, then hands it to ``files.accept_upload``: the joined file meets every check ``POST /files``
 makes, and becomes a File of the same owner.
 """
 
@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from batchq import service
 from batchq.domain import uploads as rules
 from batchq.domain.ids import new_part_id, new_upload_id
 from batchq.domain.models import FileObject, Owner
@@ -21,6 +20,7 @@ from batchq.domain.uploads import NewUpload, UploadObject, UploadPartObject, Upl
 from batchq.domain.windows import expiry_seconds
 from batchq.errors import InvalidRequest
 from batchq.runtime import Runtime
+from batchq.services import files
 from batchq.storage.uploads import GONE, OK, UploadRecord, not_found
 
 CHUNK = 1 << 20
@@ -28,7 +28,7 @@ log = logging.getLogger("batchq.uploads")
 
 
 def create_upload(rt: Runtime, owner: Owner, new: NewUpload) -> UploadObject:
-    rules.check_new(new, service.UPLOAD_PURPOSES, rt.settings.max_file_bytes)
+    rules.check_new(new, files.UPLOAD_PURPOSES, rt.settings.max_file_bytes)
     file_ttl_s = _file_ttl(new.expires_after)
     now = int(time.time())
     upload = UploadObject(
@@ -98,8 +98,8 @@ def _join_and_accept(
         digest = join([rt.uploads.part_path(record.upload.id, p) for p in part_ids], temp)
         rules.check_md5(md5, digest)
         expiry = ("created_at", record.file_ttl_s) if record.file_ttl_s is not None else None
-        received = service.Upload(record.upload.purpose, record.upload.filename, temp, expiry)
-        return service.accept_upload(rt, owner, received)
+        received = files.Upload(record.upload.purpose, record.upload.filename, temp, expiry)
+        return files.accept_upload(rt, owner, received)
     finally:
         temp.unlink(missing_ok=True)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from batchq.client import ClientError
+from batchq.client.errors import ClientError
 from batchq.domain.models import BatchErrorItem
 
 VERSION = 1

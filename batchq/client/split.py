@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from batchq.client import ClientError
+from batchq.client.errors import ClientError
 from batchq.domain.models import BatchErrorItem
 from batchq.domain.validation import InputValidator
 

@@ -1,9 +1,9 @@
 """Jobs larger than one batch: split, submit, follow, merge and resume (``Client.submit_many``).
 
 The input is validated as the server would and cut into chunks that fit the server's limits
-(``batchq.split``, one streaming pass: a bad line refuses the file before anything is sent).
+(``batchq.client.split``, one streaming pass: a bad line refuses the file before anything is sent).
 Each chunk is uploaded as a byte range of the source and made a batch of its own, with
-``Idempotency-Key``s derived from the manifest (``batchq.manifest``), which is rewritten after
+``Idempotency-Key``s derived from the manifest (``batchq.client.manifest``), which is rewritten after
 every step. The batches are followed together; as each one ends, its output and error files are
 appended to one merged output file and one merged error file **in chunk order** (within a chunk,
 the order of its files: lines as they were stored). The merged files are written beside their
@@ -25,16 +25,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, TYPE_CHECKING, cast
 
 import httpx2
 import orjson
 
-from batchq.client import APIError, Batch, Client, ClientError
+from batchq.client.errors import APIError, ClientError
+from batchq.client.manifest import ChunkRecord, ChunkState, Manifest, archive, load, locked, manifest_path, save
+from batchq.client.split import ByteRange, SplitLimits, file_sha256, plan_chunks
+from batchq.domain.models import Batch
 from batchq.domain.results import error_line
 from batchq.domain.status import Status, is_terminal
-from batchq.manifest import ChunkRecord, ChunkState, Manifest, archive, load, locked, manifest_path, save
-from batchq.split import ByteRange, SplitLimits, file_sha256, plan_chunks
+
+if TYPE_CHECKING:
+    from batchq.client.sync import Client
 
 POLL_PACE_S = 0.2  # at least this long between two status polls of one batch, per batch followed
 
