@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,6 +59,7 @@ class Runtime:
     idempotency: IdempotencyStore
     uploads: UploadStore
     held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
+    stopping: threading.Event = field(default_factory=threading.Event)  # set when the worker stops
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -66,7 +68,8 @@ class Runtime:
             s = self.settings
             limiter = RedisLimiter(
                 self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s, breaker=s.breaker(),
-                mode=s.upstream_mode, tolerance=s.upstream_tolerance,
+                mode=s.upstream_mode, tolerance=s.upstream_tolerance, slot_ttl_s=s.line_lease_s,
+                stopping=self.stopping,
             )  # fmt: skip
             self._upstream = Upstream(s, limiter, metrics=worker_metrics())
         return self._upstream

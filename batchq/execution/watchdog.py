@@ -5,13 +5,14 @@ Per active batch it decides (``plan``, pure) and then acts:
 
 - past ``expires_at`` or ``cancelling``            -> finalize (expire / cancel with partial results)
 - ``in_progress`` with every line done             -> finalize (a completion callback that never ran)
-- ``finalizing`` with no progress for a lease       -> finalize again (idempotent)
+- ``finalizing`` with no progress for ``STEP_S``    -> finalize again (idempotent)
 - a finalize that could not write its files lately  -> wait: its task retries (a full disk)
-- ``validating`` for longer than a lease            -> submit again (idempotent)
-- lines whose worker lease ran out (worker killed)  -> re-enqueue them, or past the requeue budget,
-                                                       record them as ``request_lost``
+- ``validating`` for longer than ``STEP_S``         -> submit again (idempotent)
+- lines whose lease ran out (their worker stopped   -> re-enqueue them, or past the requeue budget,
+  beating: killed, or cut off from Redis)              record them as ``request_lost``
 - nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
   none of its tasks in the line queue, no progress     in the line queue (its task was lost)
+  for a lease
 
 Files (and upload parts) on disk without a record in Redis (lost with Redis, or a crash between
 writing and recording) are removed once older than ``BATCHQ_ORPHAN_GRACE_S``; this look runs at
@@ -68,18 +69,22 @@ class Facts:
     finalize_failed_at: float | None = None  # a finalize could not write the result files then (it retries)
 
 
-def plan(f: Facts, lease_s: float) -> Action:
-    """What to do with one active batch."""
+STEP_S = 120.0  # how long a submit or a finalize (one pass over a file) may take before it is run again
+
+
+def plan(f: Facts, lease_s: float, step_s: float = STEP_S) -> Action:
+    """What to do with one active batch. ``lease_s``: a line's lease (its worker beats three times
+    in it); ``step_s``: how long a submit or a finalize may run before it is started again."""
     b = f.batch
     counts = b.request_counts
-    if f.finalize_failed_at is not None and f.now - f.finalize_failed_at <= lease_s:
+    if f.finalize_failed_at is not None and f.now - f.finalize_failed_at <= step_s:
         return Action.WAIT  # its finalize task retries until the disk has room again
     if b.status is Status.CANCELLING or (b.expires_at is not None and f.now >= b.expires_at):
         return Action.FINALIZE
     if b.status is Status.VALIDATING:
-        return Action.SUBMIT if f.now - b.created_at > lease_s else Action.WAIT
+        return Action.SUBMIT if f.now - b.created_at > step_s else Action.WAIT
     if b.status is Status.FINALIZING or counts.completed + counts.failed >= counts.total:
-        stale = b.status is Status.IN_PROGRESS or f.now - f.progress_at > lease_s
+        stale = b.status is Status.IN_PROGRESS or f.now - f.progress_at > step_s
         return Action.FINALIZE if stale else Action.WAIT
     if f.expired_leases:
         return Action.REQUEUE_EXPIRED

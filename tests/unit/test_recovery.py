@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchq.execution.recovery import GRACE_S, HeldLines, is_stale, stale_before
+from batchq.execution.recovery import CHECK_S, GRACE_S, HeldLines, beat_every, is_stale, stale_before
 from batchq.storage.server import ServerInfo
 
 
@@ -19,21 +19,28 @@ class FakeRedis:
         return {"run_id": self.run_id, "uptime_in_seconds": 100}
 
 
-def test_a_worker_renews_only_the_leases_taken_under_another_redis_process() -> None:
+def test_the_heartbeat_renews_every_line_held_and_notices_a_restart() -> None:
     redis, held, renewed = FakeRedis(), HeldLines(), []
-    held.add("b1", 0)  # before the first check: its Redis process is unknown
+    held.add("b1", 0)
     assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is False  # type: ignore[arg-type]
     assert renewed == [("b1", [0])]
     held.add("b1", 1)
     held.add("b2", 7)
-    held.check(redis, lambda b, lines: renewed.append((b, sorted(lines))))  # type: ignore[arg-type]
-    assert renewed == [("b1", [0])]  # same Redis: nothing to renew
     held.discard("b1", 0)  # completed
-    redis.run_id = "b"  # restarted
-    assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is True  # type: ignore[arg-type]
-    assert sorted(renewed[1:]) == [("b1", [1]), ("b2", [7])]
+    renewed.clear()
     assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is False  # type: ignore[arg-type]
-    assert len(renewed) == 3
+    assert sorted(renewed) == [("b1", [1]), ("b2", [7])], "every beat renews every line held"
+    redis.run_id = "b"  # restarted
+    renewed.clear()
+    assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is True  # type: ignore[arg-type]
+    assert sorted(renewed) == [("b1", [1]), ("b2", [7])]
+    assert held.check(redis, lambda b, lines: None) is False  # type: ignore[arg-type]
+
+
+def test_a_worker_beats_three_times_per_lease_and_at_least_every_check() -> None:
+    assert beat_every(3) == 1.0
+    assert beat_every(10) == CHECK_S
+    assert beat_every(120) == CHECK_S
 
 
 def test_leases_of_the_old_redis_count_as_stale_only_after_the_grace() -> None:

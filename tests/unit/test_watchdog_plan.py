@@ -158,3 +158,16 @@ def test_expired_leases_take_precedence_over_resending() -> None:
     b = batch(Status.IN_PROGRESS, completed=3)
     f = facts(b, expired_leases=[5], progress_at=NOW - LEASE - 1)
     assert plan(f, LEASE) == "requeue_expired"
+
+
+def test_a_short_lease_does_not_restart_a_long_submit_or_finalize() -> None:
+    """Leases are short (the worker's heartbeat renews them); one pass over a file is not."""
+    lease, step = 10.0, 120.0
+    validating = batch(Status.VALIDATING, created_at=int(NOW - 60))
+    assert plan(facts(validating), lease, step) == "wait"
+    assert plan(facts(batch(Status.VALIDATING, created_at=int(NOW - step - 1))), lease, step) == "submit"
+    finalizing = batch(Status.FINALIZING, completed=10)
+    assert plan(facts(finalizing, progress_at=NOW - 60), lease, step) == "wait"
+    assert plan(facts(finalizing, progress_at=NOW - step - 1), lease, step) == "finalize"
+    stalled = batch(Status.IN_PROGRESS, completed=4)
+    assert plan(facts(stalled, progress_at=NOW - lease - 1), lease, step) == "resend_lost", "a lease, not a step"
