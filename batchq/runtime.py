@@ -9,6 +9,7 @@ from typing import Protocol
 import redis
 
 from batchq.config import Settings
+from batchq.domain.redis_url import redact
 from batchq.execution.recovery import HeldLines
 from batchq.execution.upstream import Upstream
 from batchq.observability.metrics import worker_metrics
@@ -16,6 +17,7 @@ from batchq.storage.apikeys import ApiKeyStore
 from batchq.storage.batches import BatchStore
 from batchq.storage.files import FileStore
 from batchq.storage.idempotency import IdempotencyStore
+from batchq.storage.identity import Deployment, DirMarker
 from batchq.storage.limits import RedisLimiter
 from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
@@ -58,6 +60,7 @@ class Runtime:
     scheduler: Scheduler
     idempotency: IdempotencyStore
     uploads: UploadStore
+    deployment: Deployment  # Redis and the data must be one deployment before anything is deleted
     held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
     stopping: threading.Event = field(default_factory=threading.Event)  # set when the worker stops
     _upstream: Upstream | None = field(default=None, repr=False)
@@ -82,16 +85,18 @@ def build_runtime(settings: Settings, pool_size: int | None = None, api: bool = 
         connect_timeout_s=settings.redis_connect_timeout_s, socket_timeout_s=settings.redis_socket_timeout_s,
         retry_s=settings.redis_api_retry_s if api else settings.redis_worker_retry_s,
     )  # fmt: skip
+    deployment = Deployment(client, DirMarker(settings.data_dir), redact(settings.redis_url))
     return Runtime(
         settings=settings,
         redis=client,
         batches=BatchStore(client),
-        files=FileStore(client, settings.data_dir, settings.file_ttl_days),
+        files=FileStore(client, settings.data_dir, settings.file_ttl_days, deployment),
         apikeys=ApiKeyStore(client),
         quotas=Quotas(
             client, settings.api_rpm_per_key, settings.max_active_batches_per_key, settings.max_enqueued_lines_per_key
         ),
         scheduler=Scheduler(client, settings.queue_depth),
         idempotency=IdempotencyStore(client, settings.idempotency_lock_s),
-        uploads=UploadStore(client, settings.data_dir),
+        uploads=UploadStore(client, settings.data_dir, deployment),
+        deployment=deployment,
     )

@@ -168,9 +168,12 @@ class Supervisor:
 
     def _api_ready(self) -> bool:
         try:
-            return httpx2.get(self.api_url + "/health", timeout=1.0).status_code == 200
+            answer = httpx2.get(self.api_url + "/health", timeout=1.0)
         except httpx2.HTTPError:
             return False
+        if answer.status_code == 503 and b"deployment_mismatch" in answer.content:
+            raise ServeError(answer.json()["error"]["message"])  # waiting would not fix it
+        return answer.status_code == 200
 
     def _wait(self, name: str, ready: Callable[[], bool], timeout: float) -> None:
         def up() -> bool:

@@ -124,6 +124,10 @@ def webhook_task(self: Task, batch_id: str, event_type: str, created_at: int) ->
 def watchdog_loop(stop: threading.Event) -> None:
     rt = runtime()
     interval = rt.settings.watchdog_interval_s
+    try:
+        rt.deployment.establish()  # a mismatch is logged once; then every sweep deletes nothing
+    except redis.RedisError:
+        log.exception("deployment id not checked at start (each sweep checks it)")
     while not stop.wait(interval):
         try:
             if rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9))):

@@ -16,7 +16,8 @@ Per active batch it decides (``plan``, pure) and then acts:
 
 Files (and upload parts) on disk without a record in Redis (lost with Redis, or a crash between
 writing and recording) are removed once older than ``BATCHQ_ORPHAN_GRACE_S``; this look runs at
-most every ten minutes.
+most every ten minutes. Nothing is deleted (orphans, expired files and uploads) while Redis and the
+data directory carry different deployment ids (``batchq.domain.identity``).
 
 Every sweep also deletes expired files, expires uploads past their hour (removing their parts),
 and makes sure each running batch with waiting lines is known to the scheduler
@@ -97,14 +98,8 @@ ORPHAN_SWEEP_EVERY_S = 600  # at most; sooner with a shorter BATCHQ_ORPHAN_GRACE
 
 
 def sweep(rt: Runtime, queue: TaskQueue) -> None:
-    deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
-    if deleted:
-        log.info("expired files deleted", extra={"count": deleted})
-    expire_uploads(rt)
-    try:
-        remove_orphans(rt)
-    except Exception:  # a file's trouble must not hold up the batches
-        log.exception("orphan sweep failed")
+    if rt.deployment.check() is None:  # else Redis and the data are not one deployment: delete nothing
+        delete_expired(rt)
     info = _server_info(rt)
     stale = recovery.stale_before(info, time.time()) if info else None
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
@@ -116,6 +111,18 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
     if info is not None and stale is not None:
         reconcile_once(rt, queue, info)
     rt.scheduler.fill(time.time())
+
+
+def delete_expired(rt: Runtime) -> None:
+    """Expired files and uploads, and orphans (files without a record) past their grace."""
+    deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
+    if deleted:
+        log.info("expired files deleted", extra={"count": deleted})
+    expire_uploads(rt)
+    try:
+        remove_orphans(rt)
+    except Exception:  # a file's trouble must not hold up the batches
+        log.exception("orphan sweep failed")
 
 
 def _server_info(rt: Runtime) -> ServerInfo | None:
