@@ -10,7 +10,7 @@ import redis
 
 from batchq.config import Settings
 from batchq.domain.redis_url import redact
-from batchq.execution.recovery import HeldLines
+from batchq.execution.recovery import HeldLines, HeldLocks
 from batchq.execution.upstream import Upstream
 from batchq.observability.metrics import worker_metrics
 from batchq.storage.apikeys import ApiKeyStore
@@ -62,6 +62,7 @@ class Runtime:
     uploads: UploadStore
     deployment: Deployment  # Redis and the data must be one deployment before anything is deleted
     held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
+    locks: HeldLocks = field(default_factory=HeldLocks)  # the batch locks they hold (submit, finalize)
     stopping: threading.Event = field(default_factory=threading.Event)  # set when the worker stops
     _upstream: Upstream | None = field(default=None, repr=False)
 

@@ -4,10 +4,12 @@ within seconds, not after a long timeout, and still run exactly once.
 **A worker's heartbeat.** What a worker holds in Redis lives only as long as the worker beats:
 each worker process renews, every ``beat_every`` (a third of ``BATCHQ_LINE_LEASE_S`` at most
 ``CHECK_S``), the lease of every line its threads hold (``HeldLines``) and the expiry of every
-upstream slot they hold (``batchq.storage.limits.HeldSlots``), both by ``BATCHQ_LINE_LEASE_S``.
+upstream slot they hold (``batchq.storage.limits.HeldSlots``) and of every batch lock (a submit or
+a finalize running: ``HeldLocks``), all by ``BATCHQ_LINE_LEASE_S``.
 A killed worker stops beating: its leases run out and the watchdog re-sends its lines, and its
 slots drop out of the route's in-flight set at the next ``ACQUIRE`` — so a ghost cannot hold a
-route's window, and nothing waits for the upstream timeout.
+route's window, and nothing waits for the upstream timeout; its batch locks run out and the
+watchdog submits or finalizes the batch again.
 
 **Redis restarts.** A Redis restarted from its append-only file brings back the leases of the lines that were in
 flight, but not always the workers that held them (their Celery messages, their threads' state,
@@ -78,6 +80,26 @@ class HeldLines:
         for batch_id, index in held:
             grouped.setdefault(batch_id, []).append(index)
         return grouped
+
+
+class HeldLocks:
+    """The batch locks this process holds (a submit or a finalize running): key -> token."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, token: str) -> None:
+        with self._lock:
+            self._held[key] = token
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+
+    def held(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._held)
 
 
 def beat_every(lease_s: float) -> float:

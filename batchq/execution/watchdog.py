@@ -5,9 +5,13 @@ Per active batch it decides (``plan``, pure) and then acts:
 
 - past ``expires_at`` or ``cancelling``            -> finalize (expire / cancel with partial results)
 - ``in_progress`` with every line done             -> finalize (a completion callback that never ran)
-- ``finalizing`` with no progress for ``STEP_S``    -> finalize again (idempotent)
+- a submit or a finalize running (its lock held     -> wait
+  by a worker that beats)
+- ``finalizing``, none running, no progress for a   -> finalize again (idempotent)
+  lease (its worker died), or for ``STEP_S``
 - a finalize that could not write its files lately  -> wait: its task retries (a full disk)
-- ``validating`` for longer than ``STEP_S``         -> submit again (idempotent)
+- ``validating``, none running, for ``STEP_S``      -> submit again (idempotent; after a Redis
+                                                       restart at once, ``reconcile_once``)
 - lines whose lease ran out (their worker stopped   -> re-enqueue them, or past the requeue budget,
   beating: killed, or cut off from Redis)              record them as ``request_lost``
 - nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
@@ -68,6 +72,7 @@ class Facts:
     waiting: int = 0  # line tasks not granted yet (in the scheduler)
     in_queue: int = 0  # its granted tasks still in the line queue
     finalize_failed_at: float | None = None  # a finalize could not write the result files then (it retries)
+    busy: bool = False  # a submit or a finalize of it runs now (its lock held by a worker that beats)
 
 
 STEP_S = 120.0  # how long a submit or a finalize (one pass over a file) may take before it is run again
@@ -83,9 +88,10 @@ def plan(f: Facts, lease_s: float, step_s: float = STEP_S) -> Action:
     if b.status is Status.CANCELLING or (b.expires_at is not None and f.now >= b.expires_at):
         return Action.FINALIZE
     if b.status is Status.VALIDATING:
-        return Action.SUBMIT if f.now - b.created_at > step_s else Action.WAIT
+        return Action.SUBMIT if not f.busy and f.now - b.created_at > step_s else Action.WAIT
     if b.status is Status.FINALIZING or counts.completed + counts.failed >= counts.total:
-        stale = b.status is Status.IN_PROGRESS or f.now - f.progress_at > step_s
+        quiet = f.now - f.progress_at
+        stale = b.status is Status.IN_PROGRESS or (not f.busy and quiet > lease_s) or quiet > step_s
         return Action.FINALIZE if stale else Action.WAIT
     if f.expired_leases:
         return Action.REQUEUE_EXPIRED
@@ -172,7 +178,8 @@ def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: flo
     waiting = rt.scheduler.waiting(batch.id)
     mine = sum(1 for b, _ in in_queue if b == batch.id)
     failed_at = record.finalize_failed_at if record else None
-    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at)
+    busy = rt.batches.busy(batch.id)
+    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at, busy)
 
 
 def remove_orphans(rt: Runtime) -> None:
@@ -193,6 +200,8 @@ def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:
     in_queue = queue.queued_lines()
     for batch_id in rt.batches.active_ids():
         batch = rt.batches.get(batch_id)
+        if batch is not None and batch.status is Status.VALIDATING and not rt.batches.busy(batch_id):
+            queue.submit_batch(batch_id)  # its submit task may have been lost with the worker
         if batch is not None and batch.status is Status.IN_PROGRESS:
             found = resend_unseen(rt, queue, batch, {i for b, i in in_queue if b == batch_id})
             if found:

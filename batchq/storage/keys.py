@@ -84,6 +84,11 @@ def sched_tenant_batches(tenant: str) -> str:
     return f"{SCHED_TENANT_PREFIX}{tenant}:batches"
 
 
+def batch_submitting(batch_id: str) -> str:
+    """A lock (a token, renewed by its worker's heartbeat) while a submit validates the batch."""
+    return f"{batch(batch_id)}:submitting"
+
+
 def batch_lock(batch_id: str) -> str:
     return f"{batch(batch_id)}:lock"
 
