@@ -8,6 +8,7 @@ Redis, at the end).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -69,3 +70,19 @@ def test_an_empty_redis_facing_existing_data_deletes_nothing_and_says_why(tmp_pa
 
 def _logged(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.startswith(b"{")]
+
+
+def test_serve_facing_an_empty_redis_exits_saying_why(tmp_path: Path, redis_url: str) -> None:
+    """``batchq serve`` with BATCHQ_REDIS_URL at an empty Redis and a data directory of a deployment:
+    it stops at once with the reason instead of waiting for a ready API."""
+    data = tmp_path / "data"
+    (data / "files").mkdir(parents=True)
+    (data / "files" / ("file-" + "5" * 32)).write_bytes(b"{}\n")
+    (data / "deployment").write_text("d" * 32 + "\n")
+    env = os.environ | FAST | {"BATCHQ_REDIS_URL": redis_url, "BATCHQ_DATA_DIR": str(data), "BATCHQ_API_KEYS": "k"}
+    args = [sys.executable, "-m", "batchq", "serve", "--port", str(free_port()), "--concurrency", "2"]
+    ran = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1
+    said = [line for line in ran.stderr.splitlines() if line.startswith("error: batchq serve:")]
+    assert len(said) == 1 and "deployment mismatch" in said[0] and "d" * 32 in said[0], ran.stderr[-3000:]
+    assert (data / "files" / ("file-" + "5" * 32)).exists()
