@@ -18,7 +18,7 @@ from batchq.storage.batches import BatchStore
 from batchq.storage.files import FileStore
 from batchq.storage.idempotency import IdempotencyStore
 from batchq.storage.identity import Deployment, DirMarker
-from batchq.storage.limits import RedisLimiter
+from batchq.storage.limits import HeldSlots, RedisLimiter
 from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
 from batchq.storage.scheduler import Scheduler
@@ -63,6 +63,7 @@ class Runtime:
     deployment: Deployment  # Redis and the data must be one deployment before anything is deleted
     held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
     locks: HeldLocks = field(default_factory=HeldLocks)  # the batch locks they hold (submit, finalize)
+    slots: HeldSlots = field(default_factory=HeldSlots)  # the upstream slots they hold
     stopping: threading.Event = field(default_factory=threading.Event)  # set when the worker stops
     _upstream: Upstream | None = field(default=None, repr=False)
 
@@ -73,7 +74,7 @@ class Runtime:
             limiter = RedisLimiter(
                 self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s, breaker=s.breaker(),
                 mode=s.upstream_mode, tolerance=s.upstream_tolerance, slot_ttl_s=s.line_lease_s,
-                stopping=self.stopping,
+                stopping=self.stopping, held=self.slots,
             )  # fmt: skip
             self._upstream = Upstream(s, limiter, metrics=worker_metrics())
         return self._upstream

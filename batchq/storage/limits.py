@@ -112,10 +112,12 @@ class RedisLimiter:
         tolerance: float = 1.05,
         slot_ttl_s: float | None = None,
         stopping: threading.Event | None = None,
+        held: HeldSlots | None = None,
     ) -> None:
         """``slot_ttl_s``: how long a slot lives after its worker's last beat (``renew_held``); None:
         the upstream timeout plus 30 s (no heartbeat). ``stopping``: set when the worker stops, so a
-        line waiting for a slot stands aside (``Deferred``) instead of holding the stop up."""
+        line waiting for a slot stands aside (``Deferred``) instead of holding the stop up. ``held``:
+        the process's slots (one registry, whichever limiter object took them)."""
         self.adaptive = adaptive  # false: every route is fixed, whatever its mode
         self.mode = mode  # a route's mode when it names none
         self.tolerance = tolerance
@@ -123,7 +125,7 @@ class RedisLimiter:
         self.breaker = breaker or BreakerPolicy(failures=0)
         self.slot_ttl_s = slot_ttl_s
         self.stopping = stopping or threading.Event()
-        self.held = HeldSlots()
+        self.held = held if held is not None else HeldSlots()
         self._client = client
         self._acquire = Script(client, scripts.ACQUIRE)
         self._release = Script(client, scripts.RELEASE)
