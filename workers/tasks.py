@@ -128,11 +128,17 @@ def watchdog_loop(stop: threading.Event) -> None:
         rt.deployment.establish()  # a mismatch is logged once; then every sweep deletes nothing
     except redis.RedisError:
         log.exception("deployment id not checked at start (each sweep checks it)")
+    contact = recovery.Contact()  # leases are not judged by time right after a break with Redis
     while not stop.wait(interval):
+        started = time.time()
         try:
-            if rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9))):
-                watchdog.sweep(rt, queue)
-        except Exception:  # keep the watchdog alive through Redis blips
+            locked = rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9)))
+            contact.note(True, time.time() - started, time.time())
+            if locked:
+                watchdog.sweep(rt, queue, settled=contact.settled(time.time()))
+        except Exception as exc:  # keep the watchdog alive through Redis blips
+            if isinstance(exc, redis.RedisError):
+                contact.note(False, 0.0, time.time())
             log.exception("watchdog sweep failed")
 
 

@@ -19,6 +19,8 @@ the last second of writes). So:
   the lines it holds: after a restart too, the line is alive and will complete.
 - **The watchdog** treats a lease written before the Redis process started as expired once
   Redis has been up ``GRACE_S`` (time for the workers to renew theirs): the line is sent again.
+  After any break in its own contact with Redis (``Contact``) it judges no lease by its time for
+  ``GRACE_S`` either: the workers renew theirs first.
 - **Once per Redis process** (its ``run_id`` is recorded when done), the watchdog also sends
   again every unfinished line of a running batch that is nowhere: not leased, not waiting in the
   scheduler, not in the line queue. The last second of writes before a crash can lose a line's
@@ -102,6 +104,23 @@ class HeldLocks:
             return dict(self._held)
 
 
+class Contact:
+    """Since when this process has reached Redis without a break. A break is a call that failed, or
+    took longer than ``CHECK_S`` (the client spent it retrying): the workers could not renew their
+    leases meanwhile either, so the watchdog judges no lease by its time until ``GRACE_S`` after it
+    (else every line in flight across a Redis outage longer than a lease would be sent twice)."""
+
+    def __init__(self) -> None:
+        self.since = float("-inf")  # no break seen yet
+
+    def note(self, ok: bool, took: float, now: float) -> None:
+        if not ok or took > CHECK_S:
+            self.since = now
+
+    def settled(self, now: float) -> bool:
+        return now - self.since >= GRACE_S
+
+
 def beat_every(lease_s: float) -> float:
     """How often a worker process beats: at least three times per lease, at most every ``CHECK_S``."""
     return min(CHECK_S, lease_s / 3)
@@ -112,6 +131,12 @@ def stale_before(info: ServerInfo, now: float) -> float | None:
     it was first seen answering is over. A second early: its start time is rounded to the second."""
     seen = max(info.first_seen, info.started_at)
     return info.started_at - 1 if now >= seen + GRACE_S else None
+
+
+def run_out(until: float, now: float, lease_s: float, stale: float | None, settled: bool) -> bool:
+    """Whether the watchdog takes a lease as run out: by its time once Redis answered without a
+    break for a while (``settled``), or written before a Redis restart (``stale``, see ``stale_before``)."""
+    return (settled and until <= now) or is_stale(until, lease_s, stale)
 
 
 def is_stale(until: float, lease_s: float, before: float | None) -> bool:

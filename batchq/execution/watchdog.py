@@ -103,7 +103,9 @@ def plan(f: Facts, lease_s: float, step_s: float = STEP_S) -> Action:
 ORPHAN_SWEEP_EVERY_S = 600  # at most; sooner with a shorter BATCHQ_ORPHAN_GRACE_S
 
 
-def sweep(rt: Runtime, queue: TaskQueue) -> None:
+def sweep(rt: Runtime, queue: TaskQueue, settled: bool = True) -> None:
+    """``settled``: Redis answered without a break lately (``recovery.Contact``); else no lease is
+    judged run out by its time in this sweep (the workers had no way to renew them)."""
     if rt.deployment.check() is None:  # else Redis and the data are not one deployment: delete nothing
         delete_expired(rt)
     info = _server_info(rt)
@@ -111,7 +113,7 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
-            check(rt, queue, batch_id, in_queue, stale)
+            check(rt, queue, batch_id, in_queue, stale, settled)
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
     if info is not None and stale is not None:
@@ -151,14 +153,19 @@ def expire_uploads(rt: Runtime) -> None:
 
 
 def check(
-    rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]], stale: float | None = None
+    rt: Runtime,
+    queue: TaskQueue,
+    batch_id: str,
+    in_queue: set[tuple[str, int]],
+    stale: float | None = None,
+    settled: bool = True,
 ) -> None:
     """``stale``: leases written before this time run out now (their Redis process is gone)."""
     batch = rt.batches.get(batch_id)
     if batch is None or is_terminal(batch.status):
         rt.redis.srem(keys.ACTIVE_BATCHES, batch_id)
         return
-    facts = _facts(rt, batch, in_queue, stale)
+    facts = _facts(rt, batch, in_queue, stale, settled)
     if batch.status is Status.IN_PROGRESS and facts.waiting:
         dispatch.enroll(rt, batch)
     action = plan(facts, rt.settings.line_lease_s)
@@ -167,14 +174,16 @@ def check(
     _act(rt, queue, batch, action, facts)
 
 
-def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None) -> Facts:
+def _facts(
+    rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None, settled: bool = True
+) -> Facts:
     now = time.time()
     leases = rt.batches.leases(batch.id)
     record = rt.batches.bookkeeping(batch.id)
     progress = record.progress_at if record and record.progress_at else None
     last = progress or float(batch.in_progress_at or batch.created_at)
     lease_s = rt.settings.line_lease_s
-    expired = sorted(i for i, until in leases.items() if until <= now or recovery.is_stale(until, lease_s, stale))
+    expired = sorted(i for i, until in leases.items() if recovery.run_out(until, now, lease_s, stale, settled))
     waiting = rt.scheduler.waiting(batch.id)
     mine = sum(1 for b, _ in in_queue if b == batch.id)
     failed_at = record.finalize_failed_at if record else None

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchq.execution.recovery import CHECK_S, GRACE_S, HeldLines, beat_every, is_stale, stale_before
+from batchq.execution.recovery import (
+    CHECK_S,
+    GRACE_S,
+    Contact,
+    HeldLines,
+    beat_every,
+    is_stale,
+    run_out,
+    stale_before,
+)
 from batchq.storage.server import ServerInfo
 
 
@@ -54,3 +63,19 @@ def test_leases_of_the_old_redis_count_as_stale_only_after_the_grace() -> None:
     assert is_stale(999.0 + lease_s, lease_s, 1000.0)  # written a second before Redis started
     assert not is_stale(1001.0 + lease_s, lease_s, 1000.0)  # renewed after it started
     assert not is_stale(999.0 + lease_s, lease_s, None)  # still in the grace
+
+
+def test_after_a_break_with_redis_no_lease_is_judged_by_its_time_until_the_workers_renewed() -> None:
+    contact = Contact()
+    assert contact.settled(1000.0), "no break seen: leases are judged by time"
+    contact.note(True, 0.01, 1000.0)
+    assert contact.settled(1000.0)
+    contact.note(True, CHECK_S + 1, 1010.0)  # answered, after retrying for seconds: a break
+    assert not contact.settled(1010.0 + GRACE_S - 0.1)
+    assert contact.settled(1010.0 + GRACE_S)
+    contact.note(False, 0.0, 1100.0)
+    assert not contact.settled(1101.0)
+    assert run_out(999.0, 1000.0, 10, None, settled=True)
+    assert not run_out(999.0, 1000.0, 10, None, settled=False), "ran out while nobody could renew it"
+    assert run_out(995.0, 1000.0, 10, 990.0, settled=False), "written before Redis restarted"
+    assert not run_out(1001.0, 1000.0, 10, None, settled=True)
