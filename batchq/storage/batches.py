@@ -223,11 +223,8 @@ class BatchStore:
         verdict, granted = self._begin.run(parts)
         return LineStart(Verdict(verdict.decode()), granted == b"0")
 
-    def renew_lease(self, batch_id: str, index: int, lease_s: float) -> None:
-        self.r.hset(keys.batch_leases(batch_id), str(index), time.time() + lease_s)
-
     def renew_held(self, batch_id: str, indices: list[int], lease_s: float) -> int:
-        """Renew the leases of these lines that still have one (after a Redis restart); returns how many."""
+        """Renew the leases of these lines that still have one (the worker's heartbeat); returns how many."""
         call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": time.time() + lease_s})
         return int(self._renew_held.run({"line": call}))
 

@@ -69,7 +69,7 @@ end
 """
 
 # line  k: leases.  a: indices (a list), lease_until.
-# After a Redis restart: renews the leases a live worker holds. A line completed meanwhile has no
+# The worker's heartbeat: renews the leases a live worker holds. A line completed (or re-sent) meanwhile has no
 # lease left and gets none back. Returns how many leases were renewed.
 RENEW_HELD = """
 local k, a = part('line')
