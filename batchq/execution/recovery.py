@@ -63,9 +63,9 @@ class HeldLines:
 
     def check(self, client: redis.Redis, renew: Callable[[str, list[int]], object]) -> bool:
         """The heartbeat: renew (``renew(batch_id, indices)``) the lease of every line held here;
-        True when Redis restarted since the last check (a new ``run_id``)."""
-        run_id = server_info(client).run_id
-        restarted = self.run_id is not None and run_id != self.run_id
+        True when Redis restarted since the last check (a new ``run_id``; never where INFO is refused)."""
+        run_id = _run_id(client)
+        restarted = None not in (run_id, self.run_id) and run_id != self.run_id
         self.run_id = run_id
         held = self.grouped()
         for batch_id, indices in held.items():
@@ -82,6 +82,14 @@ class HeldLines:
         for batch_id, index in held:
             grouped.setdefault(batch_id, []).append(index)
         return grouped
+
+
+def _run_id(client: redis.Redis) -> str | None:
+    """Redis's run_id, or None where INFO is refused (a managed Redis): the leases are renewed all the same."""
+    try:
+        return server_info(client).run_id
+    except redis.ResponseError:
+        return None
 
 
 class HeldLocks:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 from batchq.execution.recovery import (
     CHECK_S,
     GRACE_S,
@@ -79,3 +81,15 @@ def test_after_a_break_with_redis_no_lease_is_judged_by_its_time_until_the_worke
     assert not run_out(999.0, 1000.0, 10, None, settled=False), "ran out while nobody could renew it"
     assert run_out(995.0, 1000.0, 10, 990.0, settled=False), "written before Redis restarted"
     assert not run_out(1001.0, 1000.0, 10, None, settled=True)
+
+
+def test_a_redis_that_refuses_info_still_gets_every_lease_renewed() -> None:
+    class Refusing(FakeRedis):
+        def info(self, section: str) -> dict[str, Any]:
+            raise redis.ResponseError("unknown command 'INFO'")
+
+    held, renewed = HeldLines(), []
+    held.add("b1", 3)
+    for _ in range(2):
+        assert held.check(Refusing(), lambda b, lines: renewed.append((b, lines))) is False  # type: ignore[arg-type]
+    assert renewed == [("b1", [3]), ("b1", [3])]
