@@ -96,7 +96,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
     concurrency: Annotated[int, typer.Option(min=1, help="Threads of the one worker (requests in flight).")] = 32,
     stop_timeout: Annotated[
-        float, typer.Option(min=0, help="Seconds a stop waits for lines in flight (then they run again next start).")
+        float, typer.Option(min=0, help="Seconds a stop takes at most, in all (lines cut off run again next start).")
     ] = 30.0,
 ) -> None:
     """Everything on one machine: Redis (embedded, with an append-only file under BATCHQ_DATA_DIR,

@@ -81,6 +81,7 @@ def test_serve_facing_an_empty_redis_exits_saying_why(tmp_path: Path, redis_url:
     (data / "deployment").write_text("d" * 32 + "\n")
     env = os.environ | FAST | {"BATCHQ_REDIS_URL": redis_url, "BATCHQ_DATA_DIR": str(data), "BATCHQ_API_KEYS": "k"}
     args = [sys.executable, "-m", "batchq", "serve", "--port", str(free_port()), "--concurrency", "2"]
+    args += ["--stop-timeout", "5"]
     ran = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1
     said = [line for line in ran.stderr.splitlines() if line.startswith("error: batchq serve:")]
