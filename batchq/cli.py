@@ -96,7 +96,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
     concurrency: Annotated[int, typer.Option(min=1, help="Threads of the one worker (requests in flight).")] = 32,
     stop_timeout: Annotated[
-        float, typer.Option(min=0, help="Seconds a stop waits for lines in flight (then they run again next start).")
+        float, typer.Option(min=0, help="Seconds a stop takes at most, in all (lines cut off run again next start).")
     ] = 30.0,
 ) -> None:
     """Everything on one machine: Redis (embedded, with an append-only file under BATCHQ_DATA_DIR,
@@ -115,6 +115,35 @@ def scheduler() -> None:
     from workers.tasks import run_scheduler
 
     run_scheduler()
+
+
+@app.command()
+def deployment(
+    adopt: Annotated[
+        bool, typer.Option("--adopt", help="Give this Redis (which has no id) the data directory's deployment id.")
+    ] = False,
+) -> None:
+    """The deployment ids in Redis and in BATCHQ_DATA_DIR, and whether they match (nothing is deleted
+    while they differ). --adopt: this Redis takes over the data (it lost its own, or it is new)."""
+    from batchq.config import get_settings
+    from batchq.domain.identity import problem as mismatch
+    from batchq.domain.redis_url import redact
+    from batchq.storage.identity import Deployment, DirMarker
+    from batchq.storage.redis_client import connect
+
+    require_redis("deployment")
+    settings = get_settings()
+    url = redact(settings.redis_url)
+    found = Deployment(connect(settings.redis_url, max_connections=2), DirMarker(settings.data_dir), url)
+    if adopt:
+        typer.echo(f"deployment id in Redis: {found.adopt()}")
+    sides = found.sides()
+    typer.echo(f"redis ({url}): {sides.redis_id or '(none)'}")
+    typer.echo(f"data ({found.marker.where}): {sides.marker_id or '(none)'}")
+    problem = mismatch(sides, url, found.marker.where)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("mock-upstream", context_settings=PASSTHROUGH)

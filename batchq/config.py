@@ -84,9 +84,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=128, ge=1)
     visibility_timeout_s: int = Field(default=7200, ge=60)
     task_events: bool = False  # Celery task events from the start (Flower switches them on itself)
-    line_lease_s: int = Field(default=120, ge=2)
+    # a line's lease (and its upstream slot's expiry): its worker's heartbeat renews both three times
+    # per lease, so a killed worker's lines are sent again, and its slots freed, this long after it died
+    line_lease_s: int = Field(default=10, ge=2)
     cancel_grace_s: float = Field(default=30.0, ge=0)
-    watchdog_interval_s: float = Field(default=15.0, gt=0)
+    watchdog_interval_s: float = Field(default=5.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
     finalize_retry_max_s: float = Field(default=60.0, gt=0)  # longest wait between tries of a failing finalize
     orphan_grace_s: float = Field(default=3600.0, ge=1)  # a file on disk with no record is removed this old

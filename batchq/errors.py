@@ -13,6 +13,7 @@ OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}`` in exactl
     ├── NotFound                     404   (unknown id *or* someone else's: same body)
     ├── RateLimited                  429   (carries retry_after seconds)
     ├── Unavailable                  503   (Redis unreachable; carries retry_after seconds)
+    │   └── WrongDeployment          503 deployment_mismatch (Redis and the data belong to different deployments)
     └── StorageFull                  507 insufficient_storage (no space left: the disk, or Redis's maxmemory)
 
 Foreign errors become these in one place, ``batchq.api.errors.translate``: Redis connection
@@ -89,6 +90,14 @@ class Unavailable(BatchqError):
     error_type = "server_error"
     default_code = "service_unavailable"
     retry_after = 5
+
+
+class WrongDeployment(Unavailable):
+    """Redis and the data storage carry different deployment ids (batchq.domain.identity): nothing
+    is deleted; the message says what differs and how to fix it."""
+
+    default_code = "deployment_mismatch"
+    retry_after = 60
 
 
 class StorageFull(BatchqError):

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
 
 from batchq.config import Settings
-from batchq.execution.recovery import HeldLines
+from batchq.domain.redis_url import redact
+from batchq.execution.recovery import HeldLines, HeldLocks
 from batchq.execution.upstream import Upstream
 from batchq.observability.metrics import worker_metrics
 from batchq.storage.apikeys import ApiKeyStore
 from batchq.storage.batches import BatchStore
 from batchq.storage.files import FileStore
 from batchq.storage.idempotency import IdempotencyStore
-from batchq.storage.limits import RedisLimiter
+from batchq.storage.identity import Deployment, DirMarker
+from batchq.storage.limits import HeldSlots, RedisLimiter
 from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
 from batchq.storage.scheduler import Scheduler
@@ -57,7 +60,11 @@ class Runtime:
     scheduler: Scheduler
     idempotency: IdempotencyStore
     uploads: UploadStore
+    deployment: Deployment  # Redis and the data must be one deployment before anything is deleted
     held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
+    locks: HeldLocks = field(default_factory=HeldLocks)  # the batch locks they hold (submit, finalize)
+    slots: HeldSlots = field(default_factory=HeldSlots)  # the upstream slots they hold
+    stopping: threading.Event = field(default_factory=threading.Event)  # set when the worker stops
     _upstream: Upstream | None = field(default=None, repr=False)
 
     @property
@@ -66,7 +73,8 @@ class Runtime:
             s = self.settings
             limiter = RedisLimiter(
                 self.redis, s.upstream_adaptive, default_timeout_s=s.upstream_timeout_s, breaker=s.breaker(),
-                mode=s.upstream_mode, tolerance=s.upstream_tolerance,
+                mode=s.upstream_mode, tolerance=s.upstream_tolerance, slot_ttl_s=s.line_lease_s,
+                stopping=self.stopping, held=self.slots,
             )  # fmt: skip
             self._upstream = Upstream(s, limiter, metrics=worker_metrics())
         return self._upstream
@@ -79,16 +87,18 @@ def build_runtime(settings: Settings, pool_size: int | None = None, api: bool = 
         connect_timeout_s=settings.redis_connect_timeout_s, socket_timeout_s=settings.redis_socket_timeout_s,
         retry_s=settings.redis_api_retry_s if api else settings.redis_worker_retry_s,
     )  # fmt: skip
+    deployment = Deployment(client, DirMarker(settings.data_dir), redact(settings.redis_url))
     return Runtime(
         settings=settings,
         redis=client,
         batches=BatchStore(client),
-        files=FileStore(client, settings.data_dir, settings.file_ttl_days),
+        files=FileStore(client, settings.data_dir, settings.file_ttl_days, deployment),
         apikeys=ApiKeyStore(client),
         quotas=Quotas(
             client, settings.api_rpm_per_key, settings.max_active_batches_per_key, settings.max_enqueued_lines_per_key
         ),
         scheduler=Scheduler(client, settings.queue_depth),
         idempotency=IdempotencyStore(client, settings.idempotency_lock_s),
-        uploads=UploadStore(client, settings.data_dir),
+        uploads=UploadStore(client, settings.data_dir, deployment),
+        deployment=deployment,
     )

@@ -10,10 +10,13 @@ A Redis replaying a large append-only file answers LOADING: it is waited for as 
 
 State lives in Redis' AOF and in the data directory, so the same command started again after a
 crash or a reboot picks up every unfinished batch: the watchdog re-sends the lines that were in
-flight once their leases run out.
+flight once their leases run out (``BATCHQ_LINE_LEASE_S``: the dead worker stopped renewing them),
+and the dead worker's upstream slots lapse with them.
 
-Stopping: SIGTERM or Ctrl-C stops the API, then the worker (Celery's warm shutdown, at most
-``stop_timeout`` seconds), then Redis, which flushes its AOF; a second Ctrl-C kills them at once.
+Stopping: SIGTERM or Ctrl-C stops the API and the worker (Celery's warm shutdown: lines in
+flight finish, lines waiting for an upstream slot go back to their batch), then Redis, which
+flushes its AOF; all within ``stop_timeout`` seconds, after which whatever still runs is killed.
+A second Ctrl-C kills them at once.
 The children have their own process group, so a Ctrl-C in the terminal reaches only this
 supervisor and the order holds. On Linux each child also gets SIGKILL when the supervisor dies
 (``PR_SET_PDEATHSIG``), so even a SIGKILL of the supervisor leaves no child behind; elsewhere the
@@ -43,6 +46,7 @@ from batchq.embedded import knock, loaded_percent, private_file, redis_args, red
 from batchq.storage.redis_client import connect
 
 PR_SET_PDEATHSIG = 1
+REDIS_STOP_S = 5.0  # of a stop's time, kept for Redis (at most a quarter of it)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the embedded Redis binds 127.0.0.1
 
 
@@ -164,9 +168,12 @@ class Supervisor:
 
     def _api_ready(self) -> bool:
         try:
-            return httpx2.get(self.api_url + "/health", timeout=1.0).status_code == 200
+            answer = httpx2.get(self.api_url + "/health", timeout=1.0)
         except httpx2.HTTPError:
             return False
+        if answer.status_code == 503 and b"deployment_mismatch" in answer.content:
+            raise ServeError(answer.json()["error"]["message"])  # waiting would not fix it
+        return answer.status_code == 200
 
     def _wait(self, name: str, ready: Callable[[], bool], timeout: float) -> None:
         def up() -> bool:
@@ -192,14 +199,22 @@ class Supervisor:
         return 0
 
     def stop(self) -> None:
-        """The API, then the worker (finishing lines in flight), then Redis (flushing its AOF)."""
-        for name in ("api", "worker", "redis"):
-            child = self.children.get(name)
-            if child is not None and child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-                self._reap(child, self.stop_timeout if name == "worker" else 15.0)
+        """The API and the worker (finishing its lines in flight), then Redis (flushing its AOF), all
+        within ``stop_timeout``: Redis keeps the last ``redis_stop_s`` of it; whatever still runs
+        at its end is killed (its lines run again at the next start)."""
+        deadline = time.monotonic() + self.stop_timeout
+        redis_s = min(REDIS_STOP_S, self.stop_timeout / 4)
+        self._stop_together(["api", "worker"], deadline - redis_s)
+        self._stop_together(["redis"], deadline)
         for child in self.children.values():
             self._reap(child, 0)
+
+    def _stop_together(self, names: list[str], deadline: float) -> None:
+        running = [c for n in names if (c := self.children.get(n)) is not None and c.poll() is None]
+        for child in running:
+            child.send_signal(signal.SIGTERM)
+        for child in running:
+            self._reap(child, deadline - time.monotonic())
 
     def _reap(self, child: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout

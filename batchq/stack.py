@@ -93,10 +93,11 @@ class Stack:
         self._spawn("upstream", args)
         wait_for(_http_ok(self.upstream_url + "/_stats"), 20, "mock upstream")
 
-    def start_api(self) -> None:
+    def start_api(self, ready: str = "/health") -> None:
+        """``ready``: the path that answers once it is up (``/livez``: whatever ``/health`` says)."""
         self.api_port = self.api_port or free_port()
         self._spawn("api", [sys.executable, "-m", "batchq", "api", "--port", str(self.api_port)])
-        wait_for(_http_ok(self.api_url + "/health"), 30, "batchq api")
+        wait_for(_http_ok(self.api_url + ready), 30, "batchq api")
 
     def start_worker(self, name: str, concurrency: int = 32) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "batchq", "worker", "--concurrency", str(concurrency), "-n", f"{name}@%h"]

@@ -94,8 +94,8 @@ def finalize_task(self: Task, batch_id: str) -> None:
     try:
         finalizing.finalize(rt, queue, batch_id)
     except OSError as exc:  # the result files could not be written (a full disk): logged, recorded, retried
-        # at most half a lease apart: the watchdog leaves a failing finalize to these retries for a lease
-        longest = min(rt.settings.finalize_retry_max_s, rt.settings.line_lease_s / 2)
+        # at most half a step apart: the watchdog leaves a failing finalize to these retries that long
+        longest = min(rt.settings.finalize_retry_max_s, watchdog.STEP_S / 2)
         wait = backoff(self.request.retries, longest)
         raise self.retry(exc=exc, countdown=wait, max_retries=FINALIZE_RETRIES) from exc
 
@@ -124,24 +124,37 @@ def webhook_task(self: Task, batch_id: str, event_type: str, created_at: int) ->
 def watchdog_loop(stop: threading.Event) -> None:
     rt = runtime()
     interval = rt.settings.watchdog_interval_s
+    try:
+        rt.deployment.establish()  # a mismatch is logged once; then every sweep deletes nothing
+    except redis.RedisError:
+        log.exception("deployment id not checked at start (each sweep checks it)")
+    contact = recovery.Contact()  # leases are not judged by time right after a break with Redis
     while not stop.wait(interval):
+        started = time.time()
         try:
-            if rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9))):
-                watchdog.sweep(rt, queue)
-        except Exception:  # keep the watchdog alive through Redis blips
+            locked = rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9)))
+            contact.note(True, time.time() - started, time.time())
+            if locked:
+                watchdog.sweep(rt, queue, settled=contact.settled(time.time()))
+        except Exception as exc:  # keep the watchdog alive through Redis blips
+            if isinstance(exc, redis.RedisError):
+                contact.note(False, 0.0, time.time())
             log.exception("watchdog sweep failed")
 
 
-def restart_watch_loop(stop: threading.Event) -> None:
-    """Every few seconds: has Redis restarted? Then renew the leases of the lines this process holds."""
+def heartbeat_loop(stop: threading.Event) -> None:
+    """The worker process's heartbeat (``batchq.execution.recovery``): the leases of the lines it
+    holds and the expiry of its upstream slots are renewed, and a Redis restart is noticed."""
     rt = runtime()
     lease_s = rt.settings.line_lease_s
     while True:
         try:
             rt.held.check(rt.redis, lambda batch_id, lines: rt.batches.renew_held(batch_id, lines, lease_s))
-        except Exception:  # Redis still away: the next check tries again
-            log.debug("redis restart check failed", exc_info=True)
-        if stop.wait(recovery.CHECK_S):
+            rt.upstream.limiter.renew_held()
+            rt.batches.renew_locks(rt.locks.held(), lease_s)
+        except Exception:  # Redis away: the next beat tries again (the leases outlive a short outage)
+            log.debug("heartbeat failed", exc_info=True)
+        if stop.wait(recovery.beat_every(lease_s)):
             return
 
 
@@ -171,7 +184,14 @@ def _start_watchdog(sender: object = None, **_: object) -> None:
     print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
     warn_if_not_durable(runtime().redis)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
-    threading.Thread(target=restart_watch_loop, args=(_stop,), name="batchq-restarts", daemon=True).start()
+    threading.Thread(target=heartbeat_loop, args=(_stop,), name="batchq-heartbeat", daemon=True).start()
+
+
+@signals.worker_shutting_down.connect
+def _stand_aside(**_: object) -> None:
+    """A warm shutdown: lines waiting for an upstream slot go back to their batch's turn at once
+    (lines in flight finish, their leases renewed by the heartbeat until the pool has stopped)."""
+    runtime().stopping.set()
 
 
 @signals.worker_shutdown.connect

@@ -45,8 +45,10 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
-        """Ready to serve: answers 200 only while Redis does (a readiness check)."""
+        """Ready to serve: answers 200 only while Redis does (a readiness check), and while Redis
+        and the data directory belong to the same deployment (else 503 saying what differs)."""
         await run_in_threadpool(ping, runtime.redis)
+        await run_in_threadpool(runtime.deployment.guard)
         return {"status": "ok"}
 
     @app.get("/livez", tags=["operations"])

@@ -13,4 +13,5 @@ settings = get_settings()
 configure_logging(settings.log_level, json=settings.log_json)
 runtime = build_runtime(settings, pool_size=64, api=True)
 warn_if_not_durable(runtime.redis)
+runtime.deployment.establish()  # a mismatch is logged (one ERROR) and reported by /health
 app = create_app(runtime, queue)

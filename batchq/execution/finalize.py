@@ -25,7 +25,6 @@ from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
 
 log = logging.getLogger("batchq.finalize")
-LOCK_TTL_S = 600
 CLAIM_CHUNK = 500
 
 
@@ -34,18 +33,25 @@ def derived_file_id(batch_id: str, kind: str) -> str:
 
 
 @contextmanager
-def batch_lock(rt: Runtime, batch_id: str) -> Iterator[bool]:
+def batch_lock(rt: Runtime, key: str) -> Iterator[bool]:
+    """One finalize (``keys.batch_lock``) or submit (``keys.batch_submitting``) of a batch at a time.
+    The lock lives a line lease past its worker's last beat (``rt.locks``, renewed by the
+    heartbeat): a killed worker's lock is soon gone, and the watchdog runs the step again."""
     token = str(time.time_ns())
-    got = bool(rt.redis.set(keys.batch_lock(batch_id), token, nx=True, ex=LOCK_TTL_S))
+    got = bool(rt.redis.set(key, token, nx=True, ex=rt.settings.line_lease_s))
+    if got:
+        rt.locks.add(key, token)
     try:
         yield got
     finally:
-        if got and rt.redis.get(keys.batch_lock(batch_id)) == token.encode():
-            rt.redis.delete(keys.batch_lock(batch_id))
+        if got:
+            rt.locks.discard(key)
+            if rt.redis.get(key) == token.encode():
+                rt.redis.delete(key)
 
 
 def finalize(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
-    with batch_lock(rt, batch_id) as got:
+    with batch_lock(rt, keys.batch_lock(batch_id)) as got:
         batch = rt.batches.get(batch_id) if got else None
         if batch is None or is_terminal(batch.status):
             return

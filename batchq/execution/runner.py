@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import Any
 
 import orjson
-import redis
 
 from batchq.domain.health import RouteState
 from batchq.domain.results import ResultLine, error_line, response_line
@@ -48,9 +46,12 @@ def run_line(rt: Runtime, batch_id: str, index: int, offset: int, length: int) -
     start = rt.batches.begin_line(batch_id, index, rt.settings.line_lease_s, ask[1] if ask else None, _fill(rt))
     if start.verdict is not Verdict.GO:
         return None
-    rt.held.add(batch_id, index)
+    rt.held.add(batch_id, index)  # from now on the worker's heartbeat renews its lease
+    held = ask[0] if ask and start.slot else None
+    if route is not None and held is not None:
+        rt.upstream.limiter.granted(route, held)  # and its slot's expiry
     try:
-        return _run(rt, batch_id, index, request, (route, source, body), ask[0] if ask and start.slot else None)
+        return _run(rt, batch_id, index, request, (route, source, body), held)
     finally:
         rt.held.discard(batch_id, index)
 
@@ -65,7 +66,7 @@ def _run(
 ) -> Progress:
     """Send a leased line and store its result."""
     try:
-        outcome, done = _send(rt, batch_id, index, *where, held)
+        outcome, done = _send(rt, *where, held)
     except BaseException:
         rt.batches.drop_lease(batch_id, index)  # let the watchdog hand it out again at once
         raise
@@ -103,8 +104,6 @@ def _fill(rt: Runtime) -> Call:
 
 def _send(
     rt: Runtime,
-    batch_id: str,
-    index: int,
     route: Route | None,
     source: LineSource,
     body: dict[str, Any],
@@ -112,27 +111,16 @@ def _send(
 ) -> tuple[Outcome, Release | None]:
     if route is None:
         return no_upstream(source.endpoint, body.get("model")), None
-    lease = rt.settings.line_lease_s
-    renew = functools.partial(_renew, rt, batch_id, index, lease)
-    payload = orjson.dumps(body)
+    payload = orjson.dumps(body)  # no per-line heartbeat: the worker's renews the lease (rt.held)
     return rt.upstream.send_on(
-        route, source.endpoint, payload, held, heartbeat=renew, every=lease / 3, deadline=source.expires_at,
-        may_defer=_may_defer(source, route),
-    )  # fmt: skip
+        route, source.endpoint, payload, held, deadline=source.expires_at, may_defer=_may_defer(source, route)
+    )
 
 
 def _may_defer(source: LineSource, route: Route) -> bool:
     """A line may stand aside for a down route only when the scheduler can park its batch: when
     all the batch's lines go to that route. Else it would be granted again at once, in a loop."""
     return source.route == route.name
-
-
-def _renew(rt: Runtime, batch_id: str, index: int, lease_s: float) -> None:
-    """The heartbeat: a Redis outage does not abandon a request in flight (its lease is renewed on return)."""
-    try:
-        rt.batches.renew_lease(batch_id, index, lease_s)
-    except redis.RedisError as exc:
-        log.warning("lease not renewed", extra={"batch_id": batch_id, "line": index + 1, "reason": str(exc)})
 
 
 def _complete(rt: Runtime, batch_id: str, index: int, result: ResultLine, done: Release | None) -> Progress:

@@ -11,7 +11,9 @@ from batchq.domain.routing import batch_route
 from batchq.domain.status import Status
 from batchq.domain.validation import InputValidator, Report
 from batchq.domain.webhooks import EVENT_TYPES
+from batchq.execution.finalize import batch_lock
 from batchq.runtime import Runtime, TaskQueue
+from batchq.storage import keys
 from batchq.storage.batches import pack_offsets
 
 log = logging.getLogger("batchq.submit")
@@ -37,6 +39,12 @@ def validate(rt: Runtime, batch: Batch) -> tuple[Report, list[tuple[int, int]]]:
 
 
 def submit(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
+    with batch_lock(rt, keys.batch_submitting(batch_id)) as got:  # a second (the watchdog's) leaves it to the first
+        if got:
+            _submit(rt, queue, batch_id)
+
+
+def _submit(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
     batch = rt.batches.get(batch_id)
     if batch is None or batch.status is not Status.VALIDATING:
         return  # already submitted (a redelivered message), cancelled or gone

@@ -64,6 +64,12 @@ class Limiter(Protocol):
     def release_call(self, done: Release) -> Call | None:
         """The script call that would give ``done``'s slot back, to fold into another script."""
 
+    def granted(self, route: Route, token: str) -> None:
+        """An ACQUIRE folded into another script granted ``token``: keep it alive until released."""
+
+    def renew_held(self) -> int:
+        """The worker's heartbeat: the slots held by this process live on; returns how many."""
+
 
 class NoLimiter:
     def acquire(
@@ -79,6 +85,12 @@ class NoLimiter:
 
     def release_call(self, done: Release) -> Call | None:
         return None
+
+    def granted(self, route: Route, token: str) -> None:
+        return None
+
+    def renew_held(self) -> int:
+        return 0
 
 
 def join_url(base: str, path: str) -> str:

@@ -5,17 +5,23 @@ Per active batch it decides (``plan``, pure) and then acts:
 
 - past ``expires_at`` or ``cancelling``            -> finalize (expire / cancel with partial results)
 - ``in_progress`` with every line done             -> finalize (a completion callback that never ran)
-- ``finalizing`` with no progress for a lease       -> finalize again (idempotent)
+- a submit or a finalize running (its lock held     -> wait
+  by a worker that beats)
+- ``finalizing``, none running, no progress for a   -> finalize again (idempotent)
+  lease (its worker died), or for ``STEP_S``
 - a finalize that could not write its files lately  -> wait: its task retries (a full disk)
-- ``validating`` for longer than a lease            -> submit again (idempotent)
-- lines whose worker lease ran out (worker killed)  -> re-enqueue them, or past the requeue budget,
-                                                       record them as ``request_lost``
+- ``validating``, none running, for ``STEP_S``      -> submit again (idempotent; after a Redis
+                                                       restart at once, ``reconcile_once``)
+- lines whose lease ran out (their worker stopped   -> re-enqueue them, or past the requeue budget,
+  beating: killed, or cut off from Redis)              record them as ``request_lost``
 - nothing leased, nothing waiting to be granted,    -> re-enqueue every unfinished line that is not
   none of its tasks in the line queue, no progress     in the line queue (its task was lost)
+  for a lease
 
 Files (and upload parts) on disk without a record in Redis (lost with Redis, or a crash between
 writing and recording) are removed once older than ``BATCHQ_ORPHAN_GRACE_S``; this look runs at
-most every ten minutes.
+most every ten minutes. Nothing is deleted (orphans, expired files and uploads) while Redis and the
+data directory carry different deployment ids (``batchq.domain.identity``).
 
 Every sweep also deletes expired files, expires uploads past their hour (removing their parts),
 and makes sure each running batch with waiting lines is known to the scheduler
@@ -66,20 +72,26 @@ class Facts:
     waiting: int = 0  # line tasks not granted yet (in the scheduler)
     in_queue: int = 0  # its granted tasks still in the line queue
     finalize_failed_at: float | None = None  # a finalize could not write the result files then (it retries)
+    busy: bool = False  # a submit or a finalize of it runs now (its lock held by a worker that beats)
 
 
-def plan(f: Facts, lease_s: float) -> Action:
-    """What to do with one active batch."""
+STEP_S = 120.0  # how long a submit or a finalize (one pass over a file) may take before it is run again
+
+
+def plan(f: Facts, lease_s: float, step_s: float = STEP_S) -> Action:
+    """What to do with one active batch. ``lease_s``: a line's lease (its worker beats three times
+    in it); ``step_s``: how long a submit or a finalize may run before it is started again."""
     b = f.batch
     counts = b.request_counts
-    if f.finalize_failed_at is not None and f.now - f.finalize_failed_at <= lease_s:
+    if f.finalize_failed_at is not None and f.now - f.finalize_failed_at <= step_s:
         return Action.WAIT  # its finalize task retries until the disk has room again
     if b.status is Status.CANCELLING or (b.expires_at is not None and f.now >= b.expires_at):
         return Action.FINALIZE
     if b.status is Status.VALIDATING:
-        return Action.SUBMIT if f.now - b.created_at > lease_s else Action.WAIT
+        return Action.SUBMIT if not f.busy and f.now - b.created_at > step_s else Action.WAIT
     if b.status is Status.FINALIZING or counts.completed + counts.failed >= counts.total:
-        stale = b.status is Status.IN_PROGRESS or f.now - f.progress_at > lease_s
+        quiet = f.now - f.progress_at
+        stale = b.status is Status.IN_PROGRESS or (not f.busy and quiet > lease_s) or quiet > step_s
         return Action.FINALIZE if stale else Action.WAIT
     if f.expired_leases:
         return Action.REQUEUE_EXPIRED
@@ -91,7 +103,26 @@ def plan(f: Facts, lease_s: float) -> Action:
 ORPHAN_SWEEP_EVERY_S = 600  # at most; sooner with a shorter BATCHQ_ORPHAN_GRACE_S
 
 
-def sweep(rt: Runtime, queue: TaskQueue) -> None:
+def sweep(rt: Runtime, queue: TaskQueue, settled: bool = True) -> None:
+    """``settled``: Redis answered without a break lately (``recovery.Contact``); else no lease is
+    judged run out by its time in this sweep (the workers had no way to renew them)."""
+    if rt.deployment.check() is None:  # else Redis and the data are not one deployment: delete nothing
+        delete_expired(rt)
+    info = _server_info(rt)
+    stale = recovery.stale_before(info, time.time()) if info else None
+    in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
+    for batch_id in rt.batches.active_ids():
+        try:
+            check(rt, queue, batch_id, in_queue, stale, settled)
+        except Exception:  # one broken batch must not stop the sweep of the others
+            log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
+    if info is not None and stale is not None:
+        reconcile_once(rt, queue, info)
+    rt.scheduler.fill(time.time())
+
+
+def delete_expired(rt: Runtime) -> None:
+    """Expired files and uploads, and orphans (files without a record) past their grace."""
     deleted = rt.files.delete_expired(keep=set(rt.batches.active_inputs().values()))
     if deleted:
         log.info("expired files deleted", extra={"count": deleted})
@@ -100,17 +131,6 @@ def sweep(rt: Runtime, queue: TaskQueue) -> None:
         remove_orphans(rt)
     except Exception:  # a file's trouble must not hold up the batches
         log.exception("orphan sweep failed")
-    info = _server_info(rt)
-    stale = recovery.stale_before(info, time.time()) if info else None
-    in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
-    for batch_id in rt.batches.active_ids():
-        try:
-            check(rt, queue, batch_id, in_queue, stale)
-        except Exception:  # one broken batch must not stop the sweep of the others
-            log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
-    if info is not None and stale is not None:
-        reconcile_once(rt, queue, info)
-    rt.scheduler.fill(time.time())
 
 
 def _server_info(rt: Runtime) -> ServerInfo | None:
@@ -133,14 +153,19 @@ def expire_uploads(rt: Runtime) -> None:
 
 
 def check(
-    rt: Runtime, queue: TaskQueue, batch_id: str, in_queue: set[tuple[str, int]], stale: float | None = None
+    rt: Runtime,
+    queue: TaskQueue,
+    batch_id: str,
+    in_queue: set[tuple[str, int]],
+    stale: float | None = None,
+    settled: bool = True,
 ) -> None:
     """``stale``: leases written before this time run out now (their Redis process is gone)."""
     batch = rt.batches.get(batch_id)
     if batch is None or is_terminal(batch.status):
         rt.redis.srem(keys.ACTIVE_BATCHES, batch_id)
         return
-    facts = _facts(rt, batch, in_queue, stale)
+    facts = _facts(rt, batch, in_queue, stale, settled)
     if batch.status is Status.IN_PROGRESS and facts.waiting:
         dispatch.enroll(rt, batch)
     action = plan(facts, rt.settings.line_lease_s)
@@ -149,18 +174,21 @@ def check(
     _act(rt, queue, batch, action, facts)
 
 
-def _facts(rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None) -> Facts:
+def _facts(
+    rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None, settled: bool = True
+) -> Facts:
     now = time.time()
     leases = rt.batches.leases(batch.id)
     record = rt.batches.bookkeeping(batch.id)
     progress = record.progress_at if record and record.progress_at else None
     last = progress or float(batch.in_progress_at or batch.created_at)
     lease_s = rt.settings.line_lease_s
-    expired = sorted(i for i, until in leases.items() if until <= now or recovery.is_stale(until, lease_s, stale))
+    expired = sorted(i for i, until in leases.items() if recovery.run_out(until, now, lease_s, stale, settled))
     waiting = rt.scheduler.waiting(batch.id)
     mine = sum(1 for b, _ in in_queue if b == batch.id)
     failed_at = record.finalize_failed_at if record else None
-    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at)
+    busy = rt.batches.busy(batch.id)
+    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at, busy)
 
 
 def remove_orphans(rt: Runtime) -> None:
@@ -181,6 +209,8 @@ def reconcile_once(rt: Runtime, queue: TaskQueue, info: ServerInfo) -> None:
     in_queue = queue.queued_lines()
     for batch_id in rt.batches.active_ids():
         batch = rt.batches.get(batch_id)
+        if batch is not None and batch.status is Status.VALIDATING and not rt.batches.busy(batch_id):
+            queue.submit_batch(batch_id)  # its submit task may have been lost with the worker
         if batch is not None and batch.status is Status.IN_PROGRESS:
             found = resend_unseen(rt, queue, batch, {i for b, i in in_queue if b == batch_id})
             if found:

@@ -85,6 +85,7 @@ class BatchStore:
         self._complete = Script(client, scripts.COMPLETE_LINE)
         self._read_results = Script(client, scripts.READ_RESULTS)
         self._renew_held = Script(client, scripts.RENEW_HELD)
+        self._renew_lock = Script(client, scripts.RENEW_LOCK)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -222,11 +223,8 @@ class BatchStore:
         verdict, granted = self._begin.run(parts)
         return LineStart(Verdict(verdict.decode()), granted == b"0")
 
-    def renew_lease(self, batch_id: str, index: int, lease_s: float) -> None:
-        self.r.hset(keys.batch_leases(batch_id), str(index), time.time() + lease_s)
-
     def renew_held(self, batch_id: str, indices: list[int], lease_s: float) -> int:
-        """Renew the leases of these lines that still have one (after a Redis restart); returns how many."""
+        """Renew the leases of these lines that still have one (the worker's heartbeat); returns how many."""
         call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": time.time() + lease_s})
         return int(self._renew_held.run({"line": call}))
 
@@ -247,6 +245,19 @@ class BatchStore:
 
     def done_bitmap(self, batch_id: str) -> bytes:
         return self.r.get(keys.batch_done(batch_id)) or b""
+
+    def renew_locks(self, tokens: dict[str, str], ttl_s: float) -> None:
+        """The heartbeat's part: the batch locks held here (key -> token) live another ``ttl_s``."""
+        if not tokens:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for key, token in tokens.items():
+            self._renew_lock.run({"lock": Call({"lock": key}, {"token": token, "ttl_ms": int(ttl_s * 1000)})}, pipe)
+        pipe.execute()
+
+    def busy(self, batch_id: str) -> bool:
+        """A submit or a finalize of the batch runs now (its worker beats)."""
+        return bool(self.r.exists(keys.batch_lock(batch_id), keys.batch_submitting(batch_id)))
 
     def leases(self, batch_id: str) -> dict[int, float]:
         raw = self.r.hgetall(keys.batch_leases(batch_id))

@@ -25,6 +25,7 @@ from batchq.domain.models import DeletedFile, FileObject, Owner, Page, page_of
 from batchq.errors import NotFound
 from batchq.storage import keys
 from batchq.storage.batches import page_ids
+from batchq.storage.identity import Deployment
 
 KEPT_RECHECK_S = 3600  # an expired file still read by a batch is looked at again after this
 
@@ -43,10 +44,14 @@ def private_dir(path: Path) -> None:
 
 
 class FileStore:
-    def __init__(self, client: redis.Redis, data_dir: Path, ttl_days: int = 30) -> None:
+    def __init__(
+        self, client: redis.Redis, data_dir: Path, ttl_days: int = 30, deployment: Deployment | None = None
+    ) -> None:
+        """``deployment``: checked before any file is deleted (``batchq.domain.identity``)."""
         self.r = client
         self.root = Path(data_dir)
         self.ttl_s = ttl_days * 86_400
+        self.deployment = deployment
         private_dir(self.root / "files")
         private_dir(self.root / "tmp")
 
@@ -107,6 +112,7 @@ class FileStore:
         return page_of(found[:limit], len(found) > limit or len(ids) > scan, lambda f: f.id)
 
     def delete(self, file_id: str, owner: Owner) -> DeletedFile:
+        self._may_delete()
         self.get(file_id, owner)
         self._remove(file_id, owner.key)
         return DeletedFile(id=file_id)
@@ -117,6 +123,7 @@ class FileStore:
         Files in ``keep`` (the inputs of unfinished batches) stay until their batch ends: they are
         looked at again an hour later.
         """
+        self._may_delete()
         now = time.time() if now is None else now
         expired = [m.decode() for m in self.r.zrangebyscore(keys.FILE_EXPIRY, "-inf", now, start=0, num=limit)]
         kept = [file_id for file_id in expired if file_id in keep]
@@ -133,6 +140,7 @@ class FileStore:
         """Remove files on disk that have no record in Redis and were last written before
         ``older_than``: lost with Redis, or left by a crash between writing and recording.
         Returns (file id, bytes) of each one removed."""
+        self._may_delete()
         removed: list[tuple[str, int]] = []
         candidates = self._old_files(older_than)
         for start in range(0, len(candidates), batch):
@@ -147,6 +155,10 @@ class FileStore:
         if removed:
             self.r.hincrby(keys.STATS, keys.STAT_ORPHANS_REMOVED, len(removed))
         return removed
+
+    def _may_delete(self) -> None:
+        if self.deployment is not None:
+            self.deployment.guard()  # raises WrongDeployment: Redis and this directory are not one deployment
 
     def _old_files(self, older_than: float) -> list[tuple[str, int]]:
         found = []

@@ -10,6 +10,7 @@ ORPHANS_SWEPT = f"{PREFIX}:watchdog:orphans"  # set (with a TTL) while the last 
 FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
 REDIS_FIRST_SEEN = f"{PREFIX}:redis:first_seen"  # + ":" + run_id: when the watchdog first saw that process answer
 RECONCILED_RUN = f"{PREFIX}:redis:reconciled"  # the Redis run_id whose lost lines the watchdog sent again
+DEPLOYMENT = f"{PREFIX}:deployment"  # this deployment's id; the same id is in the marker beside the data
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 STAT_FINALIZE_FAILURES = "finalize_failures"  # STATS field: finalize attempts that could not write the files
 STAT_ORPHANS_REMOVED = "orphans_removed"  # STATS field: files on disk without a record, removed
@@ -81,6 +82,11 @@ def batch_pending(batch_id: str) -> str:
 def sched_tenant_batches(tenant: str) -> str:
     """Sorted set: a tenant's batches with waiting lines -> pass within the tenant."""
     return f"{SCHED_TENANT_PREFIX}{tenant}:batches"
+
+
+def batch_submitting(batch_id: str) -> str:
+    """A lock (a token, renewed by its worker's heartbeat) while a submit validates the batch."""
+    return f"{batch(batch_id)}:submitting"
 
 
 def batch_lock(batch_id: str) -> str:

@@ -1,7 +1,8 @@
 """A distributed concurrency cap, rate limit, 429 back-off and circuit breaker per upstream route, in Redis.
 
-All workers share, per route: a sorted set of in-flight request tokens (each with an expiry, so
-a dead worker's slots come back), a "not before" time pushed forward by any 429 with Retry-After,
+All workers share, per route: a sorted set of in-flight request tokens (each with an expiry,
+renewed by its worker's heartbeat — ``HeldSlots`` — so a dead worker's slots come back within a
+line lease, and a ghost cannot hold the window), a "not before" time pushed forward by any 429 with Retry-After,
 a GCRA rate limiter, an AIMD congestion window (halved at most once a second on 429s, grown by
 1/window per success) that adapts the effective cap to what the upstream keeps up with, and the
 route's health (``batchq.domain.health``): a breaker that stops every request while the upstream is
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,41 @@ class Keepalive:
             self.beat()
 
 
+class HeldSlots:
+    """The upstream slots this process's threads hold, by route. The worker's heartbeat renews
+    their expiry (``renew``); a slot given back or run out is not brought back (``ZADD XX``)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, route: str, token: str) -> None:
+        with self._lock:
+            self._held.setdefault(route, set()).add(token)
+
+    def discard(self, route: str, token: str) -> None:
+        with self._lock:
+            tokens = self._held.get(route)
+            if tokens is not None:
+                tokens.discard(token)
+
+    def tokens(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {route: list(tokens) for route, tokens in self._held.items() if tokens}
+
+    def renew(self, client: redis.Redis, ttl_s: float) -> int:
+        """Push the expiry of every slot held here to ``ttl_s`` from now; returns how many are held."""
+        held = self.tokens()
+        if not held:
+            return 0
+        until = time.time() + ttl_s
+        pipe = client.pipeline(transaction=False)
+        for route, tokens in held.items():
+            pipe.zadd(keys.limit_inflight(route), dict.fromkeys(tokens, until), xx=True)
+        pipe.execute()
+        return sum(len(tokens) for tokens in held.values())
+
+
 @dataclass(frozen=True)
 class Health:
     """A route's breaker after a release: its state, and whether this release changed it."""
@@ -73,12 +110,22 @@ class RedisLimiter:
         breaker: BreakerPolicy | None = None,
         mode: str = "aimd",
         tolerance: float = 1.05,
+        slot_ttl_s: float | None = None,
+        stopping: threading.Event | None = None,
+        held: HeldSlots | None = None,
     ) -> None:
+        """``slot_ttl_s``: how long a slot lives after its worker's last beat (``renew_held``); None:
+        the upstream timeout plus 30 s (no heartbeat). ``stopping``: set when the worker stops, so a
+        line waiting for a slot stands aside (``Deferred``) instead of holding the stop up. ``held``:
+        the process's slots (one registry, whichever limiter object took them)."""
         self.adaptive = adaptive  # false: every route is fixed, whatever its mode
         self.mode = mode  # a route's mode when it names none
         self.tolerance = tolerance
         self.default_timeout_s = default_timeout_s
         self.breaker = breaker or BreakerPolicy(failures=0)
+        self.slot_ttl_s = slot_ttl_s
+        self.stopping = stopping or threading.Event()
+        self.held = held if held is not None else HeldSlots()
         self._client = client
         self._acquire = Script(client, scripts.ACQUIRE)
         self._release = Script(client, scripts.RELEASE)
@@ -92,17 +139,30 @@ class RedisLimiter:
         the batch's expiry, has passed), ``Deferred`` when it is down and enough lines wait for it.
         ``keepalive`` is called now and then while waiting (the line's lease is renewed through it:
         an outage can outlast a lease). A line that may not defer (its batch spans routes, so the
-        scheduler cannot park it) waits in its thread whatever the number of waiters.
+        scheduler cannot park it) waits in its thread whatever the number of waiters. Once the
+        worker is stopping, a line that would wait raises ``Deferred`` (back to its batch's turn).
         """
         if not self._limits(route):
             return None
         token = secrets.token_hex(8)
         call = self._acquire_call(route, token, may_defer)
         while not self._granted(route, self._acquire.run({"slot": call}), deadline):
+            if self.stopping.is_set():
+                raise Deferred(route.name)
             if keepalive is not None:
                 keepalive()
             call = self._acquire_call(route, token, may_defer)  # asked again now, with the time of now
+        self.granted(route, token)
         return token
+
+    def granted(self, route: Route, token: str) -> None:
+        """``token`` holds a slot on ``route`` (taken here, or by an ACQUIRE folded into another
+        script): the heartbeat keeps it alive until it is given back."""
+        self.held.add(route.name, token)
+
+    def renew_held(self) -> int:
+        """The heartbeat's part: the slots held here live another ``slot_ttl_s``."""
+        return self.held.renew(self._client, self.slot_ttl_s) if self.slot_ttl_s else 0
 
     def _granted(self, route: Route, reply: bytes, deadline: float | None) -> bool:
         """True when an ACQUIRE reply granted the slot; otherwise waits as the reply says first."""
@@ -147,6 +207,8 @@ class RedisLimiter:
     def release_call(self, done: Release) -> Call | None:
         """The RELEASE call that gives back ``done``'s slot and records its outcome (None: nothing to do)."""
         route = done.route
+        if done.token is not None:
+            self.held.discard(route.name, done.token)  # given back now, or run out on its own
         if done.outcome == "none":
             return None
         if done.token is None and not (route.limited and done.outcome == "throttled") and not self.breaker.enabled:
@@ -163,7 +225,9 @@ class RedisLimiter:
         return Call(_release_keys(route.name), args)
 
     def _acquire_call(self, route: Route, token: str, may_defer: bool = True, waits: bool = True) -> Call:
-        slot_ttl_s = (route.timeout_s or self.default_timeout_s) + 30  # a dead worker's slot comes back after
+        # recovery: a slot lives slot_ttl_s past its worker's last beat (without a heartbeat, past the
+        # upstream timeout): a dead worker's slots come back after that
+        slot_ttl_s = self.slot_ttl_s or (route.timeout_s or self.default_timeout_s) + 30
         args = {
             "now": time.time(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
             "adaptive": int(self.mode_of(route) != "fixed"), "w0": self._w0(route),

@@ -17,7 +17,8 @@ from batchq.storage.lua import Call, Script
 from batchq.storage.scheduler import SCHEDULER_LUA
 
 __all__ = [
-    "ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "RENEW_HELD", "TRANSITION", "Call", "Script",
+    "ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "RENEW_HELD", "RENEW_LOCK", "TRANSITION",
+    "Call", "Script",
 ]  # fmt: skip
 
 
@@ -68,7 +69,7 @@ end
 """
 
 # line  k: leases.  a: indices (a list), lease_until.
-# After a Redis restart: renews the leases a live worker holds. A line completed meanwhile has no
+# The worker's heartbeat: renews the leases a live worker holds. A line completed (or re-sent) meanwhile has no
 # lease left and gets none back. Returns how many leases were renewed.
 RENEW_HELD = """
 local k, a = part('line')
@@ -80,6 +81,15 @@ for _, index in ipairs(a.indices) do
   end
 end
 return renewed
+"""
+
+# lock  k: lock.  a: token, ttl_ms.
+# The worker's heartbeat: a batch's lock (a submit or a finalize running) lives on while its holder
+# beats; a lock taken since by another holder (this one's ran out) is left alone. Returns 1 or 0.
+RENEW_LOCK = """
+local k, a = part('lock')
+if redis.call('GET', k.lock) == a.token then return redis.call('PEXPIRE', k.lock, a.ttl_ms) end
+return 0
 """
 
 # line  k: batch, done, results, order, leases, stats, tenant_lines.

@@ -28,6 +28,7 @@ from batchq.domain.uploads import COMPLETE_GRACE_S, UploadObject, UploadStatus, 
 from batchq.errors import NotFound
 from batchq.storage import keys
 from batchq.storage.files import private_dir
+from batchq.storage.identity import Deployment
 from batchq.storage.lua import Call, Script
 
 OK = "ok"
@@ -90,9 +91,11 @@ class UploadRecord:
 
 
 class UploadStore:
-    def __init__(self, client: redis.Redis, data_dir: Path) -> None:
+    def __init__(self, client: redis.Redis, data_dir: Path, deployment: Deployment | None = None) -> None:
+        """``deployment``: checked before the expiry and the orphan sweep delete parts."""
         self.r = client
         self.root = Path(data_dir) / "uploads"
+        self.deployment = deployment
         private_dir(self.root)
         self._move = Script(client, MOVE)
         self._add_part = Script(client, ADD_PART)
@@ -179,6 +182,7 @@ class UploadStore:
     def remove_orphans(self, older_than: float) -> list[str]:
         """Remove the part directories of uploads that have no record in Redis (lost with Redis)
         and were last written before ``older_than``; returns their upload ids."""
+        self._may_delete()
         old = []
         for entry in os.scandir(self.root):
             if entry.is_dir() and looks_like("upload_", entry.name) and entry.stat().st_mtime < older_than:
@@ -196,6 +200,7 @@ class UploadStore:
     def expire_due(self, now: float | None = None, limit: int = 1000) -> int:
         """Expire the pending uploads past ``expires_at`` and clear every due upload's parts;
         returns how many uploads expired."""
+        self._may_delete()
         now = time.time() if now is None else now
         due = [m.decode() for m in self.r.zrangebyscore(keys.UPLOAD_EXPIRY, "-inf", now, start=0, num=limit)]
         expired = 0
@@ -205,6 +210,10 @@ class UploadStore:
                 self.remove_parts(upload_id)
                 self.r.zrem(keys.UPLOAD_EXPIRY, upload_id)
         return expired
+
+    def _may_delete(self) -> None:
+        if self.deployment is not None:
+            self.deployment.guard()  # raises WrongDeployment: Redis and the data are not one deployment
 
     def _settled(self, upload_id: str, now: float) -> bool:
         """Not completing, or completing for far longer than any complete takes (its process died)."""

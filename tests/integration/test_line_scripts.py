@@ -306,3 +306,32 @@ def test_a_begin_run_again_by_the_client_after_a_timeout_still_goes(client: redi
         assert store.begin_line("b1", 0, 30).verdict == "go", "the same call, run again"
     with mock.patch("batchq.storage.batches.time.time", return_value=now + 0.001):
         assert store.begin_line("b1", 0, 30).verdict == "leased", "another delivery of the line"
+
+
+def test_the_heartbeat_keeps_a_slot_alive_and_a_dead_workers_slot_lapses(client: redis.Redis) -> None:
+    client.flushdb()
+    alive = RedisLimiter(client, adaptive=True, default_timeout_s=600, slot_ttl_s=1.5)
+    dead = RedisLimiter(client, adaptive=True, default_timeout_s=600, slot_ttl_s=1.5)
+    pair = Route(name="pair", url="http://upstream.test", max_in_flight=2)
+    kept, ghost = alive.acquire(pair), dead.acquire(pair)
+    assert kept and ghost and int(client.zcard(keys.limit_inflight("pair"))) == 2
+    for _ in range(7):  # 2.1 s: past the dead one's expiry, not the beating one's
+        time.sleep(0.3)
+        assert alive.renew_held() == 1
+    token = alive.acquire(pair)  # the ACQUIRE that drops the ghost takes its place
+    assert token is not None
+    members = {m.decode() for m in client.zrange(keys.limit_inflight("pair"), 0, -1)}
+    assert members == {kept, token}
+    alive.release(Release(pair, kept, "ok"))
+    assert alive.renew_held() == 1  # the released slot is not renewed, nor brought back
+    assert {m.decode() for m in client.zrange(keys.limit_inflight("pair"), 0, -1)} == {token}
+
+
+def test_a_stopping_worker_does_not_wait_for_a_slot(client: redis.Redis) -> None:
+    client.flushdb()
+    stopping = threading.Event()
+    limiter = RedisLimiter(client, adaptive=False, default_timeout_s=10, stopping=stopping)
+    assert limiter.acquire(ROUTE) is not None  # the cap of 1 is taken
+    stopping.set()
+    with pytest.raises(Deferred):  # back to its batch's turn, instead of holding the shutdown up
+        limiter.acquire(ROUTE)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchq.execution.recovery import GRACE_S, HeldLines, is_stale, stale_before
+import redis
+
+from batchq.execution.recovery import (
+    CHECK_S,
+    GRACE_S,
+    Contact,
+    HeldLines,
+    beat_every,
+    is_stale,
+    run_out,
+    stale_before,
+)
 from batchq.storage.server import ServerInfo
 
 
@@ -19,21 +30,28 @@ class FakeRedis:
         return {"run_id": self.run_id, "uptime_in_seconds": 100}
 
 
-def test_a_worker_renews_only_the_leases_taken_under_another_redis_process() -> None:
+def test_the_heartbeat_renews_every_line_held_and_notices_a_restart() -> None:
     redis, held, renewed = FakeRedis(), HeldLines(), []
-    held.add("b1", 0)  # before the first check: its Redis process is unknown
+    held.add("b1", 0)
     assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is False  # type: ignore[arg-type]
     assert renewed == [("b1", [0])]
     held.add("b1", 1)
     held.add("b2", 7)
-    held.check(redis, lambda b, lines: renewed.append((b, sorted(lines))))  # type: ignore[arg-type]
-    assert renewed == [("b1", [0])]  # same Redis: nothing to renew
     held.discard("b1", 0)  # completed
-    redis.run_id = "b"  # restarted
-    assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is True  # type: ignore[arg-type]
-    assert sorted(renewed[1:]) == [("b1", [1]), ("b2", [7])]
+    renewed.clear()
     assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is False  # type: ignore[arg-type]
-    assert len(renewed) == 3
+    assert sorted(renewed) == [("b1", [1]), ("b2", [7])], "every beat renews every line held"
+    redis.run_id = "b"  # restarted
+    renewed.clear()
+    assert held.check(redis, lambda b, lines: renewed.append((b, sorted(lines)))) is True  # type: ignore[arg-type]
+    assert sorted(renewed) == [("b1", [1]), ("b2", [7])]
+    assert held.check(redis, lambda b, lines: None) is False  # type: ignore[arg-type]
+
+
+def test_a_worker_beats_three_times_per_lease_and_at_least_every_check() -> None:
+    assert beat_every(3) == 1.0
+    assert beat_every(10) == CHECK_S
+    assert beat_every(120) == CHECK_S
 
 
 def test_leases_of_the_old_redis_count_as_stale_only_after_the_grace() -> None:
@@ -47,3 +65,31 @@ def test_leases_of_the_old_redis_count_as_stale_only_after_the_grace() -> None:
     assert is_stale(999.0 + lease_s, lease_s, 1000.0)  # written a second before Redis started
     assert not is_stale(1001.0 + lease_s, lease_s, 1000.0)  # renewed after it started
     assert not is_stale(999.0 + lease_s, lease_s, None)  # still in the grace
+
+
+def test_after_a_break_with_redis_no_lease_is_judged_by_its_time_until_the_workers_renewed() -> None:
+    contact = Contact()
+    assert contact.settled(1000.0), "no break seen: leases are judged by time"
+    contact.note(True, 0.01, 1000.0)
+    assert contact.settled(1000.0)
+    contact.note(True, CHECK_S + 1, 1010.0)  # answered, after retrying for seconds: a break
+    assert not contact.settled(1010.0 + GRACE_S - 0.1)
+    assert contact.settled(1010.0 + GRACE_S)
+    contact.note(False, 0.0, 1100.0)
+    assert not contact.settled(1101.0)
+    assert run_out(999.0, 1000.0, 10, None, settled=True)
+    assert not run_out(999.0, 1000.0, 10, None, settled=False), "ran out while nobody could renew it"
+    assert run_out(995.0, 1000.0, 10, 990.0, settled=False), "written before Redis restarted"
+    assert not run_out(1001.0, 1000.0, 10, None, settled=True)
+
+
+def test_a_redis_that_refuses_info_still_gets_every_lease_renewed() -> None:
+    class Refusing(FakeRedis):
+        def info(self, section: str) -> dict[str, Any]:
+            raise redis.ResponseError("unknown command 'INFO'")
+
+    held, renewed = HeldLines(), []
+    held.add("b1", 3)
+    for _ in range(2):
+        assert held.check(Refusing(), lambda b, lines: renewed.append((b, lines))) is False  # type: ignore[arg-type]
+    assert renewed == [("b1", [3]), ("b1", [3])]

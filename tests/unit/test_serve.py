@@ -214,6 +214,23 @@ def test_a_worker_past_its_stop_timeout_is_killed_and_redis_still_stopped() -> N
     assert log == [("worker", signal.SIGTERM), ("worker", signal.SIGKILL), ("redis", signal.SIGTERM)]
 
 
+def test_a_stubborn_api_and_worker_share_one_stop_timeout_and_redis_keeps_its_part() -> None:
+    """Both are asked at once and killed at the same deadline, so the whole stop fits in the
+    worker's stop timeout (not the API's wait, then the worker's, then Redis's)."""
+    log: list[tuple[str, int]] = []
+    running = supervisor(stop_timeout=0.2)
+    running.children = {  # type: ignore[dict-item]
+        "redis": StandInChild("redis", log, stubborn=True),
+        "api": StandInChild("api", log, stubborn=True),
+        "worker": StandInChild("worker", log, stubborn=True),
+    }
+    running.stop()
+    assert log == [
+        ("api", signal.SIGTERM), ("worker", signal.SIGTERM), ("api", signal.SIGKILL), ("worker", signal.SIGKILL),
+        ("redis", signal.SIGTERM), ("redis", signal.SIGKILL),
+    ]  # fmt: skip
+
+
 def test_a_second_signal_kills_at_once() -> None:
     log: list[tuple[str, int]] = []
     running = supervisor(stop_timeout=60)

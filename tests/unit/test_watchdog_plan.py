@@ -39,8 +39,9 @@ def facts(
     waiting: int = 0,
     in_queue: int = 0,
     finalize_failed_at: float | None = None,
+    busy: bool = False,
 ) -> Facts:
-    return Facts(b, now, expired_leases or [], live_leases, progress_at, waiting, in_queue, finalize_failed_at)
+    return Facts(b, now, expired_leases or [], live_leases, progress_at, waiting, in_queue, finalize_failed_at, busy)
 
 
 # --- finalize --------------------------------------------------------------------------------
@@ -158,3 +159,27 @@ def test_expired_leases_take_precedence_over_resending() -> None:
     b = batch(Status.IN_PROGRESS, completed=3)
     f = facts(b, expired_leases=[5], progress_at=NOW - LEASE - 1)
     assert plan(f, LEASE) == "requeue_expired"
+
+
+def test_a_short_lease_does_not_restart_a_long_submit_or_finalize() -> None:
+    """Leases are short (the worker's heartbeat renews them); one pass over a file is not."""
+    lease, step = 10.0, 120.0
+    validating = batch(Status.VALIDATING, created_at=int(NOW - 60))
+    assert plan(facts(validating), lease, step) == "wait"
+    assert plan(facts(batch(Status.VALIDATING, created_at=int(NOW - step - 1))), lease, step) == "submit"
+    finalizing = batch(Status.FINALIZING, completed=10)
+    assert plan(facts(finalizing, progress_at=NOW - 60, busy=True), lease, step) == "wait"
+    assert plan(facts(finalizing, progress_at=NOW - step - 1, busy=True), lease, step) == "finalize"
+    stalled = batch(Status.IN_PROGRESS, completed=4)
+    assert plan(facts(stalled, progress_at=NOW - lease - 1), lease, step) == "resend_lost", "a lease, not a step"
+
+
+def test_a_running_submit_or_finalize_is_left_alone_and_a_dead_ones_step_is_run_again() -> None:
+    """``busy``: its lock is held by a worker that beats; a killed worker's lock runs out in a lease."""
+    lease, step = 10.0, 120.0
+    old = batch(Status.VALIDATING, created_at=int(NOW - step - 1))
+    assert plan(facts(old, busy=True), lease, step) == "wait", "a long validation is not started twice"
+    finalizing = batch(Status.FINALIZING, completed=10)
+    assert plan(facts(finalizing, progress_at=NOW - lease - 1, busy=True), lease, step) == "wait"
+    assert plan(facts(finalizing, progress_at=NOW - lease - 1), lease, step) == "finalize", "its worker died"
+    assert plan(facts(finalizing, progress_at=NOW - 1), lease, step) == "wait"
