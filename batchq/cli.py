@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from batchq import views
+from batchq import __version__, views
 from batchq.bulk import BulkRequest, default_errors_path, submit_many
 from batchq.client import Client, ClientError, ResultsPage
 from batchq.config import Settings
@@ -37,6 +37,22 @@ app.add_typer(files_app, name="files")
 keys_app = typer.Typer(help="Manage API keys (talks to Redis directly).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        OUT.print(f"batchq {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """batchq: an OpenAI-compatible Batch API on Celery workers over Redis."""
+
 
 ApiUrl = Annotated[
     str | None,

@@ -47,7 +47,7 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
     async def health() -> dict[str, str]:
         """Ready to serve: answers 200 only while Redis does (a readiness check)."""
         await run_in_threadpool(ping, runtime.redis)
-        return {"status": "ok"}
+        return {"status": "ok", "version": __version__}
 
     @app.get("/livez", tags=["operations"])
     async def livez() -> dict[str, str]:
