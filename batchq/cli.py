@@ -526,6 +526,23 @@ def require_redis(role: str) -> None:
             err=True,
         )
         raise typer.Exit(1) from None
+    _upgrade(role, url)
+
+
+def _upgrade(role: str, url: str) -> None:
+    """Exit 1 with one line when a newer release already runs on this Redis; else move what an older one left."""
+    from batchq import upgrade
+    from batchq.errors import NewerSchema
+    from batchq.storage.redis_client import connect
+
+    client = connect(url, max_connections=2)
+    try:
+        upgrade.start(client)
+    except NewerSchema as error:
+        typer.echo(f"error: batchq {role}: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
 
 
 def _key_store() -> ApiKeyStore:

@@ -13,6 +13,7 @@ OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}`` in exactl
     ├── NotFound                     404   (unknown id *or* someone else's: same body)
     ├── RateLimited                  429   (carries retry_after seconds)
     ├── Unavailable                  503   (Redis unreachable; carries retry_after seconds)
+    │   └── NewerSchema              503   (data written by a newer batchq: left alone, this process stops)
     └── StorageFull                  507 insufficient_storage (no space left: the disk, or Redis's maxmemory)
 
 Foreign errors become these in one place, ``batchq.api.errors.translate``: Redis connection
@@ -89,6 +90,13 @@ class Unavailable(BatchqError):
     error_type = "server_error"
     default_code = "service_unavailable"
     retry_after = 5
+
+
+class NewerSchema(Unavailable):
+    """A record or task message of a newer schema than this code knows (batchq.storage.schema):
+    it is left as it is, for the newer processes, and this one stops (batchq.upgrade)."""
+
+    default_code = "newer_schema"
 
 
 class StorageFull(BatchqError):

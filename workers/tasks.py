@@ -15,8 +15,10 @@ import redis
 from celery import signals
 from celery.app.task import Task
 
+from batchq import upgrade
 from batchq.config import get_settings
 from batchq.domain.health import Deferred
+from batchq.errors import NewerSchema
 from batchq.execution import dispatch, recovery, runner, submit, watchdog, webhooks
 from batchq.execution import finalize as finalizing
 from batchq.observability.logs import configure_logging
@@ -128,6 +130,9 @@ def watchdog_loop(stop: threading.Event) -> None:
         try:
             if rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9))):
                 watchdog.sweep(rt, queue)
+        except NewerSchema as error:  # a newer release's data: leave it alone, and this process stops
+            upgrade.stop_outdated(error)
+            return
         except Exception:  # keep the watchdog alive through Redis blips
             log.exception("watchdog sweep failed")
 
