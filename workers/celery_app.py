@@ -71,7 +71,7 @@ class VersionedTask(Task):  # type: ignore[misc]  # Celery's classes are untyped
             return super().__call__(*args, **kwargs)
         except NewerSchema as error:
             upgrade.stop_outdated(error)
-            raise Reject(error.message, requeue=True) from error
+            raise Reject("newer schema: handed back", requeue=True) from None  # the line above said why
 
 
 @signals.before_task_publish.connect
