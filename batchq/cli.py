@@ -133,6 +133,20 @@ def scheduler() -> None:
     run_scheduler()
 
 
+@app.command()
+def doctor() -> None:
+    """Check this deployment as an operator would: Redis (reachable, persistence, maxmemory-policy),
+    the data directory (writable, private, free space), every upstream route, and the releases of
+    the live API, worker and scheduler processes. One line per finding; exit 1 on a problem (FAIL)."""
+    from batchq.doctor import examine, exit_code
+
+    findings = []
+    for finding in examine(_settings()):
+        typer.echo(finding.line())
+        findings.append(finding)
+    raise typer.Exit(exit_code(findings))
+
+
 @app.command("mock-upstream", context_settings=PASSTHROUGH)
 def mock_upstream(ctx: typer.Context) -> None:
     """Serve a mock OpenAI-compatible upstream (see --help of python -m batchq.mock_upstream)."""

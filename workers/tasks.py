@@ -25,6 +25,7 @@ from batchq.observability.logs import configure_logging
 from batchq.observability.metrics import start_worker_metrics_server
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
+from batchq.storage.procs import keep_registered
 from batchq.storage.server import warn_if_not_durable
 from workers.celery_app import app
 from workers.publish import line_messages, line_of
@@ -156,7 +157,9 @@ _stop = threading.Event()
 def run_scheduler() -> None:
     """The watchdog loop in the foreground, for a dedicated scheduler process."""
     signal.signal(signal.SIGTERM, lambda *_: _stop.set())
+    registered = keep_registered(runtime().redis, "scheduler", _stop)
     watchdog_loop(_stop)
+    registered.join(2)
 
 
 @signals.setup_logging.connect
@@ -177,8 +180,14 @@ def _start_watchdog(sender: object = None, **_: object) -> None:
     warn_if_not_durable(runtime().redis)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
     threading.Thread(target=restart_watch_loop, args=(_stop,), name="batchq-restarts", daemon=True).start()
+    _registered.append(keep_registered(runtime().redis, "worker", _stop))  # its release, for batchq doctor
 
 
 @signals.worker_shutdown.connect
 def _stop_watchdog(**_: object) -> None:
     _stop.set()
+    for thread in _registered:
+        thread.join(2)  # it removes this worker from the registry of processes
+
+
+_registered: list[threading.Thread] = []
