@@ -40,8 +40,8 @@ def run_demo(lines: int, workdir: Path) -> int:
     stack = Stack(workdir, api_key="sk-demo", redis_url=url, mock_args=mock, env_overrides=dashboard)
     try:
         with stack.start(workers=1, concurrency=32):
-            url = f"{stack.api_url}/ui"
-            console.print(f"Dashboard, while the demo runs: {url} (sign in with the key {stack.api_key})", soft_wrap=True)
+            sign_in = f"{stack.api_url}/ui (sign in with the key {stack.api_key})"
+            console.print(f"Dashboard, while the demo runs: {sign_in}", soft_wrap=True)
             return _submit_and_wait(stack, lines, workdir)
     finally:
         if embedded:
