@@ -49,6 +49,16 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     running.stop()
 
 
+@pytest.fixture
+def new_upstream(tmp_path: Path) -> Iterator[Stack]:
+    """A second mock upstream, for this version's worker: each mock counts one version's requests."""
+    mock = Stack(tmp_path / "new-upstream", mock_args=["--latency-ms", "100"])
+    mock.workdir.mkdir()
+    mock.start_upstream()
+    yield mock
+    mock.stop()
+
+
 def spawn_old(stack: Stack, name: str, args: list[str], code: Path, **env: str) -> subprocess.Popen[bytes]:
     """A process of the previous release: its packages first on the path, started outside this tree
     (``python -m`` puts the working directory ahead of PYTHONPATH)."""
@@ -69,7 +79,9 @@ def health(url: str) -> dict[str, str] | None:
     return answer.json() if answer.status_code == 200 else None  # type: ignore[no-any-return]
 
 
-def test_the_previous_release_is_replaced_mid_batch_and_every_line_is_stored_once(stack: Stack, old_code: Path) -> None:
+def test_the_previous_release_is_replaced_mid_batch_and_every_line_is_stored_once(
+    stack: Stack, new_upstream: Stack, old_code: Path
+) -> None:
     old_api = f"http://127.0.0.1:{free_port()}"
     spawn_old(stack, "old-api", ["api", "--port", old_api.rsplit(":", 1)[1]], old_code)
     wait_for(lambda: health(old_api) is not None, 30, "old api")
@@ -93,20 +105,32 @@ def test_the_previous_release_is_replaced_mid_batch_and_every_line_is_stored_onc
     progress = done(sdk, first.id)
     assert progress < LINES, "still mid-batch when the new worker starts"
 
+    stack.env_overrides["BATCHQ_UPSTREAM_URL"] = new_upstream.upstream_url  # which worker sent what
     stack.start_worker("new-worker", concurrency=8)
+    old_sent = sent(stack)
     stack.wait_until(lambda: done(sdk, first.id) >= progress + 200, 60, "both workers side by side")
     for name in ("old-worker", "old-api"):
         assert stack.processes[name].poll() is None, f"{name} ran until the end of the overlap"
         stack.kill(name, signal.SIGTERM)  # warm shutdown: the old worker finishes its lines in flight
 
     stopped_at = done(sdk, first.id)
+    overlap = (sent(stack) - old_sent, sent(new_upstream))
+    assert min(overlap) > 0, "both workers sent lines side by side"
     for batch, custom_ids in ((first, ids), (second, new_ids)):
         ended = wait(sdk, batch.id, timeout=120)
         assert ended.status == "completed"
         assert_exactly_once(sdk, ended, custom_ids)
-    print(f"\nlines done: {progress} by the old worker alone, {stopped_at} when the old processes stopped, of {LINES}")
+    print(
+        f"\nlines done: {progress} by the old worker alone, {stopped_at} when the old processes stopped, of {LINES};"
+        f" while side by side the old worker sent {overlap[0]} requests and the new one {overlap[1]}"
+    )
     for name in ("old-worker", "new-worker", "old-api", "api"):
         assert b"Traceback" not in (stack.workdir / f"{name}.log").read_bytes(), name
+
+
+def sent(upstream: Stack) -> int:
+    """Requests the mock upstream has had."""
+    return int(httpx2.get(upstream.upstream_url + "/_stats").json()["requests"])
 
 
 def done(sdk: object, batch_id: str) -> int:
