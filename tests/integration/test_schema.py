@@ -168,7 +168,9 @@ def test_tasks_left_in_the_old_celery_queue_run_when_the_first_new_worker_starts
         sdk = client(stack)
         batch = submit(sdk, [chat_row(f"r{i}") for i in range(20)])
         db = redis.Redis.from_url(stack.redis_url or "")
-        (submit_task,) = db.lrange(keys.CONTROL_QUEUE, 0, -1)  # as a version before the scheduler sent it:
+        (submit_task,) = db.lrange(keys.CONTROL_QUEUE, 0, -1)
+        assert orjson.loads(submit_task)["headers"][schema.HEADER] == schema.SCHEMA, "Celery's messages carry it too"
+        # as a version before the scheduler sent it:
         db.delete(keys.CONTROL_QUEUE)
         db.lpush("celery", submit_task.replace(b'"routing_key": "batchq.control"', b'"routing_key": "celery"'))
         stack.start_worker("worker0", concurrency=4)
