@@ -176,11 +176,11 @@ def _start_metrics(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _start_watchdog(sender: object = None, **_: object) -> None:
+    _registered.append(keep_registered(runtime().redis, "worker", _stop))  # its release, for batchq doctor
     print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
     warn_if_not_durable(runtime().redis)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
     threading.Thread(target=restart_watch_loop, args=(_stop,), name="batchq-restarts", daemon=True).start()
-    _registered.append(keep_registered(runtime().redis, "worker", _stop))  # its release, for batchq doctor
 
 
 @signals.worker_shutdown.connect

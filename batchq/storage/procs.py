@@ -79,19 +79,23 @@ class Registry:
 
 
 def keep_registered(client: redis.Redis, role: str, stop: threading.Event) -> threading.Thread:
-    """A daemon thread that beats for this process until ``stop`` is set, then forgets it."""
+    """Beat once now (the process is listed before it says it is ready), then in a daemon thread
+    until ``stop`` is set; then forget it."""
     registry, proc = Registry(client), this_process(role, time.time())
 
+    def beat() -> None:
+        try:
+            registry.beat(proc, time.time())
+        except redis.RedisError:  # Redis away: the next beat tries again
+            log.debug("process registry beat failed", exc_info=True)
+
     def run() -> None:
-        while True:
-            try:
-                registry.beat(proc, time.time())
-            except redis.RedisError:  # Redis away: the next beat tries again
-                log.debug("process registry beat failed", exc_info=True)
-            if stop.wait(BEAT_S):
-                break
+        while not stop.wait(BEAT_S):
+            beat()
         with contextlib.suppress(redis.RedisError):
             registry.forget(proc)
+
+    beat()
 
     thread = threading.Thread(target=run, name="batchq-registry", daemon=True)
     thread.start()

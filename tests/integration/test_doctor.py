@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("doctor"), env_overrides=FAST, persist=True)
+    running = Stack(tmp_path_factory.mktemp("doctor"), env_overrides=dict(FAST), persist=True)
     try:
         yield running.start(workers=1, concurrency=4)
     finally:

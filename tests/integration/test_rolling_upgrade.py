@@ -39,7 +39,7 @@ def old_code(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(tmp_path / "stack", env_overrides=FAST, mock_args=["--latency-ms", "100"])
+    running = Stack(tmp_path / "stack", env_overrides=dict(FAST), mock_args=["--latency-ms", "100"])
     running.workdir.mkdir(parents=True)
     running.redis_port = free_port()
     running.start_redis()
@@ -105,7 +105,7 @@ def test_the_previous_release_is_replaced_mid_batch_and_every_line_is_stored_onc
     progress = done(sdk, first.id)
     assert progress < LINES, "still mid-batch when the new worker starts"
 
-    stack.env_overrides["BATCHQ_UPSTREAM_URL"] = new_upstream.upstream_url  # which worker sent what
+    stack.env_overrides["BATCHQ_UPSTREAM_URL"] = new_upstream.upstream_url  # which worker sent what (a copy of FAST)
     stack.start_worker("new-worker", concurrency=8)
     old_sent = sent(stack)
     stack.wait_until(lambda: done(sdk, first.id) >= progress + 200, 60, "both workers side by side")
