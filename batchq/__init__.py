@@ -1,3 +1,5 @@
 """batchq: a self-hosted, OpenAI-compatible Batch API on Celery workers over Redis."""
 
-__version__ = "0.1.0"
+from batchq.version import version
+
+__version__ = version()

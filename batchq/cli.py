@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from batchq import views
+from batchq import __version__, views
 from batchq.client import Client, ClientError, ResultsPage
 from batchq.client.bulk import BulkRequest, default_errors_path, submit_many
 from batchq.client.cursorfile import CursorFile, fileno
@@ -37,6 +37,22 @@ app.add_typer(files_app, name="files")
 keys_app = typer.Typer(help="Manage API keys (talks to Redis directly).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        OUT.print(f"batchq {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """batchq: an OpenAI-compatible Batch API on Celery workers over Redis."""
+
 
 ApiUrl = Annotated[
     str | None,
@@ -144,6 +160,20 @@ def deployment(
     if problem is not None:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def doctor() -> None:
+    """Check this deployment as an operator would: Redis (reachable, persistence, maxmemory-policy),
+    the data directory (writable, private, free space), every upstream route, and the releases of
+    the live API, worker and scheduler processes. One line per finding; exit 1 on a problem (FAIL)."""
+    from batchq.doctor import examine, exit_code
+
+    findings = []
+    for finding in examine(_settings()):
+        typer.echo(finding.line())
+        findings.append(finding)
+    raise typer.Exit(exit_code(findings))
 
 
 @app.command("mock-upstream", context_settings=PASSTHROUGH)
@@ -539,6 +569,23 @@ def require_redis(role: str) -> None:
             err=True,
         )
         raise typer.Exit(1) from None
+    _upgrade(role, url)
+
+
+def _upgrade(role: str, url: str) -> None:
+    """Exit 1 with one line when a newer release already runs on this Redis; else move what an older one left."""
+    from batchq import upgrade
+    from batchq.errors import NewerSchema
+    from batchq.storage.redis_client import connect
+
+    client = connect(url, max_connections=2)
+    try:
+        upgrade.start(client)
+    except NewerSchema as error:
+        typer.echo(f"error: batchq {role}: {error.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
 
 
 def _key_store() -> ApiKeyStore:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from batchq.config import get_settings
-from batchq.embedded import ensure_redis
+from batchq.embedded import ensure_redis, ui_secret
 from batchq.stack import Stack
 
 console = Console()
@@ -35,9 +35,13 @@ def run_demo(lines: int, workdir: Path) -> int:
     embedded = ensure_redis(url, workdir / "redis")
     if embedded:
         console.print(f"No Redis answered at {url}: started an embedded redis-server.")
-    stack = Stack(workdir, api_key="sk-demo", redis_url=url, mock_args=["--latency-ms", "50", "--fail-500", "0.05"])
+    dashboard = {"BATCHQ_UI_SECRET": get_settings().ui_secret or ui_secret(workdir / "data")}  # the dashboard is on
+    mock = ["--latency-ms", "50", "--fail-500", "0.05"]
+    stack = Stack(workdir, api_key="sk-demo", redis_url=url, mock_args=mock, env_overrides=dashboard)
     try:
         with stack.start(workers=1, concurrency=32):
+            sign_in = f"{stack.api_url}/ui (sign in with the key {stack.api_key})"
+            console.print(f"Dashboard, while the demo runs: {sign_in}", soft_wrap=True)
             return _submit_and_wait(stack, lines, workdir)
     finally:
         if embedded:

@@ -73,10 +73,23 @@ def private_file(path: Path, text: str) -> None:
 
 def redis_password(workdir: Path) -> str:
     """The embedded Redis' password: made at random once, kept in ``workdir/password`` (0600)."""
-    path = workdir / "password"
+    return kept_secret(workdir / "password")
+
+
+def ui_secret(data_dir: Path) -> str:
+    """The dashboard's session secret for ``batchq serve`` and ``batchq demo``: made at random once,
+    kept in ``data_dir/ui/secret`` (0600, in a 0700 directory), so sessions outlive a restart."""
+    workdir = data_dir / "ui"
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o700)
+    return kept_secret(workdir / "secret")
+
+
+def kept_secret(path: Path) -> str:
+    """The secret in ``path``, or a new random one written there (0600) when there is none."""
     if path.is_file() and (kept := path.read_text(encoding="utf-8").strip()):
         return kept
-    made = secrets.token_hex(24)  # hex: nothing to quote in a URL or a redis.conf
+    made = secrets.token_hex(24)  # hex: nothing to quote in a URL or a redis.conf; 48 characters
     private_file(path, made + "\n")
     return made
 

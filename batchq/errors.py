@@ -14,6 +14,7 @@ OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}`` in exactl
     ├── RateLimited                  429   (carries retry_after seconds)
     ├── Unavailable                  503   (Redis unreachable; carries retry_after seconds)
     │   └── WrongDeployment          503 deployment_mismatch (Redis and the data belong to different deployments)
+    │   └── NewerSchema              503   (data written by a newer batchq: left alone, this process stops)
     └── StorageFull                  507 insufficient_storage (no space left: the disk, or Redis's maxmemory)
 
 Foreign errors become these in one place, ``batchq.api.errors.translate``: Redis connection
@@ -98,6 +99,13 @@ class WrongDeployment(Unavailable):
 
     default_code = "deployment_mismatch"
     retry_after = 60
+
+
+class NewerSchema(Unavailable):
+    """A record or task message of a newer schema than this code knows (batchq.storage.schema):
+    it is left as it is, for the newer processes, and this one stops (batchq.upgrade)."""
+
+    default_code = "newer_schema"
 
 
 class StorageFull(BatchqError):

@@ -40,6 +40,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import httpx2
 import redis
 
+from batchq import embedded
 from batchq.config import Settings
 from batchq.domain.redis_url import is_sentinel, redact
 from batchq.embedded import knock, loaded_percent, private_file, redis_args, redis_conf, redis_password, wait_for
@@ -96,6 +97,7 @@ class Supervisor:
             "BATCHQ_REDIS_URL": self.redis_url or self.settings.redis_url,
             "BATCHQ_DATA_DIR": str(self.data_dir),
             "BATCHQ_WORKER_CONCURRENCY": str(self.concurrency),
+            "BATCHQ_UI_SECRET": self.settings.ui_secret or embedded.ui_secret(self.data_dir),  # the dashboard is on
         }
 
     def spawn(self, name: str, args: list[str], **options: object) -> subprocess.Popen[bytes]:
@@ -162,9 +164,15 @@ class Supervisor:
         self._wait("api", self._api_ready, 60)
         _say(f"batchq serve: API on {self.api_url}, one worker ({self.concurrency} threads) with the watchdog.")
         _say(f"batchq serve: {where}; files in {self.data_dir}. Ctrl-C or SIGTERM stops everything.")
+        _say(f"batchq serve: dashboard: {self.api_url}/ui (sign in with an API key: {self._keys_hint()})")
         if "redis" in self.children:
             url_file = self.data_dir / "redis" / "url"
             _say(f'batchq serve: for batchq top/keys in another shell: export BATCHQ_REDIS_URL="$(cat {url_file})"')
+
+    def _keys_hint(self) -> str:
+        if self.settings.api_keys:
+            return "one of BATCHQ_API_KEYS"
+        return "none is set: set BATCHQ_API_KEYS, or make one with batchq keys create"
 
     def _api_ready(self) -> bool:
         try:

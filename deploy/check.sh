@@ -78,8 +78,9 @@ trap cleanup EXIT
 
 # --- 3. the image -------------------------------------------------------------------------------
 say "build $image (once: the api service's build; --format docker keeps the HEALTHCHECK)"
-podman build --pull=never --format docker -f deploy/Dockerfile -t "$image" . >"$work/build.log" 2>&1 \
-  || { tail -40 "$work/build.log"; fail "image build"; }
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)  # the release: pyproject.toml's version
+podman build --pull=never --format docker --build-arg IMAGE_VERSION="$version" -f deploy/Dockerfile -t "$image" . \
+  >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; fail "image build"; }
 ! grep -iE "warn|not supported for OCI" "$work/build.log" || fail "the build warns (above)"
 size=$(podman image inspect --format '{{.Size}}' "$image")
 size_mb=$(( size / 1000000 ))
@@ -88,6 +89,9 @@ echo "image $image: $size_mb MB (budget $max_image_mb MB; deploy/README.md recor
 [ "$(podman image inspect --format '{{.Config.User}}' "$image")" = "10001:10001" ] || fail "image user is not 10001"
 [ -n "$(podman image inspect --format '{{.Config.Healthcheck}}' "$image")" ] || fail "image has no HEALTHCHECK"
 [ "$(podman image inspect --format '{{len .Config.Volumes}}' "$image")" = 0 ] || fail "image declares a VOLUME"
+label=$(podman image inspect --format '{{index .Config.Labels "org.opencontainers.image.version"}}' "$image")
+[ "$label" = "$version" ] || fail "image label version $label, pyproject.toml says $version"
+[ "$(podman run --rm "$image" --version)" = "batchq $version" ] || fail "batchq --version in the image is not $version"
 
 # --- 4. compose up ------------------------------------------------------------------------------
 say "compose config and up (project $project, API on :$api_port, Flower on 127.0.0.1:$flower_port)"

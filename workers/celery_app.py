@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task, signals
+from celery.exceptions import Reject
 from kombu import Queue  # type: ignore[attr-defined]
 
+from batchq import upgrade
 from batchq.config import Settings, get_settings
 from batchq.domain.redis_url import is_sentinel, parse_sentinel_url
-from batchq.storage import keys
+from batchq.errors import NewerSchema
+from batchq.storage import keys, schema
 from workers import kombu_redis
 
 # Control work (validation, finalization, webhooks) has its own queue, so it never waits behind
 # line tasks; every worker consumes both. Line tasks are granted into theirs by the scheduler.
-CONTROL_TASKS = ("batchq.submit", "batchq.finalize", "batchq.webhook")
+CONTROL_TASKS = keys.CONTROL_TASKS
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
@@ -58,9 +61,29 @@ def transport_options(s: Settings, pool: int) -> dict[str, object]:
     return options
 
 
+class VersionedTask(Task):  # type: ignore[misc]  # Celery's classes are untyped
+    """Runs a message of a schema this code knows; hands any other back (not acknowledged, for a
+    newer worker) and stops this worker (``batchq.upgrade``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            schema.check(self.request.get(schema.HEADER), f"a {self.name} task message")
+            return super().__call__(*args, **kwargs)
+        except NewerSchema as error:
+            upgrade.stop_outdated(error)
+            raise Reject("newer schema: handed back", requeue=True) from None  # the line above said why
+
+
+@signals.before_task_publish.connect
+def _stamp_schema(headers: dict[str, Any] | None = None, **_: object) -> None:
+    """Every message Celery publishes carries the schema (line tasks get it in ``workers.publish``)."""
+    if headers is not None:
+        headers[schema.HEADER] = schema.SCHEMA
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     kombu_redis.install()
-    app = Celery("batchq")
+    app = Celery("batchq", task_cls=VersionedTask)
     app.conf.update(celery_config(settings or get_settings()))
     return app
 

@@ -5,7 +5,8 @@ routing, one round trip); for 50,000 lines that is over a minute of a worker's C
 first request goes out. ``line_messages`` builds the same messages Celery would (the same fields),
 about 0.03 ms per line; the scheduler (``batchq.storage.scheduler``) keeps them in each batch's
 waiting list and moves them into the line queue one grant at a time. Workers consume them as
-ordinary Celery tasks. ``line_of`` reads one back (the watchdog's view of the queue).
+ordinary Celery tasks. ``line_of`` reads one back (the watchdog's view of the queue). Like every
+task message, a line's carries its schema (``batchq_schema``, a header older releases ignore).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
+
+from batchq.storage import schema
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -52,7 +55,7 @@ def _headers(task: str, task_id: str, args: Sequence[Any]) -> dict[str, Any]:
         "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
         "root_id": task_id, "parent_id": None, "argsrepr": repr(tuple(args)), "kwargsrepr": "{}",
         "origin": "batchq", "ignore_result": True, "replaced_task_nesting": 0,
-        "stamped_headers": None, "stamps": {},
+        "stamped_headers": None, "stamps": {}, schema.HEADER: schema.SCHEMA,
     }  # fmt: skip
 
 

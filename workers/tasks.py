@@ -15,14 +15,17 @@ import redis
 from celery import signals
 from celery.app.task import Task
 
+from batchq import upgrade
 from batchq.config import get_settings
 from batchq.domain.health import Deferred
+from batchq.errors import NewerSchema
 from batchq.execution import dispatch, recovery, runner, submit, watchdog, webhooks
 from batchq.execution import finalize as finalizing
 from batchq.observability.logs import configure_logging
 from batchq.observability.metrics import start_worker_metrics_server
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
+from batchq.storage.procs import keep_registered
 from batchq.storage.server import warn_if_not_durable
 from workers.celery_app import app
 from workers.publish import line_messages, line_of
@@ -136,6 +139,9 @@ def watchdog_loop(stop: threading.Event) -> None:
             contact.note(True, time.time() - started, time.time())
             if locked:
                 watchdog.sweep(rt, queue, settled=contact.settled(time.time()))
+        except NewerSchema as error:  # a newer release's data: leave it alone, and this process stops
+            upgrade.stop_outdated(error)
+            return
         except Exception as exc:  # keep the watchdog alive through Redis blips
             if isinstance(exc, redis.RedisError):
                 contact.note(False, 0.0, time.time())
@@ -164,7 +170,9 @@ _stop = threading.Event()
 def run_scheduler() -> None:
     """The watchdog loop in the foreground, for a dedicated scheduler process."""
     signal.signal(signal.SIGTERM, lambda *_: _stop.set())
+    registered = keep_registered(runtime().redis, "scheduler", _stop)
     watchdog_loop(_stop)
+    registered.join(2)
 
 
 @signals.setup_logging.connect
@@ -181,6 +189,7 @@ def _start_metrics(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _start_watchdog(sender: object = None, **_: object) -> None:
+    _registered.append(keep_registered(runtime().redis, "worker", _stop))  # its release, for batchq doctor
     print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
     warn_if_not_durable(runtime().redis)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
@@ -197,3 +206,8 @@ def _stand_aside(**_: object) -> None:
 @signals.worker_shutdown.connect
 def _stop_watchdog(**_: object) -> None:
     _stop.set()
+    for thread in _registered:
+        thread.join(2)  # it removes this worker from the registry of processes
+
+
+_registered: list[threading.Thread] = []

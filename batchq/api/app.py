@@ -49,7 +49,7 @@ def create_app(runtime: Runtime, queue: TaskQueue) -> FastAPI:
         and the data directory belong to the same deployment (else 503 saying what differs)."""
         await run_in_threadpool(ping, runtime.redis)
         await run_in_threadpool(runtime.deployment.guard)
-        return {"status": "ok"}
+        return {"status": "ok", "version": __version__}
 
     @app.get("/livez", tags=["operations"])
     async def livez() -> dict[str, str]:

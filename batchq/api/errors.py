@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from batchq.errors import BatchqError, StorageFull, Unavailable
+from batchq import upgrade
+from batchq.errors import BatchqError, NewerSchema, StorageFull, Unavailable
 
 log = logging.getLogger("batchq.api")
 
@@ -119,6 +120,8 @@ def client_error_response(exc: Exception) -> JSONResponse | None:
 
 async def on_batchq_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BatchqError)
+    if isinstance(exc, NewerSchema):  # a newer release's data: answered 503, and this process stops
+        upgrade.stop_outdated(exc)
     return batchq_response(exc)
 
 

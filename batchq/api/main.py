@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 from batchq.api.app import create_app
 from batchq.config import get_settings
 from batchq.observability.logs import configure_logging
 from batchq.runtime import build_runtime
+from batchq.storage.procs import keep_registered
 from batchq.storage.server import warn_if_not_durable
 from workers.tasks import queue
 
@@ -14,4 +17,5 @@ configure_logging(settings.log_level, json=settings.log_json)
 runtime = build_runtime(settings, pool_size=64, api=True)
 warn_if_not_durable(runtime.redis)
 runtime.deployment.establish()  # a mismatch is logged (one ERROR) and reported by /health
+keep_registered(runtime.redis, "api", threading.Event())  # its release, for batchq doctor
 app = create_app(runtime, queue)

@@ -45,6 +45,7 @@ import redis
 from batchq.domain.models import Batch
 from batchq.domain.results import LOST
 from batchq.domain.status import Status, is_terminal
+from batchq.errors import NewerSchema
 from batchq.execution import dispatch, recovery
 from batchq.execution.finalize import claim_lines, missing_lines
 from batchq.runtime import Runtime, TaskQueue
@@ -114,6 +115,8 @@ def sweep(rt: Runtime, queue: TaskQueue, settled: bool = True) -> None:
     for batch_id in rt.batches.active_ids():
         try:
             check(rt, queue, batch_id, in_queue, stale, settled)
+        except NewerSchema:  # a newer release's batch: this process stops (workers.tasks.watchdog_loop)
+            raise
         except Exception:  # one broken batch must not stop the sweep of the others
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
     if info is not None and stale is not None:

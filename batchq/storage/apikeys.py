@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from typing import Any
 
 import orjson
 import redis
 from pydantic import BaseModel
 
-from batchq.storage import keys
+from batchq.storage import keys, schema
 
 MAX_WEIGHT = 1000.0
 
@@ -59,14 +60,15 @@ class ApiKeyStore:
         if raw is None:
             return None
         stored = orjson.loads(raw)
-        record = ApiKey.model_validate(stored | {"weight": weight})
+        record = ApiKey.model_validate(_checked(stored) | {"weight": weight})
         self._save(record, stored["digest"])
         return record
 
     def _save(self, record: ApiKey, key_digest: str) -> None:
         pipe = self.r.pipeline()
-        pipe.set(keys.api_key(key_digest), record.model_dump_json())
-        pipe.hset(keys.API_KEY_INDEX, record.id, orjson.dumps({"digest": key_digest} | record.model_dump()))
+        fields = record.model_dump() | schema.written()
+        pipe.set(keys.api_key(key_digest), orjson.dumps(fields))
+        pipe.hset(keys.API_KEY_INDEX, record.id, orjson.dumps({"digest": key_digest} | fields))
         pipe.hset(keys.SCHED_WEIGHTS, record.account, record.weight)  # what the scheduler reads
         pipe.execute()
 
@@ -76,10 +78,11 @@ class ApiKeyStore:
     def lookup_digest(self, key_digest: str) -> ApiKey | None:
         """The key whose SHA-256 is ``key_digest`` (the dashboard's session holds only the digest)."""
         raw = self.r.get(keys.api_key(key_digest))
-        return ApiKey.model_validate_json(raw) if raw else None
+        return ApiKey.model_validate(_checked(orjson.loads(raw))) if raw else None
 
     def list(self) -> list[ApiKey]:
-        return sorted((ApiKey.model_validate_json(v) for v in self.r.hvals(keys.API_KEY_INDEX)), key=_created)
+        stored = (_checked(orjson.loads(v)) for v in self.r.hvals(keys.API_KEY_INDEX))
+        return sorted((ApiKey.model_validate(fields) for fields in stored), key=_created)
 
     def revoke(self, key_id: str) -> bool:
         raw = self.r.hget(keys.API_KEY_INDEX, key_id)
@@ -90,6 +93,12 @@ class ApiKeyStore:
         pipe.hdel(keys.API_KEY_INDEX, key_id)
         pipe.execute()
         return True
+
+
+def _checked(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored key record, once its schema is known to this code."""
+    schema.check(stored.get(schema.FIELD), f"api key {stored.get('id', '')}")
+    return stored
 
 
 def _check_weight(weight: float) -> None:

@@ -16,7 +16,7 @@ from batchq.domain.results import ResultLine
 from batchq.domain.scheduling import Verdict
 from batchq.domain.status import STAMP, Status, is_terminal, sources_of
 from batchq.errors import NotFound
-from batchq.storage import keys, scripts
+from batchq.storage import keys, schema, scripts
 from batchq.storage.lua import Call, Script
 
 _OFFSET = struct.Struct("<QI")  # byte offset and length of one request line
@@ -93,7 +93,7 @@ class BatchStore:
     def create(
         self, batch: Batch, owner: Owner, reserved_lines: int | None = None, output_ttl_s: int | None = None
     ) -> None:
-        fields = _to_hash(batch) | {"owner": owner.key, "account": owner.account}
+        fields = _to_hash(batch) | {"owner": owner.key, "account": owner.account} | schema.written()
         if reserved_lines is not None:
             fields["reserved_lines"] = reserved_lines
         if output_ttl_s is not None:
@@ -116,9 +116,11 @@ class BatchStore:
 
     def bookkeeping(self, batch_id: str) -> Bookkeeping | None:
         names = ["owner", "account", "output_ttl_s", "progress_at", "reserved_lines", "finalize_failed_at"]
-        owner, account, ttl, progress, reserved, failed_at = self.r.hmget(keys.batch(batch_id), names)
+        names.append(schema.FIELD)
+        owner, account, ttl, progress, reserved, failed_at, version = self.r.hmget(keys.batch(batch_id), names)
         if owner is None:
             return None
+        schema.check(version, f"batch {batch_id}")
         return Bookkeeping(
             owner=owner.decode(),
             account=(account or b"").decode(),
@@ -194,10 +196,11 @@ class BatchStore:
     def line_source(self, batch_id: str) -> LineSource | None:
         source = self._sources.get(batch_id)
         if source is None:
-            fields = ["input_file_id", "endpoint", "expires_at", "route"]
-            file_id, endpoint, expires, route = self.r.hmget(keys.batch(batch_id), fields)
+            fields = ["input_file_id", "endpoint", "expires_at", "route", schema.FIELD]
+            file_id, endpoint, expires, route, version = self.r.hmget(keys.batch(batch_id), fields)
             if file_id is None or endpoint is None:
                 return None
+            schema.check(version, f"batch {batch_id}")
             if len(self._sources) >= 4096:
                 self._sources.clear()
             deadline = float(expires) if expires else None
@@ -356,6 +359,7 @@ def _to_hash(batch: Batch) -> dict[str, Any]:
 
 def _from_hash(raw: dict[bytes, bytes]) -> Batch:
     h = {k.decode(): v for k, v in raw.items()}
+    schema.check(h.get(schema.FIELD), f"batch {h.get('id', b'').decode()}")
     data: dict[str, Any] = {k: int(h[k]) for k in _INT_FIELDS if k in h}
     data |= {k: h[k].decode() for k in _STR_FIELDS if k in h}
     data["id"] = h["id"].decode()

@@ -23,7 +23,7 @@ import redis
 from batchq.domain.ids import looks_like
 from batchq.domain.models import DeletedFile, FileObject, Owner, Page, page_of
 from batchq.errors import NotFound
-from batchq.storage import keys
+from batchq.storage import keys, schema
 from batchq.storage.batches import page_ids
 from batchq.storage.identity import Deployment
 
@@ -186,6 +186,7 @@ class FileStore:
 
     def _record(self, obj: FileObject, owner: Owner, lines: int) -> None:
         fields = obj.model_dump(exclude_none=True, exclude={"object", "status"}) | {"owner": owner.key, "lines": lines}
+        fields |= schema.written()
         pipe = self.r.pipeline()
         pipe.hset(keys.file(obj.id), mapping={k: str(v) for k, v in fields.items()})
         pipe.zadd(keys.owner_files(owner.key), {obj.id: time.time()})
@@ -232,6 +233,7 @@ def _non_blank_lines(handle: BinaryIO) -> int:
 
 def _from_hash(raw: dict[bytes, bytes]) -> FileObject:
     h = {k.decode(): v.decode() for k, v in raw.items()}
+    schema.check(h.get(schema.FIELD), f"file {h.get('id', '')}")
     return FileObject(
         id=h["id"], bytes=int(h["bytes"]), created_at=int(h["created_at"]), filename=h["filename"],
         purpose=h["purpose"], expires_at=int(h["expires_at"]) if "expires_at" in h else None,

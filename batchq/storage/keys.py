@@ -11,12 +11,15 @@ FILE_EXPIRY = f"{PREFIX}:files:expiry"  # sorted set: file id -> expires_at
 REDIS_FIRST_SEEN = f"{PREFIX}:redis:first_seen"  # + ":" + run_id: when the watchdog first saw that process answer
 RECONCILED_RUN = f"{PREFIX}:redis:reconciled"  # the Redis run_id whose lost lines the watchdog sent again
 DEPLOYMENT = f"{PREFIX}:deployment"  # this deployment's id; the same id is in the marker beside the data
+SCHEMA = f"{PREFIX}:schema"  # hash: the newest schema a process started with, and that process's release
+PROCS = f"{PREFIX}:procs"  # hash: process -> its role, release, schema and last beat (batchq.storage.procs)
 STATS = f"{PREFIX}:stats"  # hash of global counters (batchq.observability.metrics.STAT_FIELDS)
 STAT_FINALIZE_FAILURES = "finalize_failures"  # STATS field: finalize attempts that could not write the files
 STAT_ORPHANS_REMOVED = "orphans_removed"  # STATS field: files on disk without a record, removed
 
 LINE_QUEUE = "batchq.lines"  # the Celery queue (kombu's Redis list) of granted line tasks
 CONTROL_QUEUE = "batchq.control"  # submit, finalize and webhook tasks: never behind line work
+CONTROL_TASKS = ("batchq.submit", "batchq.finalize", "batchq.webhook")  # the tasks CONTROL_QUEUE carries
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's lists per priority step
 
 # The scheduler (batchq/storage/scheduler.py): which waiting line enters LINE_QUEUE next.

@@ -34,6 +34,26 @@ def with_first_seen(client: redis.Redis, info: ServerInfo) -> ServerInfo:
     return replace(info, first_seen=float(client.get(key) or time.time()))
 
 
+DURABILITY_CONFIG = ("appendonly", "appendfsync", "save", "maxmemory-policy", "maxmemory")
+
+
+def durability_config(client: redis.Redis) -> dict[str, str]:
+    """What decides whether Redis keeps batchq's state (``CONFIG GET``; raises ``redis.ResponseError``
+    when it is refused, as managed Redis often does)."""
+    config: dict[str, str] = {}
+    for name in DURABILITY_CONFIG:
+        config |= {_text(k): _text(v) for k, v in client.config_get(name).items()}
+    return config
+
+
+def redis_version(client: redis.Redis) -> str:
+    return _text(client.info("server").get("redis_version", "?"))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def durability_problems(client: redis.Redis) -> list[str]:
     """What makes this Redis lose batchq's state: no persistence, or keys it may evict.
 

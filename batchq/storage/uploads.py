@@ -26,7 +26,7 @@ from batchq.domain.ids import looks_like
 from batchq.domain.models import Owner
 from batchq.domain.uploads import COMPLETE_GRACE_S, UploadObject, UploadStatus, shown_status
 from batchq.errors import NotFound
-from batchq.storage import keys
+from batchq.storage import keys, schema
 from batchq.storage.files import private_dir
 from batchq.storage.identity import Deployment
 from batchq.storage.lua import Call, Script
@@ -103,6 +103,7 @@ class UploadStore:
 
     def create(self, upload: UploadObject, owner: Owner, mime_type: str, file_ttl_s: int | None) -> None:
         fields = upload.model_dump(exclude={"object", "file"}) | {"owner": owner.key, "mime_type": mime_type}
+        fields |= schema.written()
         if file_ttl_s is not None:
             fields["file_ttl_s"] = file_ttl_s
         pipe = self.r.pipeline()
@@ -236,6 +237,7 @@ def _text(value: object) -> str:
 
 def _from_hash(raw: dict[bytes, bytes], now: float) -> UploadRecord:
     h = {k.decode(): v.decode() for k, v in raw.items()}
+    schema.check(h.get(schema.FIELD), f"upload {h.get('id', '')}")
     stored = UploadStatus(h["status"])
     expires_at = int(h["expires_at"])
     upload = UploadObject.model_validate({

@@ -18,13 +18,14 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from batchq import upgrade
 from batchq.api.deps import authenticate, check_user
 from batchq.api.deps import get_runtime as runtime
 from batchq.api.errors import translate
 from batchq.api.multipart import receive_upload
 from batchq.domain.models import Batch, Owner, Page, page_of
 from batchq.domain.status import Status, is_cancellable, is_terminal
-from batchq.errors import AuthenticationFailed, BatchqError, InvalidRequest, NotFound
+from batchq.errors import AuthenticationFailed, BatchqError, InvalidRequest, NewerSchema, NotFound
 from batchq.observability.overview import BatchRow, eta_s, rate
 from batchq.runtime import Runtime, TaskQueue
 from batchq.services import batches, files
@@ -72,6 +73,8 @@ class UiRoute(APIRoute):
                 mapped = translate(exc)
                 if mapped is None:
                     raise
+                if isinstance(mapped, NewerSchema):  # a newer release's data: this process stops
+                    upgrade.stop_outdated(mapped)
                 return error_page_of(request, mapped)
 
         return guarded

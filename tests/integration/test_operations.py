@@ -13,6 +13,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from batchq import __version__
 from batchq.api.app import create_app
 from batchq.config import Settings
 from batchq.embedded import free_port
@@ -69,7 +70,7 @@ def test_worker_logs_are_json_lines_with_ids_and_no_content(stack: Stack) -> Non
 
 
 def test_health_checks_redis_and_livez_checks_only_the_process(stack: Stack) -> None:
-    assert httpx2.get(stack.api_url + "/health").json() == {"status": "ok"}
+    assert httpx2.get(stack.api_url + "/health").json() == {"status": "ok", "version": __version__}
     assert httpx2.get(stack.api_url + "/livez").json() == {"status": "ok"}
     cut_off = Settings(_env_file=None, redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=["k"])  # type: ignore[call-arg]
     with TestClient(create_app(build_runtime(cut_off, pool_size=2, api=True), cast(TaskQueue, None))) as api:
