@@ -7,7 +7,8 @@ Each load process does, per line, the Redis work of a worker at a 0 ms upstream,
 calls: take a granted task from the line queue and record it as unacked (kombu's ``BRPOP`` and
 ``MULTI``/``ZADD``/``HSET``/``EXEC``), ``BEGIN_LINE`` (lease, first limiter slot, the scheduler's
 next grant), ``COMPLETE_LINE`` (result stored once, slot back, the route's window updated), then
-the ack (``MULTI``/``ZREM``/``HDEL``/``EXEC``). The batch's waiting list is filled by the
+the ack (``MULTI``/``ZREM``/``HDEL``/``EXEC``): the kombu part only with ``--unacked`` (batchq's
+workers keep a line task's delivery in memory, ``workers/kombu_redis.py``). The batch's waiting list is filled by the
 scheduler beforehand, as at submission.
 
 Prints lines/s, each Redis's CPU over the run (``INFO cpu``) as CPU-ms per line and as the share
@@ -23,6 +24,7 @@ import multiprocessing
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,29 +66,35 @@ def setup_batch(rt: Runtime, batch_id: str, tenant: str, lines: int) -> None:
     rt.scheduler.add(batch_id, tenant, messages, urgent_at=now + 86400, now=now)
 
 
-def load(url: str, workdir: str, deadline: float) -> int:
-    """One load process: lines as a worker runs them, until the queue stays empty; returns how many."""
+def load(url: str, workdir: str, deadline: float, threads: int, unacked: bool) -> int:
+    """One load process: ``threads`` threads run lines as a worker's do, until the queue stays
+    empty; returns how many lines ran."""
     rt = build_runtime(settings_for(url, Path(workdir)))
     route = rt.upstream.route(CHAT, "bench")
     assert route is not None
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(lambda _: load_thread(rt, route, deadline, unacked), range(threads)))
+
+
+def load_thread(rt: Runtime, route: Route, deadline: float, unacked: bool) -> int:
     queues = [name for q in (keys.CONTROL_QUEUE, keys.LINE_QUEUE) for name in keys.queue_lists(q)]
     done = 0
     while time.time() < deadline:
         popped = rt.redis.brpop(queues, timeout=0.5)
         if popped is None:
             return done
-        done += one_line(rt, route, popped[1])
+        done += one_line(rt, route, popped[1], unacked)
     return done
 
 
-def one_line(rt: Runtime, route: Route, raw: bytes | str) -> int:
+def one_line(rt: Runtime, route: Route, raw: bytes | str, unacked: bool) -> int:
     message = orjson.loads(raw)
     tag = str(uuid.uuid4())
-    unacked = orjson.dumps([message, "", keys.LINE_QUEUE])
-    with rt.redis.pipeline() as pipe:  # kombu's append: one MULTI/EXEC
-        pipe.zadd(UNACKED_INDEX, {tag: time.time()})
-        pipe.hset(UNACKED, tag, unacked)
-        pipe.execute()
+    if unacked:  # kombu's record of an unacked message (batchq's workers keep line tasks' in memory)
+        with rt.redis.pipeline() as pipe:
+            pipe.zadd(UNACKED_INDEX, {tag: time.time()})
+            pipe.hset(UNACKED, tag, orjson.dumps([message, "", keys.LINE_QUEUE]))
+            pipe.execute()
     batch_id, index = _args(message)
     ask = rt.upstream.limiter.acquire_call(route)
     start = rt.batches.begin_line(
@@ -98,10 +106,11 @@ def one_line(rt: Runtime, route: Route, raw: bytes | str) -> int:
         release = rt.upstream.limiter.release_call(Release(route, token, "ok", latency_s=0.001))
         rt.batches.complete_line(batch_id, index, response_line(f"c{index}", 200, "req", BODY), release)
         ran = 1
-    with rt.redis.pipeline() as pipe:  # kombu's ack
-        pipe.zrem(UNACKED_INDEX, tag)
-        pipe.hdel(UNACKED, tag)
-        pipe.execute()
+    if unacked:  # kombu's ack
+        with rt.redis.pipeline() as pipe:
+            pipe.zrem(UNACKED_INDEX, tag)
+            pipe.hdel(UNACKED, tag)
+            pipe.execute()
     return ran
 
 
@@ -126,7 +135,7 @@ class Instance:
         return sum(int(self.rt.redis.hget(keys.batch(b), "completed") or 0) for b in batch_ids)
 
 
-def run(lines: int, processes: int, instances: int, workdir: Path) -> None:
+def run(lines: int, processes: int, instances: int, workdir: Path, threads: int, unacked: bool) -> None:
     servers = []
     for n in range(instances):
         port = free_port()
@@ -147,7 +156,7 @@ def run(lines: int, processes: int, instances: int, workdir: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(processes * instances) as pool:
         jobs = [
-            pool.apply_async(load, (servers[p % instances].url, str(workdir), deadline))
+            pool.apply_async(load, (servers[p % instances].url, str(workdir), deadline, threads, unacked))
             for p in range(processes * instances)
         ]
         counts = [j.get() for j in jobs]
@@ -155,7 +164,8 @@ def run(lines: int, processes: int, instances: int, workdir: Path) -> None:
     cpu = [s.cpu_s() - b for s, b in zip(servers, before, strict=True)]
     stored = sum(s.completed(batches[n]) for n, s in enumerate(servers))
     assert stored == total == sum(counts), (stored, total, counts)
-    print(f"\n== {total} lines, {instances} Redis instance(s), {processes} load process(es) each")
+    shape = f"{processes} load process(es) x {threads} threads each" + (", kombu's unacked record" if unacked else "")
+    print(f"\n== {total} lines, {instances} Redis instance(s), {shape}")
     print(f"  {total / seconds:8,.0f} lines/s in all ({seconds:.1f} s)")
     for n, c in enumerate(cpu):
         share = c / seconds
@@ -173,9 +183,11 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=4, help="load processes per Redis instance")
     parser.add_argument("--redis", type=int, default=1, help="independent Redis instances (batches sharded by id)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per load process (a worker's task threads)")
+    parser.add_argument("--unacked", action="store_true", help="also kombu's unacked record per line (as before)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="batchq-ceiling-") as tmp:
-        run(args.lines, args.processes, args.redis, Path(tmp))
+        run(args.lines, args.processes, args.redis, Path(tmp), args.threads, args.unacked)
 
 
 if __name__ == "__main__":
