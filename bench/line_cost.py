@@ -30,7 +30,6 @@ import redis
 from batchq.config import Settings
 from batchq.runtime import build_runtime
 from batchq.stack import Stack
-from batchq.storage import lua
 from bench.run import CHAT, POLL_S, cpu_seconds, rows, timed_baseline
 
 
@@ -61,13 +60,14 @@ class LineCost:
 
 
 def script_names(redis_url: str) -> dict[str, str]:
-    """sha1 -> a name, for every script batchq registers (read off a runtime's stores)."""
+    """sha1 -> a name, for the scripts registered with a fixed body (``lua.Script``'s variants get
+    their sha from the call's shape: they are named by their number of keys instead)."""
     rt = build_runtime(Settings(redis_url=redis_url))
     owners = {"batches": rt.batches, "scheduler": rt.scheduler, "limiter": rt.upstream.limiter}
     names = {}
     for owner_name, owner in owners.items():
         for attr, value in vars(owner).items():
-            body = value._script.script if isinstance(value, lua.Script) else getattr(value, "script", None)
+            body = getattr(value, "script", None)
             if isinstance(body, str | bytes):
                 raw = body.encode() if isinstance(body, str) else body
                 names[hashlib.sha1(raw).hexdigest()] = f"{owner_name}.{attr.lstrip('_')}"
@@ -101,7 +101,8 @@ class Monitor:
         if event.get("client_type") == "lua":
             self.inner.setdefault(self._current, Counter())[name] += 1
         elif name == "evalsha" and len(parts) > 1:
-            self._current = self.names.get(parts[1].lower(), parts[1][:8])
+            keys_ = parts[2].strip('"') if len(parts) > 2 else "?"
+            self._current = self.names.get(parts[1].strip('"').lower(), f"script with {keys_} keys")
             self.scripts[self._current] += 1
         else:
             self._current = "?"

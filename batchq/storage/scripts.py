@@ -1,8 +1,8 @@
 """Lua scripts: the atomic steps of a line's life and of an upstream route's limiter.
 
 Every script here takes **named** keys and arguments. A call is made of parts (``Call``: a dict
-of keys and a dict of arguments); ``Script.run`` passes every part's keys in ``KEYS`` and one JSON
-document in ``ARGV[1]`` that names them, and the Lua ``part(name)`` helper gives each step its own
+of keys and a dict of arguments); ``Script.run`` passes every part's keys in ``KEYS`` and its
+arguments in ``ARGV`` (``batchq.storage.lua``), and the Lua ``part(name)`` helper gives each step its own
 ``k.batch``, ``a.index``… So the line scripts can fold a limiter step and a scheduler step into
 the same round trip without positional slicing. One Redis, as everywhere in batchq: not Redis
 Cluster (the scheduler's step reaches the keys of the batch it picks).
