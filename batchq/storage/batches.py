@@ -305,7 +305,7 @@ def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:
     args = {
         "index": index, "ok": int(result.ok), "data": result.data, "input_tokens": u.input_tokens,
         "output_tokens": u.output_tokens, "total_tokens": u.total_tokens, "now": int(time.time()),
-        "ttl": keys.RESULT_TTL_S,
+        "ttl": keys.RESULT_TTL_S, "ttl_every": keys.RESULT_TTL_RENEW_S,
     }  # fmt: skip
     return Call(line_keys, args)
 
