@@ -81,8 +81,8 @@ class BatchStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._transition = client.register_script(scripts.TRANSITION)
-        self._begin = Script(client, scripts.BEGIN_LINE)
-        self._complete = Script(client, scripts.COMPLETE_LINE)
+        self._begin = Script(client, scripts.BEGIN_LINE, grouped_calls=True)  # a worker's threads' calls
+        self._complete = Script(client, scripts.COMPLETE_LINE, grouped_calls=True)  # share round trips
         self._read_results = Script(client, scripts.READ_RESULTS)
         self._renew_held = Script(client, scripts.RENEW_HELD)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
