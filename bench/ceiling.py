@@ -66,14 +66,16 @@ def setup_batch(rt: Runtime, batch_id: str, tenant: str, lines: int) -> None:
     rt.scheduler.add(batch_id, tenant, messages, urgent_at=now + 86400, now=now)
 
 
-def load(url: str, workdir: str, deadline: float, threads: int, unacked: bool) -> int:
+def load(url: str, workdir: str, deadline: float, threads: int, unacked: bool) -> tuple[int, float]:
     """One load process: ``threads`` threads run lines as a worker's do, until the queue stays
-    empty; returns how many lines ran."""
+    empty; returns how many lines ran and the process's CPU seconds for them."""
     rt = build_runtime(settings_for(url, Path(workdir)))
     route = rt.upstream.route(CHAT, "bench")
     assert route is not None
+    started = time.process_time()
     with ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(lambda _: load_thread(rt, route, deadline, unacked), range(threads)))
+        done = sum(pool.map(lambda _: load_thread(rt, route, deadline, unacked), range(threads)))
+    return done, time.process_time() - started
 
 
 def load_thread(rt: Runtime, route: Route, deadline: float, unacked: bool) -> int:
@@ -159,7 +161,9 @@ def run(lines: int, processes: int, instances: int, workdir: Path, threads: int,
             pool.apply_async(load, (servers[p % instances].url, str(workdir), deadline, threads, unacked))
             for p in range(processes * instances)
         ]
-        counts = [j.get() for j in jobs]
+        outcomes = [j.get() for j in jobs]
+    counts = [n for n, _ in outcomes]
+    client_cpu = sum(c for _, c in outcomes)
     seconds = time.monotonic() - started - 0.5  # the last BRPOP's wait for nothing
     cpu = [s.cpu_s() - b for s, b in zip(servers, before, strict=True)]
     stored = sum(s.completed(batches[n]) for n, s in enumerate(servers))
@@ -174,6 +178,7 @@ def run(lines: int, processes: int, instances: int, workdir: Path, threads: int,
             f"  redis{n}: {per_line:.3f} CPU-ms per line, {share:.2f} of a core busy"
             f" -> one core carries {1000 / per_line:,.0f} lines/s"
         )
+    print(f"  load processes: {client_cpu * 1000 / total:.3f} CPU-ms per line (the worker's side of these calls)")
     for s in servers:
         s.process.terminate()  # type: ignore[attr-defined]
 
