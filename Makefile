@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test pytest lint typecheck bench bench-fairness deploy-check clean
+.PHONY: install demo test pytest lint typecheck bench bench-fairness bench-cost deploy-check clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ bench: install
 
 bench-fairness: install  ## small batches behind big ones, tenants sharing the workers
 	$(BIN)/python -m bench.fairness
+
+bench-cost: install  ## what a line costs Redis and the worker at 0 ms, and lines/s one Redis core carries
+	$(BIN)/python -m bench.line_cost
+	$(BIN)/python -m bench.ceiling
 
 deploy-check:          ## build the image, run the compose stack with podman, one batch through it (root, ~4 min)
 	bash deploy/check.sh
