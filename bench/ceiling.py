@@ -138,12 +138,21 @@ class Instance:
 
 
 def run(lines: int, processes: int, instances: int, workdir: Path, threads: int, unacked: bool) -> None:
-    servers = []
-    for n in range(instances):
-        port = free_port()
-        process = start_redis(port, workdir / f"redis{n}")
-        url = f"redis://127.0.0.1:{port}/0"
-        servers.append(Instance(url, process, build_runtime(settings_for(url, workdir))))
+    servers: list[Instance] = []
+    try:
+        for n in range(instances):
+            port = free_port()
+            process = start_redis(port, workdir / f"redis{n}")
+            url = f"redis://127.0.0.1:{port}/0"
+            servers.append(Instance(url, process, build_runtime(settings_for(url, workdir))))
+        measure(servers, lines, processes, workdir, threads, unacked)
+    finally:
+        for s in servers:
+            s.process.terminate()  # type: ignore[attr-defined]
+
+
+def measure(servers: list[Instance], lines: int, processes: int, workdir: Path, threads: int, unacked: bool) -> None:
+    instances = len(servers)
     batches: dict[int, list[str]] = {n: [] for n in range(instances)}
     per_batch = 5000
     for i in range(max(1, lines // per_batch)):
@@ -179,8 +188,6 @@ def run(lines: int, processes: int, instances: int, workdir: Path, threads: int,
             f" -> one core carries {1000 / per_line:,.0f} lines/s"
         )
     print(f"  load processes: {client_cpu * 1000 / total:.3f} CPU-ms per line (the worker's side of these calls)")
-    for s in servers:
-        s.process.terminate()  # type: ignore[attr-defined]
 
 
 def main() -> None:
