@@ -9,7 +9,7 @@ LATEST = .venv-latest
 UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
              --custom-compile-command "make lock" pyproject.toml requirements/build.in
 
-.PHONY: install lock test-latest demo test pytest lint typecheck bench bench-fairness deploy-check clean
+.PHONY: install lock test-latest demo test pytest lint typecheck bench bench-fairness bench-cost deploy-check clean
 
 install: $(VENV)/.installed   ## .venv with exactly the locked versions (hashes checked), the project editable
 
@@ -51,6 +51,10 @@ bench: install
 
 bench-fairness: install  ## small batches behind big ones, tenants sharing the workers
 	$(BIN)/python -m bench.fairness
+
+bench-cost: install  ## what a line costs Redis and the worker at 0 ms, and lines/s one Redis core carries
+	$(BIN)/python -m bench.line_cost
+	$(BIN)/python -m bench.ceiling
 
 deploy-check:          ## build the image, run the compose stack with podman, one batch through it (root, ~4 min)
 	bash deploy/check.sh

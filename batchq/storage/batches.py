@@ -81,8 +81,8 @@ class BatchStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._transition = client.register_script(scripts.TRANSITION)
-        self._begin = Script(client, scripts.BEGIN_LINE)
-        self._complete = Script(client, scripts.COMPLETE_LINE)
+        self._begin = Script(client, scripts.BEGIN_LINE, grouped_calls=True)  # a worker's threads' calls
+        self._complete = Script(client, scripts.COMPLETE_LINE, grouped_calls=True)  # share round trips
         self._read_results = Script(client, scripts.READ_RESULTS)
         self._renew_held = Script(client, scripts.RENEW_HELD)
         self._renew_lock = Script(client, scripts.RENEW_LOCK)
@@ -319,7 +319,7 @@ def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:
     args = {
         "index": index, "ok": int(result.ok), "data": result.data, "input_tokens": u.input_tokens,
         "output_tokens": u.output_tokens, "total_tokens": u.total_tokens, "now": int(time.time()),
-        "ttl": keys.RESULT_TTL_S,
+        "ttl": keys.RESULT_TTL_S, "ttl_every": keys.RESULT_TTL_RENEW_S,
     }  # fmt: skip
     return Call(line_keys, args)
 

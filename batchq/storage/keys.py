@@ -35,6 +35,7 @@ LIMIT_PREFIX = f"{PREFIX}:limit:{{"  # + route + "}": the route's limiter keys, 
 BATCH_PREFIX = f"{PREFIX}:batch:{{"  # + batch id + "}": what the scheduler's Lua builds keys from
 
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
+RESULT_TTL_RENEW_S = 60  # a running batch renews that TTL at most this often (not with every line stored)
 
 
 def queue_lists(queue: str = LINE_QUEUE) -> list[str]:

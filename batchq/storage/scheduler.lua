@@ -6,7 +6,9 @@
 --           batch held back while its route is down -> its urgent time).
 --        a: now, depth (the line queue's target length), batch_prefix ('batchq:batch:{'),
 --           tenant_prefix ('batchq:sched:tenant:'), limit_prefix ('batchq:limit:{'), force (1: look
---           at the parked batches now; else at most every 0.1 s).
+--           at the parked batches now, and top the queue up however little it lacks; else parked
+--           batches at most every 0.1 s, and only a queue chunk short), chunk (the most lines one
+--           pick grants).
 --
 -- Stride scheduling at two levels. Each tenant has a pass (virtual time); the tenant with the
 -- least pass is served and its pass grows by 1/weight. Within the tenant each batch has its own
@@ -115,59 +117,65 @@ local function sched_pick(k, a)
   return {b or false, t}
 end
 
-local function sched_charge(k, a, b, t)
+local function sched_charge(k, a, b, t, n)
   local w = tonumber(redis.call('HGET', k.weights, t) or '1') or 1
   if w <= 0 then w = 1 end
-  redis.call('ZADD', k.tenants, 'XX', 'INCR', 1 / w, t)
-  redis.call('ZADD', sched_batches_key(a, t), 'XX', 'INCR', 1, b)
-  redis.call('HINCRBY', k.granted, t, 1)
+  redis.call('ZADD', k.tenants, 'XX', 'INCR', n / w, t)
+  redis.call('ZADD', sched_batches_key(a, t), 'XX', 'INCR', n, b)
+  redis.call('HINCRBY', k.granted, t, n)
 end
 
--- Batch b's next task: the task, 'park' (its one route is down) or false (the batch stopped,
--- expired, or has none left). One read of its record.
-local function sched_take(a, b)
+-- Batch b's next tasks, at most n: a list, 'park' (its one route is down) or false (the batch
+-- stopped, expired, or has none left). One read of its record.
+local function sched_take(a, b, n)
   local bk = sched_batch_key(a, b)
   local rec = redis.call('HMGET', bk, 'status', 'expires_at', 'route')
   if rec[1] ~= 'in_progress' or (rec[2] and a.now >= tonumber(rec[2])) then return false end
   if sched_down(a, rec[3]) then return 'park' end
-  return redis.call('RPOP', bk .. ':pending')
+  return redis.call('RPOP', bk .. ':pending', n)
 end
 
--- Move one waiting line into the line queue. Returns 'granted', 'none' (no work at all) or
--- 'busy' (this call's budget went on dropping stale entries: call again).
-local function sched_grant_one(k, a)
+-- Move up to n waiting lines of the next batch served into the line queue. Returns how many, or
+-- 0 with 'none' (no work at all) or 'busy' (this call's budget went on dropping stale entries:
+-- call again).
+local function sched_grant(k, a, n)
   for _ = 1, 64 do  -- stale entries (finished, cancelled, expired or lost batches) are dropped
     local pick = sched_pick(k, a)
-    if not pick then return 'none' end
+    if not pick then return 0, 'none' end
     local b, t = pick[1], pick[2]
     if not b then
       redis.call('ZREM', k.tenants, t)
     else
-      local msg = sched_take(a, b)
-      if msg == 'park' then
+      local msgs = sched_take(a, b, n)
+      if msgs == 'park' then
         sched_park(k, a, b, t)
-      elseif msg then
-        redis.call('LPUSH', k.queue, msg)
-        sched_charge(k, a, b, t)
-        if redis.call('LLEN', sched_pending_key(a, b)) == 0 then sched_retire(k, a, b, t) end
-        return 'granted'
+      elseif msgs then
+        redis.call('LPUSH', k.queue, unpack(msgs))  -- the first taken runs first
+        sched_charge(k, a, b, t, #msgs)
+        if #msgs < n or redis.call('LLEN', sched_pending_key(a, b)) == 0 then sched_retire(k, a, b, t) end
+        return #msgs, 'granted'
       else
         sched_retire(k, a, b, t)
       end
     end
   end
-  return 'busy'
+  return 0, 'busy'
 end
 
 -- Top the line queue up to its target length. Returns how many lines were granted.
+-- Each pick grants up to a.chunk lines of one batch (its tenant charged for each), and a fill
+-- folded into a line's script (a.force ~= 1) waits until the queue is a.chunk short: the
+-- scheduler's work per grant (the pick, the record and breaker reads, the charge) is shared by up
+-- to a.chunk lines, and the queue stays between depth - chunk and depth.
 local function sched_fill(k, a)
   sched_unpark(k, a)
   local want = a.depth - redis.call('LLEN', k.queue)
+  if a.force ~= 1 and want < math.min(a.chunk, a.depth) then return 0 end
   local granted, rounds = 0, 0
   while granted < want and rounds < 16 + want do
-    local outcome = sched_grant_one(k, a)
+    local n, outcome = sched_grant(k, a, math.min(a.chunk, want - granted))
     if outcome == 'none' then break end
-    if outcome == 'granted' then granted = granted + 1 end
+    granted = granted + n
     rounds = rounds + 1
   end
   return granted

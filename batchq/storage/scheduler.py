@@ -39,6 +39,7 @@ from batchq.storage.lua import Call, Script
 SCHEDULER_LUA = Path(__file__).with_name("scheduler.lua").read_text()
 
 CHUNK = 1000  # messages per LPUSH while publishing a batch
+GRANT_CHUNK = 8  # the most lines one pick grants; a line's own fill waits until the queue lacks as many
 
 
 class Scheduler:
@@ -55,8 +56,10 @@ class Scheduler:
 
     def fill_call(self, now: float, force: bool = False) -> Call:
         """The ``sched`` part that tops the line queue up, to fold into a line's own script.
-        It looks at the batches parked for a down route at most every 0.1 s, unless ``force``."""
-        return Call(_KEYS, {"now": now, "depth": self.depth, "force": int(force), **_PREFIXES})
+        Unless ``force``, it looks at the batches parked for a down route at most every 0.1 s, and
+        grants only once the queue lacks ``GRANT_CHUNK`` lines (then up to that many per pick)."""
+        args = {"now": now, "depth": self.depth, "force": int(force), "chunk": GRANT_CHUNK, **_PREFIXES}
+        return Call(_KEYS, args)
 
     def fill(self, now: float) -> int:
         """Top the line queue up to its depth (parked batches looked at now); returns how many

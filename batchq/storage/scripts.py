@@ -1,8 +1,8 @@
 """Lua scripts: the atomic steps of a line's life and of an upstream route's limiter.
 
 Every script here takes **named** keys and arguments. A call is made of parts (``Call``: a dict
-of keys and a dict of arguments); ``Script.run`` passes every part's keys in ``KEYS`` and one JSON
-document in ``ARGV[1]`` that names them, and the Lua ``part(name)`` helper gives each step its own
+of keys and a dict of arguments); ``Script.run`` passes every part's keys in ``KEYS`` and its
+arguments in ``ARGV`` (``batchq.storage.lua``), and the Lua ``part(name)`` helper gives each step its own
 ``k.batch``, ``a.index``… So the line scripts can fold a limiter step and a scheduler step into
 the same round trip without positional slicing. One Redis, as everywhere in batchq: not Redis
 Cluster (the scheduler's step reaches the keys of the batch it picks).
@@ -93,12 +93,14 @@ return 0
 """
 
 # line  k: batch, done, results, order, leases, stats, tenant_lines.
-#       a: index, ok (1/0), data, input_tokens, output_tokens, total_tokens, now, ttl.
+#       a: index, ok (1/0), data, input_tokens, output_tokens, total_tokens, now, ttl, ttl_every.
 # Stores a line's result once, and appends its index to the batch's order list (what the results
-# feed and the output files follow). Returns {accepted (1/0), completed + failed, total}.
+# feed and the output files follow). The working keys' TTL is renewed at most once per
+# a.ttl_every seconds per batch (field ttl_at), not by every line: three EXPIREs a line saved.
+# Returns {accepted (1/0), completed + failed, total}.
 _COMPLETE_LINE_FN = """
 local function complete_line(k, a)
-  local b = redis.call('HMGET', k.batch, 'status', 'account')
+  local b = redis.call('HMGET', k.batch, 'status', 'account', 'completed', 'failed', 'total', 'ttl_at')
   local status = b[1]
   redis.call('HDEL', k.leases, a.index)
   if (not status) or status == 'completed' or status == 'failed' or status == 'expired' or status == 'cancelled' then
@@ -109,23 +111,27 @@ local function complete_line(k, a)
   if a.ok == 1 then prefix = 'o' end
   redis.call('HSET', k.results, a.index, prefix .. a.data)
   redis.call('RPUSH', k.order, a.index)
+  local done
   if a.ok == 1 then
-    redis.call('HINCRBY', k.batch, 'completed', 1)
+    done = redis.call('HINCRBY', k.batch, 'completed', 1) + tonumber(b[4] or 0)
     redis.call('HINCRBY', k.batch, 'usage_input', a.input_tokens)
     redis.call('HINCRBY', k.batch, 'usage_output', a.output_tokens)
     redis.call('HINCRBY', k.batch, 'usage_total', a.total_tokens)
     redis.call('HINCRBY', k.stats, 'lines_completed', 1)
   else
-    redis.call('HINCRBY', k.batch, 'failed', 1)
+    done = redis.call('HINCRBY', k.batch, 'failed', 1) + tonumber(b[3] or 0)
     redis.call('HINCRBY', k.stats, 'lines_failed', 1)
   end
   if b[2] then redis.call('HINCRBY', k.tenant_lines, b[2], 1) end
-  redis.call('HSET', k.batch, 'progress_at', a.now)
-  redis.call('EXPIRE', k.done, a.ttl)
-  redis.call('EXPIRE', k.results, a.ttl)
-  redis.call('EXPIRE', k.order, a.ttl)
-  local c = redis.call('HMGET', k.batch, 'completed', 'failed', 'total')
-  return {1, tonumber(c[1] or 0) + tonumber(c[2] or 0), tonumber(c[3] or 0)}
+  if a.now < tonumber(b[6] or 0) + a.ttl_every then
+    redis.call('HSET', k.batch, 'progress_at', a.now)
+  else
+    redis.call('HSET', k.batch, 'progress_at', a.now, 'ttl_at', a.now)
+    redis.call('EXPIRE', k.done, a.ttl)
+    redis.call('EXPIRE', k.results, a.ttl)
+    redis.call('EXPIRE', k.order, a.ttl)
+  end
+  return {1, done, tonumber(b[5] or 0)}
 end
 """
 

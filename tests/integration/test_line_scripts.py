@@ -335,3 +335,20 @@ def test_a_stopping_worker_does_not_wait_for_a_slot(client: redis.Redis) -> None
     stopping.set()
     with pytest.raises(Deferred):  # back to its batch's turn, instead of holding the shutdown up
         limiter.acquire(ROUTE)
+
+
+def test_storing_lines_renews_the_working_keys_ttl_at_most_once_a_period(
+    client: redis.Redis, store: BatchStore
+) -> None:
+    working = (keys.batch_done("b1"), keys.batch_results("b1"), keys.batch_order("b1"))
+    first = store.complete_line("b1", 0, response_line("c0", 200, "req", {}))
+    assert (first.done, first.total) == (1, 3)
+    assert all(0 < client.ttl(k) <= keys.RESULT_TTL_S for k in working)  # set by the first line
+    for k in working:
+        client.expire(k, 1000)  # as if the first line were long ago
+    second = store.complete_line("b1", 1, response_line("c1", 500, "req", {}))
+    assert (second.accepted, second.done) == (True, 2)  # a failed line counts in the same sum
+    assert all(client.ttl(k) <= 1000 for k in working)  # within the period: not renewed
+    client.hset(keys.batch("b1"), "ttl_at", int(time.time()) - keys.RESULT_TTL_RENEW_S)
+    store.complete_line("b1", 2, response_line("c2", 200, "req", {}))
+    assert all(client.ttl(k) > 1000 for k in working)  # a period later: renewed

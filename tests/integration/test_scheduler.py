@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from batchq.storage import keys
-from batchq.storage.scheduler import Scheduler
+from batchq.storage.scheduler import GRANT_CHUNK, Scheduler
 
 pytestmark = pytest.mark.integration
 FAR = time.time() + 86_400  # not urgent
@@ -245,3 +245,19 @@ def test_fills_folded_into_lines_look_at_parked_batches_at_most_every_tenth_of_a
     assert db.zscore(keys.SCHED_PARKED, "A1") is not None, "not looked at again within 0.1 s"
     sched._fill.run({"sched": sched.fill_call(now + 0.2)})
     assert db.zcard(keys.SCHED_PARKED) == 0, "looked at again after it"
+
+
+def test_a_lines_own_fill_grants_a_chunk_at_a_time_and_tenants_still_share_evenly(db: redis.Redis) -> None:
+    sched = Scheduler(db, depth=16)
+    add(db, sched, "A1", "a", 1000)
+    add(db, sched, "B1", "b", 1000)
+    lengths, taken = [], []
+    for _ in range(400):  # as BEGIN_LINE does: a task leaves the queue, its script's fill runs
+        message = db.rpop(keys.LINE_QUEUE)
+        assert isinstance(message, bytes)
+        taken.append(message.decode())
+        sched._fill.run({"sched": sched.fill_call(time.time())})
+        lengths.append(db.llen(keys.LINE_QUEUE))
+    assert min(lengths) == 16 - GRANT_CHUNK + 1 and max(lengths) == 16  # refilled only a chunk short
+    assert abs(batches(taken)["B1"] - 200) <= GRANT_CHUNK
+    assert taken[:16] == [f"A1:{i}" for i in range(16)]  # a batch's own lines stay in order
