@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     upstream_max_in_flight: int = Field(default=256, ge=0)
     upstream_rpm: int = Field(default=0, ge=0)
     upstream_adaptive: bool = True  # false: every route keeps its max_in_flight (mode fixed)
-    upstream_mode: Literal["aimd", "gradient", "fixed"] = "gradient"  # each route's default (see Route.mode)
+    # each route's default (Route.mode)
+    upstream_mode: Literal["throughput", "aimd", "gradient", "fixed"] = "throughput"
     upstream_tolerance: float = Field(default=1.05, ge=1.0, le=10.0)  # latency inflation batch traffic may cause
     upstreams: Annotated[list[Route], NoDecode] = Field(default_factory=list)  # JSON list of routes
     # Route health: down outcomes in a row (no answer, 502/503/504) that stop sending on a route

@@ -2,18 +2,18 @@
 
 This is the specification; the route's window lives in Redis and is updated atomically by every
 worker's ``RELEASE`` (``_SEEK_FN`` in ``batchq.storage.scripts``), which implements exactly
-``SeekLimit.answer`` and ``SeekLimit.back_off`` with the constants below (passed to it as
-arguments). ``tests/integration/test_seek_parity.py`` feeds both the same answers and compares.
+``SeekLimit.answer`` and ``SeekLimit.back_off`` with the constants below (written into its text).
+``tests/integration/test_seek_parity.py`` feeds both the same answers and compares.
 
 What it optimises is the route's throughput, not its latency. It learns in *rounds*: a round
 keeps one window and gathers the latencies of the answers that come back from one latency after
-it began (before, the answers are the last window's, or still find its queue ahead of them) until it has a window of them (a full turn of the queue), and the most requests
-seen in flight (how much of the window was used). By Little's law a round's throughput is
-``requests in flight / mean latency``. A probe changes the window for one round and is judged by
-the throughput's *elasticity* against the round before it, ``ln(x1 / x0) / ln(n1 / n0)``: about
-0 for a queue past its knee (more in flight, only longer waits), ``K / (K + n)`` for a
-continuous-batching engine (each step is slower, but serves more requests), 1 for a server with
-room to spare.
+it began (before, the answers are the last window's, or still find its queue ahead of them),
+until it has a window of them (a full turn of the queue), and the most requests seen in flight
+(how much of the window was used). By Little's law a round's throughput is ``requests in flight
+/ mean latency``. A probe changes the window for one round and is judged by the throughput's
+*elasticity* against the round before it, ``ln(x1 / x0) / ln(n1 / n0)``: about 0 for a queue
+past its knee (more in flight, only longer waits), ``K / (K + n)`` for a continuous-batching
+engine (each step is slower, but serves more requests), 1 for a server with room to spare.
 
 - ``hold``: a round at the window, ``base``. After ``HOLD_ROUNDS`` of them, when the window is
   used and below the cap, a probe ``up``: one round at ``GAIN x base``; after a probe up that was
@@ -22,8 +22,8 @@ room to spare.
   with someone else's traffic), a probe down.
 - Up is kept when its elasticity reaches ``ELASTIC``; down is kept when going down costs less
   than that. A kept probe probes on at once in the same direction (a run of kept probes is
-  growth, or a descent to a knee below); otherwise the window goes back to its base. So it grows while throughput grows and holds at the knee, where more
-  concurrency would only build a queue.
+  growth, or a descent to a knee below); otherwise the window goes back to its base. So it grows
+  while throughput grows and holds at the knee, where more concurrency would only build a queue.
 - Slow start (``fast``): at first, and after every cut, each probe up doubles the window instead
   (up to ``ceiling``, the window before the cut), until a doubling is not kept.
 - ``back_off`` (a 429, or a server error): the window is multiplied by ``factor`` (a half, or

@@ -215,7 +215,7 @@ class Upstream:
         seconds = time.perf_counter() - started
         self.metrics.observe_attempt(route.name, attempt_outcome(outcome.status, outcome.error_code), seconds)
         sample = latency_sample(seconds, outcome.status, outcome.body)
-        return outcome, Release(route, token, _kind(outcome), retry_after, sample)
+        return outcome, Release(route, token, _kind(outcome), retry_after, sample, seconds if sample > 0 else 0.0)
 
     async def _attempt(self, route: Route, url: str, payload: bytes) -> tuple[Outcome, float | None]:
         try:

@@ -13,12 +13,23 @@ The queue order itself (which waiting line enters the line queue next) lives in
 
 from __future__ import annotations
 
+from batchq.domain import throughput
 from batchq.storage.lua import Call, Script
 from batchq.storage.scheduler import SCHEDULER_LUA
 
 __all__ = [
     "ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "RENEW_HELD", "TRANSITION", "Call", "Script",
 ]  # fmt: skip
+
+
+def _constants(lua: str) -> str:
+    """``lua`` with each ``@NAME@`` replaced by that constant of ``batchq.domain.throughput``
+    (``repr`` of a float reads back in Lua as the same double)."""
+    names = ("GAIN", "ELASTIC", "MIN_SAMPLES", "ROUND_SHARE", "HOLD_ROUNDS", "RISE", "USED", "CUT_EVERY_S")
+    for name in (*names, "THROTTLE_CUT", "ERROR_CUT"):
+        lua = lua.replace(f"@{name}@", repr(getattr(throughput, name)))
+    assert "@" not in lua, "a constant of the seek rule has no value"
+    return lua
 
 
 # Positional (a plain registered script: its status list has a variable length).
@@ -241,13 +252,167 @@ local function gradient(k, a)
 end
 """
 
+
+# The throughput-seeking window (mode throughput, the default): batchq.domain.throughput's
+# SeekLimit.answer and back_off, atomically on the route's shared hash (its docstring explains the
+# rule; test_seek_parity keeps the two equal). The module's constants are written into the text
+# (``_constants``), so no call carries them. The state lives in the window hash beside ``w``
+# (which ACQUIRE reads), its fields named s_*.
+_SEEK_FN = _constants(
+    """
+local SEEK_FIELDS = {'base', 'phase', 'fast', 'lower', 'began', 'count', 'total', 'top', 'ref_l', 'ref_top',
+  'held_l', 'rounds', 'ceiling', 'cut'}
+local function seek_load(k, a)
+  local names = {'w'}
+  for i, f in ipairs(SEEK_FIELDS) do names[i + 1] = 's_' .. f end
+  local h = redis.call('HMGET', k.window, unpack(names))
+  if not h[2] then
+    return {w = a.w0, base = a.w0, phase = 'hold', fast = true, lower = false, began = a.now, count = 0, total = 0,
+      top = 0, ref_l = 0, ref_top = 0, held_l = 0, rounds = 0, ceiling = 0, cut = 0}
+  end
+  local s = {w = tonumber(h[1]) or a.w0}
+  for i, f in ipairs(SEEK_FIELDS) do s[f] = h[i + 1] end
+  for _, f in ipairs({'base', 'began', 'count', 'total', 'top', 'ref_l', 'ref_top', 'held_l', 'rounds', 'ceiling',
+      'cut'}) do s[f] = tonumber(s[f]) end
+  s.fast = s.fast == '1'
+  s.lower = s.lower == '1'
+  return s
+end
+local function seek_save(k, s)
+  local flat = {'w', tostring(s.w)}
+  for _, f in ipairs(SEEK_FIELDS) do
+    local v = s[f]
+    if v == true then v = '1' elseif v == false then v = '0' else v = tostring(v) end
+    flat[#flat + 1] = 's_' .. f
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', k.window, unpack(flat))
+end
+local function seek_elasticity(x1, x0, n1, n0)
+  if x1 <= 0 or x0 <= 0 or n1 <= 0 or n0 <= 0 or n1 == n0 then return 0 end
+  return math.log(x1 / x0) / math.log(n1 / n0)
+end
+local function seek_round(s, now)
+  s.began = now + s.ref_l
+  s.count = 0
+  s.total = 0
+  s.top = 0
+end
+local function seek_hold(s, base, now)
+  s.w = base
+  s.base = base
+  s.phase = 'hold'
+  s.rounds = 0
+  seek_round(s, now)
+end
+local function seek_ceiling(s, a)
+  if s.fast and s.ceiling > 0 then return math.min(a.cap, s.ceiling) end
+  return a.cap
+end
+local function seek_up(s, a, now)
+  local step = math.max(s.base + 1, s.base * @GAIN@)
+  if s.fast then step = 2 * s.base end
+  s.w = math.min(seek_ceiling(s, a), step)
+  s.phase = 'up'
+  seek_round(s, now)
+end
+local function seek_down(s, now)
+  s.w = math.max(1, s.base / @GAIN@)
+  s.phase = 'down'
+  seek_round(s, now)
+end
+local function seek_held(s, a, latency, now)
+  if s.held_l <= 0 then s.held_l = latency end
+  s.ref_l = latency
+  s.ref_top = s.top
+  s.rounds = s.rounds + 1
+  if latency > @RISE@ * s.held_l and s.base > 1 then
+    s.fast = false
+    return seek_down(s, now)
+  end
+  local ready = s.fast or s.rounds >= @HOLD_ROUNDS@
+  if ready and s.lower and s.base > 1 then return seek_down(s, now) end
+  if ready and s.base < seek_ceiling(s, a) and s.top >= @USED@ * s.base then return seek_up(s, a, now) end
+  s.fast = s.fast and s.base < seek_ceiling(s, a)
+  seek_round(s, now)
+end
+local function seek_probed_up(s, a, latency, now)
+  local n1, n0 = math.min(s.w, s.top), math.min(s.base, s.ref_top)
+  local gain = 0
+  if n1 > n0 then gain = seek_elasticity(n1 / latency, n0 / s.ref_l, n1, n0) end
+  if gain < @ELASTIC@ then
+    s.fast = false
+    s.lower = true
+    return seek_hold(s, s.base, now)
+  end
+  s.base = s.w
+  s.ref_l = latency
+  s.ref_top = s.top
+  s.held_l = latency
+  s.lower = false
+  if s.base >= seek_ceiling(s, a) then
+    s.fast = false
+    return seek_hold(s, s.base, now)
+  end
+  seek_up(s, a, now)
+end
+local function seek_probed_down(s, latency, now)
+  local n1, n0 = math.min(s.base, s.ref_top), math.min(s.w, s.top)
+  local loss = 1
+  if n1 > n0 then loss = seek_elasticity(n1 / s.ref_l, n0 / latency, n1, n0) end
+  if loss >= @ELASTIC@ then
+    s.held_l = s.ref_l
+    s.lower = false
+    return seek_hold(s, s.base, now)
+  end
+  s.base = s.w
+  s.ref_l = latency
+  s.ref_top = s.top
+  s.held_l = latency
+  if s.base > 1 then return seek_down(s, now) end
+  seek_hold(s, s.base, now)
+end
+-- a: now, cap, w0, seconds (the answer's latency); n: requests in flight when it came back.
+local function seek_answer(k, a, n)
+  local s = seek_load(k, a)
+  s.top = math.max(s.top, n)
+  if a.now >= s.began then
+    s.count = s.count + 1
+    s.total = s.total + a.seconds
+    if s.count >= math.max(@MIN_SAMPLES@, @ROUND_SHARE@ * s.w) then
+      local latency = s.total / s.count
+      if s.phase == 'up' then seek_probed_up(s, a, latency, a.now)
+      elseif s.phase == 'down' then seek_probed_down(s, latency, a.now)
+      else seek_held(s, a, latency, a.now) end
+    end
+  end
+  seek_save(k, s)
+end
+local function seek_back_off(k, a, factor)
+  local s = seek_load(k, a)
+  if a.now - s.cut < @CUT_EVERY_S@ then return end
+  local w = math.max(1, s.w * factor)
+  s.fast = true
+  s.ceiling = math.max(w, s.base)
+  s.cut = a.now
+  seek_hold(s, w, a.now)
+  seek_save(k, s)
+end
+"""
+)
+
 _RELEASE_FN = (
     _HEALTH_FN
     + _GRADIENT_FN
-    + """
+    + _SEEK_FN
+    + _constants(
+        """
 local function release(k, a)
   local now = a.now
   local cap = a.cap
+  local seeks = a.mode == 'throughput' and cap > 0
+  local n = 0
+  if seeks and a.outcome == 'ok' then n = redis.call('ZCARD', k.inflight) end
   if redis.call('ZREM', k.inflight, a.token) == 1 and cap > 0 then
     redis.call('LPUSH', k.freed, '1')  -- wake one worker waiting for a slot
     redis.call('LTRIM', k.freed, 0, cap - 1)
@@ -259,13 +424,19 @@ local function release(k, a)
       local nb = tonumber(redis.call('GET', k.notbefore) or '0')
       if now + wait > nb then redis.call('SET', k.notbefore, tostring(now + wait), 'EX', math.ceil(wait) + 1) end
     end
-    if a.mode ~= 'fixed' and cap > 0 then
+    if seeks then
+      seek_back_off(k, a, @THROTTLE_CUT@)
+    elseif a.mode ~= 'fixed' and cap > 0 then
       local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
       local halved = tonumber(redis.call('HGET', k.window, 'halved') or '0')
       if now - halved >= 1.0 then
         redis.call('HSET', k.window, 'w', tostring(math.max(1, w / 2)), 'halved', tostring(now), 'ss', '0')
       end
     end
+  elseif seeks and a.outcome == 'ok' and a.seconds > 0 then
+    seek_answer(k, a, n)
+  elseif seeks and a.outcome == 'error' then
+    seek_back_off(k, a, @ERROR_CUT@)
   elseif a.outcome == 'ok' and a.mode == 'gradient' and cap > 0 and a.latency > 0 then
     gradient(k, a)
   elseif a.outcome == 'ok' and a.mode == 'aimd' and cap > 0 then
@@ -276,6 +447,7 @@ local function release(k, a)
   return record_health(k, a)
 end
 """
+    )
 )
 
 # Parts: line (BEGIN_LINE's), optional slot (ACQUIRE's: taken only if the line may run),
