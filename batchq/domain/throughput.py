@@ -6,10 +6,10 @@ worker's ``RELEASE`` (``_SEEK_FN`` in ``batchq.storage.scripts``), which impleme
 ``tests/integration/test_seek_parity.py`` feeds both the same answers and compares.
 
 What it optimises is the route's throughput, not its latency. It learns in *rounds*: a round
-keeps one window and gathers the latencies of the answers that come back from one latency after
-it began (before, the answers are the last window's, or still find its queue ahead of them),
-until it has a window of them (a full turn of the queue), and the most requests seen in flight
-(how much of the window was used). By Little's law a round's throughput is ``requests in flight
+keeps one window; it leaves out a window's worth of answers (until then they are the last
+window's, or still find its queue ahead of them), then gathers the latencies of a window's worth
+(a full turn of the queue), and the most requests seen in flight (how much of the window was
+used). By Little's law a round's throughput is ``requests in flight
 / mean latency``. A probe changes the window for one round and is judged by the throughput's
 *elasticity* against the round before it, ``ln(x1 / x0) / ln(n1 / n0)``: about 0 for a queue
 past its knee (more in flight, only longer waits), ``K / (K + n)`` for a continuous-batching
@@ -25,7 +25,8 @@ engine (each step is slower, but serves more requests), 1 for a server with room
   growth, or a descent to a knee below); otherwise the window goes back to its base. So it grows
   while throughput grows and holds at the knee, where more concurrency would only build a queue.
 - Slow start (``fast``): at first, and after every cut, each probe up doubles the window instead
-  (up to ``ceiling``, the window before the cut), until a doubling is not kept.
+  (up to ``ceiling``, the window before the cut), until a doubling is not kept; then each probe
+  down halves it, until a halving is not kept (an overshoot comes back as fast as it went).
 - ``back_off`` (a 429, or a server error): the window is multiplied by ``factor`` (a half, or
   ``ERROR_CUT``) at most once per ``CUT_EVERY_S``, then grows back by slow start within a few
   round trips once the cause is gone.
@@ -38,7 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-START = 32  # a route's window before any answer (at most its cap)
+START = 64  # a route's window before any answer (at most its cap)
 GAIN = 1.25  # a probe's step up (or down); slow start doubles
 ELASTIC = 0.15  # the throughput elasticity a larger window must show to be kept
 MIN_SAMPLES = 8  # latencies in a round, at least
@@ -59,7 +60,7 @@ class Seek:
     phase: str = "hold"  # hold | up | down
     fast: bool = True  # slow start: a probe up doubles
     lower: bool = False  # the last probe up was not kept: the next probe looks below the base
-    began: float = 0.0  # when this round began: answers to requests sent earlier are left out
+    skip: float = 0.0  # answers still to leave out of this round: a window's turn after a change
     count: int = 0  # latencies in this round
     total: float = 0.0  # their sum (seconds)
     top: float = 0.0  # the most requests seen in flight in this round
@@ -83,77 +84,77 @@ class SeekLimit:
     cap: int
     w0: float  # the window before any answer
 
-    def answer(self, state: Seek | None, seconds: float, inflight: float, now: float) -> Seek:
+    def answer(self, state: Seek | None, seconds: float, inflight: float) -> Seek:
         """The window after a successful answer that took ``seconds`` (> 0), with ``inflight``
         requests on the route when it came back (itself included)."""
-        state = state or Seek(w=self.w0, base=self.w0, began=now)
-        state = replace(state, top=max(state.top, inflight))
-        if now < state.began:
-            return state  # the window is still turning over: this latency is the last one's
+        state = replace(state or Seek(w=self.w0, base=self.w0), top=max(state.top if state else 0.0, inflight))
+        if state.skip > 0:  # the window is still turning over: this latency is the last one's
+            return replace(state, skip=state.skip - 1)
         state = replace(state, count=state.count + 1, total=state.total + seconds)
         if state.count < max(MIN_SAMPLES, ROUND_SHARE * state.w):
             return state
         latency = state.total / state.count
         if state.phase == "up":
-            return self._probed_up(state, latency, now)
+            return self._probed_up(state, latency)
         if state.phase == "down":
-            return self._probed_down(state, latency, now)
-        return self._held(state, latency, now)
+            return self._probed_down(state, latency)
+        return self._held(state, latency)
 
     def back_off(self, state: Seek | None, factor: float, now: float) -> Seek:
         """A 429 (``THROTTLE_CUT``) or a server error (``ERROR_CUT``): a smaller window, regrown by slow start."""
-        state = state or Seek(w=self.w0, base=self.w0, began=now)
+        state = state or Seek(w=self.w0, base=self.w0)
         if now - state.cut < CUT_EVERY_S:
             return state
         w = max(1.0, state.w * factor)
-        return _hold(replace(state, fast=True, ceiling=max(w, state.base), cut=now), w, now)
+        return _hold(replace(state, fast=True, ceiling=max(w, state.base), cut=now), w)
 
-    def _held(self, state: Seek, latency: float, now: float) -> Seek:
+    def _held(self, state: Seek, latency: float) -> Seek:
         held_l = state.held_l if state.held_l > 0 else latency
         state = replace(state, ref_l=latency, ref_top=state.top, held_l=held_l, rounds=state.rounds + 1)
         if latency > RISE * held_l and state.base > 1:
-            return self._probe_down(replace(state, fast=False), now)
+            return self._probe_down(replace(state, fast=False))
         ready = state.fast or state.rounds >= HOLD_ROUNDS
         if ready and state.lower and state.base > 1:
-            return self._probe_down(state, now)
+            return self._probe_down(state)
         if ready and state.base < self._ceiling(state) and state.top >= USED * state.base:
-            return self._probe_up(state, now)
-        return _round(replace(state, fast=state.fast and state.base < self._ceiling(state)), now)
+            return self._probe_up(state)
+        return _round(replace(state, fast=state.fast and state.base < self._ceiling(state)))
 
-    def _probed_up(self, state: Seek, latency: float, now: float) -> Seek:
+    def _probed_up(self, state: Seek, latency: float) -> Seek:
         n1, n0 = min(state.w, state.top), min(state.base, state.ref_top)
         gain = elasticity(n1 / latency, n0 / state.ref_l, n1, n0) if n1 > n0 else 0.0
         if gain < ELASTIC:  # the knee: go back, and look below it next
-            return _hold(replace(state, fast=False, lower=True), state.base, now)
+            return _hold(replace(state, lower=True), state.base)
         state = replace(state, base=state.w, ref_l=latency, ref_top=state.top, held_l=latency, lower=False)
         if state.base >= self._ceiling(state):
-            return _hold(replace(state, fast=False), state.base, now)
-        return self._probe_up(state, now)
+            return _hold(replace(state, fast=False), state.base)
+        return self._probe_up(state)
 
-    def _probed_down(self, state: Seek, latency: float, now: float) -> Seek:
+    def _probed_down(self, state: Seek, latency: float) -> Seek:
         n1, n0 = min(state.base, state.ref_top), min(state.w, state.top)
         loss = elasticity(n1 / state.ref_l, n0 / latency, n1, n0) if n1 > n0 else 1.0
         if loss >= ELASTIC:  # the base is worth its latency: that latency is the new normal
-            return _hold(replace(state, held_l=state.ref_l, lower=False), state.base, now)
+            return _hold(replace(state, held_l=state.ref_l, lower=False, fast=False), state.base)
         state = replace(state, base=state.w, ref_l=latency, ref_top=state.top, held_l=latency)
-        return self._probe_down(state, now) if state.base > 1 else _hold(state, state.base, now)
+        return self._probe_down(state) if state.base > 1 else _hold(state, state.base)
 
-    def _probe_down(self, state: Seek, now: float) -> Seek:
-        return _round(replace(state, w=max(1.0, state.base / GAIN), phase="down"), now)
+    def _probe_down(self, state: Seek) -> Seek:
+        step = state.base / 2 if state.fast else state.base / GAIN
+        return _round(replace(state, w=max(1.0, step), phase="down"))
 
-    def _probe_up(self, state: Seek, now: float) -> Seek:
+    def _probe_up(self, state: Seek) -> Seek:
         step = 2 * state.base if state.fast else max(state.base + 1, state.base * GAIN)
-        return _round(replace(state, w=min(self._ceiling(state), step), phase="up"), now)
+        return _round(replace(state, w=min(self._ceiling(state), step), phase="up"))
 
     def _ceiling(self, state: Seek) -> float:
         return min(float(self.cap), state.ceiling) if state.fast and state.ceiling > 0 else float(self.cap)
 
 
-def _hold(state: Seek, base: float, now: float) -> Seek:
-    return _round(replace(state, w=base, base=base, phase="hold", rounds=0), now)
+def _hold(state: Seek, base: float) -> Seek:
+    return _round(replace(state, w=base, base=base, phase="hold", rounds=0))
 
 
-def _round(state: Seek, now: float) -> Seek:
-    """A new round. It counts the requests sent once the last window's have turned over (one
-    latency from now): the first ones sent after a change still find the queue of the old window."""
-    return replace(state, began=now + state.ref_l, count=0, total=0.0, top=0.0)
+def _round(state: Seek) -> Seek:
+    """A new round. It leaves out a window's worth of answers first: until every request in flight
+    was sent under the new window, the answers are the old window's, or still find its queue."""
+    return replace(state, skip=state.w, count=0, total=0.0, top=0.0)

@@ -260,19 +260,19 @@ end
 # (which ACQUIRE reads), its fields named s_*.
 _SEEK_FN = _constants(
     """
-local SEEK_FIELDS = {'base', 'phase', 'fast', 'lower', 'began', 'count', 'total', 'top', 'ref_l', 'ref_top',
+local SEEK_FIELDS = {'base', 'phase', 'fast', 'lower', 'skip', 'count', 'total', 'top', 'ref_l', 'ref_top',
   'held_l', 'rounds', 'ceiling', 'cut'}
 local function seek_load(k, a)
   local names = {'w'}
   for i, f in ipairs(SEEK_FIELDS) do names[i + 1] = 's_' .. f end
   local h = redis.call('HMGET', k.window, unpack(names))
   if not h[2] then
-    return {w = a.w0, base = a.w0, phase = 'hold', fast = true, lower = false, began = a.now, count = 0, total = 0,
+    return {w = a.w0, base = a.w0, phase = 'hold', fast = true, lower = false, skip = 0, count = 0, total = 0,
       top = 0, ref_l = 0, ref_top = 0, held_l = 0, rounds = 0, ceiling = 0, cut = 0}
   end
   local s = {w = tonumber(h[1]) or a.w0}
   for i, f in ipairs(SEEK_FIELDS) do s[f] = h[i + 1] end
-  for _, f in ipairs({'base', 'began', 'count', 'total', 'top', 'ref_l', 'ref_top', 'held_l', 'rounds', 'ceiling',
+  for _, f in ipairs({'base', 'skip', 'count', 'total', 'top', 'ref_l', 'ref_top', 'held_l', 'rounds', 'ceiling',
       'cut'}) do s[f] = tonumber(s[f]) end
   s.fast = s.fast == '1'
   s.lower = s.lower == '1'
@@ -292,58 +292,59 @@ local function seek_elasticity(x1, x0, n1, n0)
   if x1 <= 0 or x0 <= 0 or n1 <= 0 or n0 <= 0 or n1 == n0 then return 0 end
   return math.log(x1 / x0) / math.log(n1 / n0)
 end
-local function seek_round(s, now)
-  s.began = now + s.ref_l
+local function seek_round(s)
+  s.skip = s.w
   s.count = 0
   s.total = 0
   s.top = 0
 end
-local function seek_hold(s, base, now)
+local function seek_hold(s, base)
   s.w = base
   s.base = base
   s.phase = 'hold'
   s.rounds = 0
-  seek_round(s, now)
+  seek_round(s)
 end
 local function seek_ceiling(s, a)
   if s.fast and s.ceiling > 0 then return math.min(a.cap, s.ceiling) end
   return a.cap
 end
-local function seek_up(s, a, now)
+local function seek_up(s, a)
   local step = math.max(s.base + 1, s.base * @GAIN@)
   if s.fast then step = 2 * s.base end
   s.w = math.min(seek_ceiling(s, a), step)
   s.phase = 'up'
-  seek_round(s, now)
+  seek_round(s)
 end
-local function seek_down(s, now)
-  s.w = math.max(1, s.base / @GAIN@)
+local function seek_down(s)
+  local step = s.base / @GAIN@
+  if s.fast then step = s.base / 2 end
+  s.w = math.max(1, step)
   s.phase = 'down'
-  seek_round(s, now)
+  seek_round(s)
 end
-local function seek_held(s, a, latency, now)
+local function seek_held(s, a, latency)
   if s.held_l <= 0 then s.held_l = latency end
   s.ref_l = latency
   s.ref_top = s.top
   s.rounds = s.rounds + 1
   if latency > @RISE@ * s.held_l and s.base > 1 then
     s.fast = false
-    return seek_down(s, now)
+    return seek_down(s)
   end
   local ready = s.fast or s.rounds >= @HOLD_ROUNDS@
-  if ready and s.lower and s.base > 1 then return seek_down(s, now) end
-  if ready and s.base < seek_ceiling(s, a) and s.top >= @USED@ * s.base then return seek_up(s, a, now) end
+  if ready and s.lower and s.base > 1 then return seek_down(s) end
+  if ready and s.base < seek_ceiling(s, a) and s.top >= @USED@ * s.base then return seek_up(s, a) end
   s.fast = s.fast and s.base < seek_ceiling(s, a)
-  seek_round(s, now)
+  seek_round(s)
 end
-local function seek_probed_up(s, a, latency, now)
+local function seek_probed_up(s, a, latency)
   local n1, n0 = math.min(s.w, s.top), math.min(s.base, s.ref_top)
   local gain = 0
   if n1 > n0 then gain = seek_elasticity(n1 / latency, n0 / s.ref_l, n1, n0) end
   if gain < @ELASTIC@ then
-    s.fast = false
     s.lower = true
-    return seek_hold(s, s.base, now)
+    return seek_hold(s, s.base)
   end
   s.base = s.w
   s.ref_l = latency
@@ -352,38 +353,41 @@ local function seek_probed_up(s, a, latency, now)
   s.lower = false
   if s.base >= seek_ceiling(s, a) then
     s.fast = false
-    return seek_hold(s, s.base, now)
+    return seek_hold(s, s.base)
   end
-  seek_up(s, a, now)
+  seek_up(s, a)
 end
-local function seek_probed_down(s, latency, now)
+local function seek_probed_down(s, latency)
   local n1, n0 = math.min(s.base, s.ref_top), math.min(s.w, s.top)
   local loss = 1
   if n1 > n0 then loss = seek_elasticity(n1 / s.ref_l, n0 / latency, n1, n0) end
   if loss >= @ELASTIC@ then
     s.held_l = s.ref_l
     s.lower = false
-    return seek_hold(s, s.base, now)
+    s.fast = false
+    return seek_hold(s, s.base)
   end
   s.base = s.w
   s.ref_l = latency
   s.ref_top = s.top
   s.held_l = latency
-  if s.base > 1 then return seek_down(s, now) end
-  seek_hold(s, s.base, now)
+  if s.base > 1 then return seek_down(s) end
+  seek_hold(s, s.base)
 end
--- a: now, cap, w0, seconds (the answer's latency); n: requests in flight when it came back.
+-- a: cap, w0, seconds (the answer's latency); n: requests in flight when it came back.
 local function seek_answer(k, a, n)
   local s = seek_load(k, a)
   s.top = math.max(s.top, n)
-  if a.now >= s.began then
+  if s.skip > 0 then
+    s.skip = s.skip - 1
+  else
     s.count = s.count + 1
     s.total = s.total + a.seconds
     if s.count >= math.max(@MIN_SAMPLES@, @ROUND_SHARE@ * s.w) then
       local latency = s.total / s.count
-      if s.phase == 'up' then seek_probed_up(s, a, latency, a.now)
-      elseif s.phase == 'down' then seek_probed_down(s, latency, a.now)
-      else seek_held(s, a, latency, a.now) end
+      if s.phase == 'up' then seek_probed_up(s, a, latency)
+      elseif s.phase == 'down' then seek_probed_down(s, latency)
+      else seek_held(s, a, latency) end
     end
   end
   seek_save(k, s)
@@ -395,7 +399,7 @@ local function seek_back_off(k, a, factor)
   s.fast = true
   s.ceiling = math.max(w, s.base)
   s.cut = a.now
-  seek_hold(s, w, a.now)
+  seek_hold(s, w)
   seek_save(k, s)
 end
 """
