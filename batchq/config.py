@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(default=10.0, gt=0)
     upstream_max_attempts: int = Field(default=5, ge=1, le=50)
     upstream_max_retry_time_s: float = Field(default=900.0, gt=0)
+    upstream_max_throttled_s: float = Field(default=1800.0, gt=0)  # a line waits through 429s this long at most
     upstream_backoff_base_s: float = Field(default=0.5, ge=0)
     upstream_backoff_max_s: float = Field(default=60.0, ge=0)
     upstream_max_in_flight: int = Field(default=256, ge=0)

@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx2
 import redis
 
-from bench.run import Case, Result, rows, run_batchq, timed_baseline
 from batchq.stack import Stack
 from batchq.storage import keys
+from bench.run import Case, Result, rows, run_batchq, timed_baseline
 
 
 @dataclass
@@ -54,7 +54,9 @@ def setups(lines: int) -> dict[str, Setup]:
     return {
         "engine": Setup(Case("engine", lines, 0, cap=128), engine),
         "fixed": Setup(Case("fixed-500ms", lines, 500, cap=128), ["--latency-ms", "500"]),
-        "queue": Setup(Case("queue-32x200ms", lines, 200, cap=256), ["--latency-ms", "200", "--serve-slots", "32"], 160.0, False),
+        "queue": Setup(
+            Case("queue-32x200ms", lines, 200, cap=256), ["--latency-ms", "200", "--serve-slots", "32"], 160.0, False
+        ),
     }  # fmt: skip
 
 
@@ -97,9 +99,8 @@ def report(outcome: Outcome) -> None:
     if setup.capacity:
         print(f"  capacity      {setup.capacity:8.1f} lines/s  -> batchq = {result.lps / setup.capacity:.2f} of it")
     if result.baseline_lps:
-        print(
-            f"  aiohttp loop  {result.baseline_lps:8.1f} lines/s  -> batchq / loop = {result.lps / result.baseline_lps:.2f}"
-        )
+        ratio = result.lps / result.baseline_lps
+        print(f"  aiohttp loop  {result.baseline_lps:8.1f} lines/s  -> batchq / loop = {ratio:.2f}")
     if outcome.windows:
         w = outcome.windows
         print(f"  window        min {min(w):.0f} / median {statistics.median(w):.0f} / max {max(w):.0f}")

@@ -69,3 +69,4 @@ class Release:
     retry_after: float | None = None
     latency_s: float = 0.0  # the attempt's latency, per output token when the answer says how many; 0: none
     seconds: float = 0.0  # the attempt's latency as it is (a 2xx answer's; 0: none)
+    sent_at: float = 0.0  # when the attempt was sent (epoch seconds)

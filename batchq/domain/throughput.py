@@ -24,12 +24,13 @@ engine (each step is slower, but serves more requests), 1 for a server with room
   than that. A kept probe probes on at once in the same direction (a run of kept probes is
   growth, or a descent to a knee below); otherwise the window goes back to its base. So it grows
   while throughput grows and holds at the knee, where more concurrency would only build a queue.
-- Slow start (``fast``): at first, and after every cut, each probe up doubles the window instead
-  (up to ``ceiling``, the window before the cut), until a doubling is not kept; then each probe
-  down halves it, until a halving is not kept (an overshoot comes back as fast as it went).
+- Slow start (``fast``): at first, each probe up doubles the window instead, until a doubling is
+  not kept; then each probe down halves it, until a halving is not kept (an overshoot comes back
+  as fast as it went).
 - ``back_off`` (a 429, or a server error): the window is multiplied by ``factor`` (a half, or
-  ``ERROR_CUT``) at most once per ``CUT_EVERY_S``, then grows back by slow start within a few
-  round trips once the cause is gone.
+  ``ERROR_CUT``) at most once per ``CUT_EVERY_S``, then grows back by one per answer (doubling
+  per round trip, as TCP's slow start) to ``RECOVER`` of where it was, and holds there: within a
+  few round trips once the cause is gone. Cut after cut, it settles below what caused them.
 The window stays within 1 and ``cap``. An outage changes nothing here (the breaker holds every
 request back): when the upstream is back, the window is where it was.
 """
@@ -49,6 +50,7 @@ RISE = 1.3  # the base's latency this much above its level when accepted: probe 
 USED = 0.7  # the base is used when this share of it was in flight at once (else probing up learns nothing)
 THROTTLE_CUT, ERROR_CUT = 0.5, 0.8  # the window after a 429, after a server error (as a share)
 CUT_EVERY_S = 1.0  # at most one cut per this many seconds
+RECOVER = 0.9  # after a cut the window grows back, one per answer, to this share of the base before it
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Seek:
     ref_top: float = 0.0  # the most in flight in that round
     held_l: float = 0.0  # the base's latency when it was accepted (0: not yet measured)
     rounds: int = 0  # rounds at the base since the last probe
-    ceiling: float = 0.0  # slow start stops here (0: the cap)
+    ceiling: float = 0.0  # after a cut: the window grows back to here, one per answer (0: not recovering)
     cut: float = 0.0  # when the window was last cut
 
 
@@ -88,6 +90,9 @@ class SeekLimit:
         """The window after a successful answer that took ``seconds`` (> 0), with ``inflight``
         requests on the route when it came back (itself included)."""
         state = replace(state or Seek(w=self.w0, base=self.w0), top=max(state.top if state else 0.0, inflight))
+        if state.ceiling > 0:  # recovering from a cut: one more per answer, back to where it was
+            w = min(state.ceiling, state.w + 1)
+            return _hold(replace(state, ceiling=0.0), w) if w >= state.ceiling else replace(state, w=w, base=w)
         if state.skip > 0:  # the window is still turning over: this latency is the last one's
             return replace(state, skip=state.skip - 1)
         state = replace(state, count=state.count + 1, total=state.total + seconds)
@@ -106,7 +111,7 @@ class SeekLimit:
         if now - state.cut < CUT_EVERY_S:
             return state
         w = max(1.0, state.w * factor)
-        return _hold(replace(state, fast=True, ceiling=max(w, state.base), cut=now), w)
+        return _hold(replace(state, fast=False, ceiling=max(w, RECOVER * state.base), cut=now), w)
 
     def _held(self, state: Seek, latency: float) -> Seek:
         held_l = state.held_l if state.held_l > 0 else latency
@@ -116,9 +121,9 @@ class SeekLimit:
         ready = state.fast or state.rounds >= HOLD_ROUNDS
         if ready and state.lower and state.base > 1:
             return self._probe_down(state)
-        if ready and state.base < self._ceiling(state) and state.top >= USED * state.base:
+        if ready and state.base < self.cap and state.top >= USED * state.base:
             return self._probe_up(state)
-        return _round(replace(state, fast=state.fast and state.base < self._ceiling(state)))
+        return _round(replace(state, fast=state.fast and state.base < self.cap))
 
     def _probed_up(self, state: Seek, latency: float) -> Seek:
         n1, n0 = min(state.w, state.top), min(state.base, state.ref_top)
@@ -126,7 +131,7 @@ class SeekLimit:
         if gain < ELASTIC:  # the knee: go back, and look below it next
             return _hold(replace(state, lower=True), state.base)
         state = replace(state, base=state.w, ref_l=latency, ref_top=state.top, held_l=latency, lower=False)
-        if state.base >= self._ceiling(state):
+        if state.base >= self.cap:
             return _hold(replace(state, fast=False), state.base)
         return self._probe_up(state)
 
@@ -144,10 +149,7 @@ class SeekLimit:
 
     def _probe_up(self, state: Seek) -> Seek:
         step = 2 * state.base if state.fast else max(state.base + 1, state.base * GAIN)
-        return _round(replace(state, w=min(self._ceiling(state), step), phase="up"))
-
-    def _ceiling(self, state: Seek) -> float:
-        return min(float(self.cap), state.ceiling) if state.fast and state.ceiling > 0 else float(self.cap)
+        return _round(replace(state, w=min(float(self.cap), step), phase="up"))
 
 
 def _hold(state: Seek, base: float) -> Seek:

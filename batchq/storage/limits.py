@@ -156,7 +156,7 @@ class RedisLimiter:
             "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "mode": self.mode_of(route),
             "w0": self._w0(route), "latency": done.latency_s, "tolerance": self.tolerance_of(route),
             "min_cut": gradient.BACKGROUND_CUT if route.priority == "background" else gradient.NORMAL_CUT,
-            "seconds": done.seconds,
+            "seconds": done.seconds, "sent_at": done.sent_at,
             "failures": self.breaker.failures,
             "smoothing": gradient.SMOOTHING, "drift": gradient.DRIFT_PER_S, "follow": gradient.BASE_FOLLOW,
             "band": gradient.GROW_BAND,

@@ -13,7 +13,7 @@ The queue order itself (which waiting line enters the line queue next) lives in
 
 from __future__ import annotations
 
-from batchq.domain import throughput
+from batchq.domain import pace, throughput
 from batchq.storage.lua import Call, Script
 from batchq.storage.scheduler import SCHEDULER_LUA
 
@@ -22,13 +22,19 @@ __all__ = [
 ]  # fmt: skip
 
 
+_SEEK = ("GAIN", "ELASTIC", "MIN_SAMPLES", "ROUND_SHARE", "HOLD_ROUNDS", "RISE", "USED", "CUT_EVERY_S", "RECOVER")
+_CONSTANTS = {
+    **{name: getattr(throughput, name) for name in (*_SEEK, "THROTTLE_CUT", "ERROR_CUT")},
+    **{name: getattr(pace, name) for name in ("FIRST_WAIT_S", "MAX_WAIT_S", "MIN_PERIOD_S", "CREEP_S", "LONG_BURST")},
+}
+
+
 def _constants(lua: str) -> str:
-    """``lua`` with each ``@NAME@`` replaced by that constant of ``batchq.domain.throughput``
-    (``repr`` of a float reads back in Lua as the same double)."""
-    names = ("GAIN", "ELASTIC", "MIN_SAMPLES", "ROUND_SHARE", "HOLD_ROUNDS", "RISE", "USED", "CUT_EVERY_S")
-    for name in (*names, "THROTTLE_CUT", "ERROR_CUT"):
-        lua = lua.replace(f"@{name}@", repr(getattr(throughput, name)))
-    assert "@" not in lua, "a constant of the seek rule has no value"
+    """``lua`` with each ``@NAME@`` replaced by that constant of ``batchq.domain.throughput`` or
+    ``batchq.domain.pace`` (``repr`` of a float reads back in Lua as the same double)."""
+    for name, value in _CONSTANTS.items():
+        lua = lua.replace(f"@{name}@", repr(value))
+    assert "@" not in lua, "a constant of a rule has no value"
     return lua
 
 
@@ -137,10 +143,12 @@ end
 #          (0/1), probe_ms, waiters (how many lines may wait for an open route in worker threads;
 #          0: this line waits whatever their number), waits (0: only asking, folded into BEGIN_LINE:
 #          an open route answers 'o' and registers no waiter; the line asks again to wait).
+# The GCRA spaces requests by the route's rpm, or by the pace its 429s taught it (the slower).
 # Returns "0" (acquired), "-1" (at the cap: wait for a freed slot), seconds to wait (string),
 # "o<seconds>:<open_since>" (the route is down: wait for the next probe) or "d" (the route is down
 # and enough lines wait for it: stand aside, back to the scheduler).
-_ACQUIRE_FN = """
+_ACQUIRE_FN = _constants(
+    """
 local function acquire(k, a)
   local now = a.now
   if a.breaker == 1 then
@@ -161,17 +169,24 @@ local function acquire(k, a)
   end
   local nb = tonumber(redis.call('GET', k.notbefore) or '0')
   if nb > now then return tostring(nb - now) end
+  local h = redis.call('HMGET', k.window, 'w', 'r_rate', 'r_last')
   if a.cap > 0 then
     redis.call('ZREMRANGEBYSCORE', k.inflight, '-inf', now)
     local limit = a.cap
     if a.adaptive == 1 then
-      local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
+      local w = tonumber(h[1] or a.w0)
       limit = math.max(1, math.min(a.cap, math.floor(w)))
     end
     if redis.call('ZCARD', k.inflight) >= limit then return '-1' end
   end
-  if a.rpm > 0 then
-    local interval = 60.0 / a.rpm
+  local interval = 0
+  if a.rpm > 0 then interval = 60.0 / a.rpm end
+  local rate = tonumber(h[2] or '0')
+  if rate > 0 then  -- the pace its 429s taught the route (batchq.domain.pace.Pace.rate_at)
+    rate = rate * math.min(2, 1 + math.max(0, now - tonumber(h[3])) / @CREEP_S@)
+    interval = math.max(interval, 1 / rate)
+  end
+  if interval > 0 then
     local tat = tonumber(redis.call('GET', k.tat) or '0')
     if tat < now then tat = now end
     if tat - now > 1.0 then return tostring(tat - now - 1.0) end
@@ -181,6 +196,7 @@ local function acquire(k, a)
   return '0'
 end
 """
+)
 
 # slot  k: inflight, notbefore, window, freed, health.
 #       a: token, now, outcome (ok|throttled|error|down), retry_after, cap, mode (aimd|gradient|fixed),
@@ -305,14 +321,10 @@ local function seek_hold(s, base)
   s.rounds = 0
   seek_round(s)
 end
-local function seek_ceiling(s, a)
-  if s.fast and s.ceiling > 0 then return math.min(a.cap, s.ceiling) end
-  return a.cap
-end
 local function seek_up(s, a)
   local step = math.max(s.base + 1, s.base * @GAIN@)
   if s.fast then step = 2 * s.base end
-  s.w = math.min(seek_ceiling(s, a), step)
+  s.w = math.min(a.cap, step)
   s.phase = 'up'
   seek_round(s)
 end
@@ -334,8 +346,8 @@ local function seek_held(s, a, latency)
   end
   local ready = s.fast or s.rounds >= @HOLD_ROUNDS@
   if ready and s.lower and s.base > 1 then return seek_down(s) end
-  if ready and s.base < seek_ceiling(s, a) and s.top >= @USED@ * s.base then return seek_up(s, a) end
-  s.fast = s.fast and s.base < seek_ceiling(s, a)
+  if ready and s.base < a.cap and s.top >= @USED@ * s.base then return seek_up(s, a) end
+  s.fast = s.fast and s.base < a.cap
   seek_round(s)
 end
 local function seek_probed_up(s, a, latency)
@@ -351,7 +363,7 @@ local function seek_probed_up(s, a, latency)
   s.ref_top = s.top
   s.held_l = latency
   s.lower = false
-  if s.base >= seek_ceiling(s, a) then
+  if s.base >= a.cap then
     s.fast = false
     return seek_hold(s, s.base)
   end
@@ -378,7 +390,16 @@ end
 local function seek_answer(k, a, n)
   local s = seek_load(k, a)
   s.top = math.max(s.top, n)
-  if s.skip > 0 then
+  if s.ceiling > 0 then  -- recovering from a cut: one more per answer, back to where it was
+    local w = math.min(s.ceiling, s.w + 1)
+    if w >= s.ceiling then
+      s.ceiling = 0
+      seek_hold(s, w)
+    else
+      s.w = w
+      s.base = w
+    end
+  elseif s.skip > 0 then
     s.skip = s.skip - 1
   else
     s.count = s.count + 1
@@ -396,11 +417,48 @@ local function seek_back_off(k, a, factor)
   local s = seek_load(k, a)
   if a.now - s.cut < @CUT_EVERY_S@ then return end
   local w = math.max(1, s.w * factor)
-  s.fast = true
-  s.ceiling = math.max(w, s.base)
+  s.fast = false
+  s.ceiling = math.max(w, @RECOVER@ * s.base)
   s.cut = a.now
   seek_hold(s, w)
   seek_save(k, s)
+end
+"""
+)
+
+# What a route learns from its 429s (batchq.domain.pace: Pace.throttled, Pace.answered; its
+# docstring explains the rule; test_pace_parity keeps the two equal), in the window hash (r_*).
+# a: now, sent_at (when the throttled request was sent), retry_after (the answer's hint; 0: none).
+_PACE_FN = _constants(
+    """
+local function pace_throttled(k, a)
+  local h = redis.call('HMGET', k.window, 'r_rate', 'r_since', 'r_answers', 'r_wait', 'r_last', 'r_streak')
+  local rate, since, answers = tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0')
+  local wait, last, streak = tonumber(h[4] or '0'), tonumber(h[5] or '0'), tonumber(h[6] or '0')
+  if a.sent_at < last then return end  -- the same burst: already learnt from
+  local burst = answers > 0 or since == 0
+  if burst and since > 0 and streak >= @LONG_BURST@ and a.now - since >= @MIN_PERIOD_S@ then
+    rate = answers / (a.now - since)
+  end
+  if a.retry_after <= 0 then
+    if burst or wait <= 0 then wait = @FIRST_WAIT_S@ else wait = math.min(@MAX_WAIT_S@, 2 * wait) end
+  end
+  if burst then
+    since = a.now
+    streak = 1
+  else
+    streak = streak + 1
+  end
+  redis.call('HSET', k.window, 'r_rate', tostring(rate), 'r_since', tostring(since), 'r_answers', '0',
+    'r_wait', tostring(wait), 'r_last', tostring(a.now), 'r_streak', tostring(streak))
+  local hold = a.retry_after
+  if hold <= 0 then hold = wait end
+  local nb = tonumber(redis.call('GET', k.notbefore) or '0')
+  if a.now + hold > nb then redis.call('SET', k.notbefore, tostring(a.now + hold), 'EX', math.ceil(hold) + 1) end
+end
+local function pace_answered(k)
+  local since = redis.call('HGET', k.window, 'r_since')
+  if since and since ~= '0' then redis.call('HINCRBY', k.window, 'r_answers', 1) end
 end
 """
 )
@@ -409,6 +467,7 @@ _RELEASE_FN = (
     _HEALTH_FN
     + _GRADIENT_FN
     + _SEEK_FN
+    + _PACE_FN
     + _constants(
         """
 local function release(k, a)
@@ -423,11 +482,7 @@ local function release(k, a)
     redis.call('EXPIRE', k.freed, 60)
   end
   if a.outcome == 'throttled' then
-    local wait = a.retry_after
-    if wait > 0 then
-      local nb = tonumber(redis.call('GET', k.notbefore) or '0')
-      if now + wait > nb then redis.call('SET', k.notbefore, tostring(now + wait), 'EX', math.ceil(wait) + 1) end
-    end
+    pace_throttled(k, a)
     if seeks then
       seek_back_off(k, a, @THROTTLE_CUT@)
     elseif a.mode ~= 'fixed' and cap > 0 then
@@ -447,6 +502,7 @@ local function release(k, a)
     local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
     if w < cap then redis.call('HSET', k.window, 'w', tostring(math.min(cap, w + 1 / w))) end
   end
+  if a.outcome == 'ok' then pace_answered(k) end
   if a.outcome ~= 'ok' then redis.call('HINCRBY', k.health, a.outcome, 1) end  -- 429s and errors, per route
   return record_health(k, a)
 end
