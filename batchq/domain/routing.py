@@ -32,6 +32,11 @@ class Route(BaseModel):
     # background: a server shared with interactive users; batch traffic takes only the spare capacity
     # (gradient with a tolerance of at most 1.03, and cuts of up to half: it yields first).
     priority: Literal["normal", "background"] = "normal"
+    # The engine's own priority, sent as "priority" in every request's body (unless the line sets
+    # its own), so the engine serves interactive requests first: vLLM (--scheduling-policy
+    # priority) serves lower values first, so a batch route sends a positive one (10); SGLang
+    # (--enable-priority-scheduling) serves higher values first, so a negative one (-10). None: not sent.
+    engine_priority: int | None = None
 
     @field_validator("url")
     @classmethod

@@ -114,7 +114,7 @@ def _send(
         return no_upstream(source.endpoint, body.get("model")), None
     lease = rt.settings.line_lease_s
     renew = functools.partial(_renew, rt, batch_id, index, lease)
-    payload = orjson.dumps(body)
+    payload = rt.upstream.payload(route, body)
     return rt.upstream.send_on(
         route, source.endpoint, payload, held, heartbeat=renew, every=lease / 3, deadline=source.expires_at,
         may_defer=_may_defer(source, route),

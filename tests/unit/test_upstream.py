@@ -320,3 +320,11 @@ def test_a_line_gives_up_when_the_route_stays_down_too_long() -> None:
     assert (outcome.status, outcome.error_code, outcome.attempts) == (None, "upstream_unreachable", 0)
     assert "unreachable for 1800 s" in (outcome.error_message or "")
     assert done.token is None
+
+
+def test_a_route_with_an_engine_priority_sends_it_in_every_body_unless_the_line_has_its_own() -> None:
+    route = Route(name="batch", url="http://vllm.test", engine_priority=10)
+    assert orjson.loads(Upstream.payload(route, {"model": "m"})) == {"model": "m", "priority": 10}
+    assert orjson.loads(Upstream.payload(route, {"model": "m", "priority": 0})) == {"model": "m", "priority": 0}
+    plain = Route(name="plain", url="http://vllm.test")
+    assert orjson.loads(Upstream.payload(plain, {"model": "m"})) == {"model": "m"}
