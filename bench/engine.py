@@ -3,6 +3,7 @@
     python -m bench.engine                   # every case
     python -m bench.engine --case engine     # one: engine | fixed | queue
     python -m bench.engine --mode gradient   # the same with another BATCHQ_UPSTREAM_MODE
+    python -m bench.engine --versus fixed    # each case also with that mode, and the ratio of the two
 
 - ``engine``: a continuous-batching engine (the mock's engine model: 50 decode steps of
   4 ms x (1 + n / 32) with n in service, at most 256), nobody else using it. batchq (1 worker x
@@ -18,6 +19,7 @@ batch the engine ran.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import threading
@@ -106,7 +108,7 @@ def report(outcome: Outcome) -> None:
         print(f"  window        min {min(w):.0f} / median {statistics.median(w):.0f} / max {max(w):.0f}")
     if outcome.engine_peak is not None:
         print(f"  engine batch  peak {outcome.engine_peak}")
-    for note in result.notes[:1]:
+    for note in result.notes[:2]:
         print(f"  {note}")
 
 
@@ -115,12 +117,19 @@ def main() -> None:
     parser.add_argument("--case", choices=["all", "engine", "fixed", "queue"], default="all")
     parser.add_argument("--lines", type=int, default=3000)
     parser.add_argument("--mode", help="BATCHQ_UPSTREAM_MODE (default: batchq's default)")
+    parser.add_argument("--versus", help="also run each case with this BATCHQ_UPSTREAM_MODE, and compare")
     args = parser.parse_args()
     chosen = setups(args.lines)
     names = list(chosen) if args.case == "all" else [args.case]
     with tempfile.TemporaryDirectory(prefix="batchq-engine-") as tmp:
         for name in names:
-            report(run(chosen[name], Path(tmp), args.mode))
+            first = run(chosen[name], Path(tmp) / "a", args.mode)
+            report(first)
+            if args.versus:
+                other = run(dataclasses.replace(chosen[name], baseline=False), Path(tmp) / "b", args.versus)
+                report(other)
+                ratio = first.result.lps / other.result.lps
+                print(f"  {args.mode or 'default'} / {args.versus} = {ratio:.2f} (same machine, minutes apart)")
             time.sleep(1)
 
 

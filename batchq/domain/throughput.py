@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 START = 64  # a route's window before any answer (at most its cap)
 GAIN = 1.25  # a probe's step up (or down); slow start doubles
-ELASTIC = 0.15  # the throughput elasticity a larger window must show to be kept
+ELASTIC = 0.2  # the throughput elasticity a larger window must show to be kept
 MIN_SAMPLES = 8  # latencies in a round, at least
 ROUND_SHARE = 1.0  # latencies in a round: this share of its window (at least MIN_SAMPLES)
 HOLD_ROUNDS = 2  # rounds at the base between probes up (after slow start)
