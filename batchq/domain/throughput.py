@@ -21,7 +21,8 @@ engine (each step is slower, but serves more requests), 1 for a server with room
   latency has risen by ``RISE`` since the base was accepted (the upstream got slower, or busier
   with someone else's traffic), a probe down.
 - Up is kept when its elasticity reaches ``ELASTIC``; down is kept when going down costs less
-  than that. A kept probe probes on at once in the same direction (a run of kept probes is
+  than that (slow start's doublings and halvings: ``FAST_ELASTIC``, their larger step is less
+  noisy). A kept probe probes on at once in the same direction (a run of kept probes is
   growth, or a descent to a knee below); otherwise the window goes back to its base. So it grows
   while throughput grows and holds at the knee, where more concurrency would only build a queue.
 - Slow start (``fast``): at first, each probe up doubles the window instead, until a doubling is
@@ -42,7 +43,8 @@ from dataclasses import dataclass, replace
 
 START = 64  # a route's window before any answer (at most its cap)
 GAIN = 1.25  # a probe's step up (or down); slow start doubles
-ELASTIC = 0.2  # the throughput elasticity a larger window must show to be kept
+ELASTIC = 0.25  # the throughput elasticity a probe's larger window must show to be kept
+FAST_ELASTIC = 0.15  # the same for slow start's doublings and halvings (a larger step: less noise in it)
 MIN_SAMPLES = 8  # latencies in a round, at least
 ROUND_SHARE = 1.0  # latencies in a round: this share of its window (at least MIN_SAMPLES)
 HOLD_ROUNDS = 2  # rounds at the base between probes up (after slow start)
@@ -128,7 +130,7 @@ class SeekLimit:
     def _probed_up(self, state: Seek, latency: float) -> Seek:
         n1, n0 = min(state.w, state.top), min(state.base, state.ref_top)
         gain = elasticity(n1 / latency, n0 / state.ref_l, n1, n0) if n1 > n0 else 0.0
-        if gain < ELASTIC:  # the knee: go back, and look below it next
+        if gain < (FAST_ELASTIC if state.fast else ELASTIC):  # the knee: go back, and look below it next
             return _hold(replace(state, lower=True), state.base)
         state = replace(state, base=state.w, ref_l=latency, ref_top=state.top, held_l=latency, lower=False)
         if state.base >= self.cap:
@@ -138,7 +140,9 @@ class SeekLimit:
     def _probed_down(self, state: Seek, latency: float) -> Seek:
         n1, n0 = min(state.base, state.ref_top), min(state.w, state.top)
         loss = elasticity(n1 / state.ref_l, n0 / latency, n1, n0) if n1 > n0 else 1.0
-        if loss >= ELASTIC:  # the base is worth its latency: that latency is the new normal
+        if loss >= (
+            FAST_ELASTIC if state.fast else ELASTIC
+        ):  # the base is worth its latency: that latency is the new normal
             return _hold(replace(state, held_l=state.ref_l, lower=False, fast=False), state.base)
         state = replace(state, base=state.w, ref_l=latency, ref_top=state.top, held_l=latency)
         return self._probe_down(state) if state.base > 1 else _hold(state, state.base)

@@ -22,7 +22,18 @@ __all__ = [
 ]  # fmt: skip
 
 
-_SEEK = ("GAIN", "ELASTIC", "MIN_SAMPLES", "ROUND_SHARE", "HOLD_ROUNDS", "RISE", "USED", "CUT_EVERY_S", "RECOVER")
+_SEEK = (
+    "GAIN",
+    "ELASTIC",
+    "FAST_ELASTIC",
+    "MIN_SAMPLES",
+    "ROUND_SHARE",
+    "HOLD_ROUNDS",
+    "RISE",
+    "USED",
+    "CUT_EVERY_S",
+    "RECOVER",
+)
 _CONSTANTS = {
     **{name: getattr(throughput, name) for name in (*_SEEK, "THROTTLE_CUT", "ERROR_CUT")},
     **{name: getattr(pace, name) for name in ("FIRST_WAIT_S", "MAX_WAIT_S", "MIN_PERIOD_S", "CREEP_S", "LONG_BURST")},
@@ -354,7 +365,9 @@ local function seek_probed_up(s, a, latency)
   local n1, n0 = math.min(s.w, s.top), math.min(s.base, s.ref_top)
   local gain = 0
   if n1 > n0 then gain = seek_elasticity(n1 / latency, n0 / s.ref_l, n1, n0) end
-  if gain < @ELASTIC@ then
+  local elastic = @ELASTIC@
+  if s.fast then elastic = @FAST_ELASTIC@ end
+  if gain < elastic then
     s.lower = true
     return seek_hold(s, s.base)
   end
@@ -373,7 +386,9 @@ local function seek_probed_down(s, latency)
   local n1, n0 = math.min(s.base, s.ref_top), math.min(s.w, s.top)
   local loss = 1
   if n1 > n0 then loss = seek_elasticity(n1 / s.ref_l, n0 / latency, n1, n0) end
-  if loss >= @ELASTIC@ then
+  local elastic = @ELASTIC@
+  if s.fast then elastic = @FAST_ELASTIC@ end
+  if loss >= elastic then
     s.held_l = s.ref_l
     s.lower = false
     s.fast = false
