@@ -287,19 +287,20 @@ end
 # (which ACQUIRE reads), its fields named s_*.
 _SEEK_FN = _constants(
     """
-local SEEK_FIELDS = {'base', 'phase', 'fast', 'lower', 'skip', 'count', 'total', 'top', 'ref_l', 'ref_top',
-  'held_l', 'rounds', 'ceiling', 'cut'}
+local SEEK_FIELDS = {'base', 'phase', 'fast', 'lower', 'skip', 'mark', 'count', 'total', 'top', 'ref_x', 'ref_l',
+  'ref_top', 'held_l', 'low_l', 'rounds', 'ceiling', 'cut'}
 local function seek_load(k, a)
   local names = {'w'}
   for i, f in ipairs(SEEK_FIELDS) do names[i + 1] = 's_' .. f end
   local h = redis.call('HMGET', k.window, unpack(names))
   if not h[2] then
-    return {w = a.w0, base = a.w0, phase = 'hold', fast = true, lower = false, skip = 0, count = 0, total = 0,
-      top = 0, ref_l = 0, ref_top = 0, held_l = 0, rounds = 0, ceiling = 0, cut = 0}
+    return {w = a.w0, base = a.w0, phase = 'hold', fast = true, lower = false, skip = 0, mark = 0, count = 0,
+      total = 0, top = 0, ref_x = 0, ref_l = 0, ref_top = 0, held_l = 0, low_l = 0, rounds = 0, ceiling = 0, cut = 0}
   end
   local s = {w = tonumber(h[1]) or a.w0}
   for i, f in ipairs(SEEK_FIELDS) do s[f] = h[i + 1] end
-  for _, f in ipairs({'base', 'skip', 'count', 'total', 'top', 'ref_l', 'ref_top', 'held_l', 'rounds', 'ceiling',
+  for _, f in ipairs({'base', 'skip', 'mark', 'count', 'total', 'top', 'ref_x', 'ref_l', 'ref_top', 'held_l', 'low_l',
+      'rounds', 'ceiling',
       'cut'}) do s[f] = tonumber(s[f]) end
   s.fast = s.fast == '1'
   s.lower = s.lower == '1'
@@ -321,6 +322,7 @@ local function seek_elasticity(x1, x0, n1, n0)
 end
 local function seek_round(s)
   s.skip = s.w
+  s.mark = 0
   s.count = 0
   s.total = 0
   s.top = 0
@@ -346,8 +348,9 @@ local function seek_down(s)
   s.phase = 'down'
   seek_round(s)
 end
-local function seek_held(s, a, latency)
+local function seek_held(s, a, rate, latency)
   if s.held_l <= 0 then s.held_l = latency end
+  s.ref_x = rate
   s.ref_l = latency
   s.ref_top = s.top
   s.rounds = s.rounds + 1
@@ -356,15 +359,16 @@ local function seek_held(s, a, latency)
     return seek_down(s)
   end
   local ready = s.fast or s.rounds >= @HOLD_ROUNDS@
-  if ready and s.lower and s.base > 1 then return seek_down(s) end
+  local queued = s.base >= a.cap and latency > @RISE@ * s.low_l
+  if ready and (s.lower or queued) and s.base > 1 then return seek_down(s) end
   if ready and s.base < a.cap and s.top >= @USED@ * s.base then return seek_up(s, a) end
   s.fast = s.fast and s.base < a.cap
   seek_round(s)
 end
-local function seek_probed_up(s, a, latency)
+local function seek_probed_up(s, a, rate, latency)
   local n1, n0 = math.min(s.w, s.top), math.min(s.base, s.ref_top)
   local gain = 0
-  if n1 > n0 then gain = seek_elasticity(n1 / latency, n0 / s.ref_l, n1, n0) end
+  if n1 > n0 then gain = seek_elasticity(rate, s.ref_x, n1, n0) end
   local elastic = @ELASTIC@
   if s.fast then elastic = @FAST_ELASTIC@ end
   if gain < elastic then
@@ -372,6 +376,7 @@ local function seek_probed_up(s, a, latency)
     return seek_hold(s, s.base)
   end
   s.base = s.w
+  s.ref_x = rate
   s.ref_l = latency
   s.ref_top = s.top
   s.held_l = latency
@@ -382,10 +387,10 @@ local function seek_probed_up(s, a, latency)
   end
   seek_up(s, a)
 end
-local function seek_probed_down(s, latency)
+local function seek_probed_down(s, rate, latency)
   local n1, n0 = math.min(s.base, s.ref_top), math.min(s.w, s.top)
   local loss = 1
-  if n1 > n0 then loss = seek_elasticity(n1 / s.ref_l, n0 / latency, n1, n0) end
+  if n1 > n0 then loss = seek_elasticity(s.ref_x, rate, n1, n0) end
   local elastic = @ELASTIC@
   if s.fast then elastic = @FAST_ELASTIC@ end
   if loss >= elastic then
@@ -395,13 +400,14 @@ local function seek_probed_down(s, latency)
     return seek_hold(s, s.base)
   end
   s.base = s.w
+  s.ref_x = rate
   s.ref_l = latency
   s.ref_top = s.top
   s.held_l = latency
   if s.base > 1 then return seek_down(s) end
   seek_hold(s, s.base)
 end
--- a: cap, w0, seconds (the answer's latency); n: requests in flight when it came back.
+-- a: now, cap, w0, seconds (the answer's latency); n: requests in flight when it came back.
 local function seek_answer(k, a, n)
   local s = seek_load(k, a)
   s.top = math.max(s.top, n)
@@ -414,16 +420,18 @@ local function seek_answer(k, a, n)
       s.w = w
       s.base = w
     end
-  elseif s.skip > 0 then
+  elseif s.skip > 0 or s.mark <= 0 then
     s.skip = s.skip - 1
+    s.mark = a.now
   else
     s.count = s.count + 1
     s.total = s.total + a.seconds
-    if s.count >= math.max(@MIN_SAMPLES@, @ROUND_SHARE@ * s.w) then
-      local latency = s.total / s.count
-      if s.phase == 'up' then seek_probed_up(s, a, latency)
-      elseif s.phase == 'down' then seek_probed_down(s, latency)
-      else seek_held(s, a, latency) end
+    if s.count >= math.max(@MIN_SAMPLES@, @ROUND_SHARE@ * s.w) and a.now > s.mark then
+      local rate, latency = s.count / (a.now - s.mark), s.total / s.count
+      if s.low_l > 0 then s.low_l = math.min(s.low_l, latency) else s.low_l = latency end
+      if s.phase == 'up' then seek_probed_up(s, a, rate, latency)
+      elseif s.phase == 'down' then seek_probed_down(s, rate, latency)
+      else seek_held(s, a, rate, latency) end
     end
   end
   seek_save(k, s)

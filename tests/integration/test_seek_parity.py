@@ -16,7 +16,23 @@ from batchq.storage.lua import Call
 
 pytestmark = pytest.mark.integration
 
-NUMBERS = ("w", "base", "skip", "count", "total", "top", "ref_l", "ref_top", "held_l", "rounds", "ceiling", "cut")
+NUMBERS = (
+    "w",
+    "base",
+    "skip",
+    "mark",
+    "ref_x",
+    "count",
+    "total",
+    "top",
+    "ref_l",
+    "ref_top",
+    "held_l",
+    "low_l",
+    "rounds",
+    "ceiling",
+    "cut",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +69,7 @@ def test_the_lua_window_follows_the_domain_rule(client: redis.Redis, seed: int) 
         assert call is not None
         limiter._release.run({"slot": Call(call.keys, call.args | {"now": now})})
         if outcome == "ok":
-            expected = limit.answer(state, seconds, n)
+            expected = limit.answer(state, seconds, n, now)
         else:
             expected = limit.back_off(state, THROTTLE_CUT if outcome == "throttled" else ERROR_CUT, now)
         state = stored(client, route)  # step by step: Lua keeps 14 digits, so each step starts from Redis's

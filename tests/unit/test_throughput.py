@@ -20,15 +20,22 @@ from batchq.domain.throughput import CUT_EVERY_S, ERROR_CUT, THROTTLE_CUT, Seek,
 TICK = 0.001
 
 
+JITTER = random.Random(5)  # every model's service times vary by up to 10 %: no lockstep waves
+
+
+def jittered(seconds: float) -> float:
+    return seconds * JITTER.uniform(0.9, 1.1)
+
+
 class Fixed:
-    """Every request takes ``latency`` seconds, however many are in flight."""
+    """Every request takes ``latency`` seconds (give or take), however many are in flight."""
 
     def __init__(self, latency: float) -> None:
         self.latency = latency
         self.due: list[tuple[float, float]] = []
 
     def send(self, now: float) -> None:
-        heapq.heappush(self.due, (now + self.latency, now))
+        heapq.heappush(self.due, (now + jittered(self.latency), now))
 
     def done(self, now: float) -> list[float]:
         out = []
@@ -53,7 +60,7 @@ class Queue:
         while self.serving and self.serving[0][0] <= now:
             out.append(heapq.heappop(self.serving)[1])
         while self.waiting and len(self.serving) < self.slots:
-            heapq.heappush(self.serving, (now + self.service, self.waiting.pop(0)))
+            heapq.heappush(self.serving, (now + jittered(self.service), self.waiting.pop(0)))
         return out
 
 
@@ -81,7 +88,7 @@ class Engine:
             out += [sent for left, sent in self.serving if left <= 0]
             self.serving = [r for r in self.serving if r[0] > 0]
             while self.waiting and len(self.serving) < self.most:
-                self.serving.append([float(self.steps), self.waiting.pop(0)])
+                self.serving.append([float(round(jittered(self.steps))), self.waiting.pop(0)])
             self.next_step += self.step * (1 + len(self.serving) / self.k)
         return out
 
@@ -97,6 +104,7 @@ class Run:
 
 def drive(model: Fixed | Queue | Engine, limit: SeekLimit | None, cap: int, seconds: float, warmup: float) -> Run:
     """Keep floor(w) requests in flight (``cap`` when ``limit`` is None) for ``seconds``."""
+    JITTER.seed(5)
     state: Seek | None = None
     inflight, counted, windows = 0, 0, []
     ticks = round(seconds / TICK)
@@ -104,7 +112,7 @@ def drive(model: Fixed | Queue | Engine, limit: SeekLimit | None, cap: int, seco
         now = i * TICK
         for sent in model.done(now):
             if limit is not None:
-                state = limit.answer(state, now - sent, inflight)
+                state = limit.answer(state, now - sent, inflight, now)
             inflight -= 1
             counted += now >= warmup
         w = cap if limit is None else math.floor(state.w if state else limit.w0)
@@ -120,7 +128,8 @@ def test_a_continuous_batching_engine_is_driven_as_hard_as_a_fixed_window_at_the
     seeking = drive(Engine(), SeekLimit(cap=128, w0=32), 128, 40, 10)
     fixed = drive(Engine(), None, 128, 40, 10)
     assert seeking.rate >= 0.95 * fixed.rate, (seeking.rate, fixed.rate)
-    assert min(seeking.windows[100:]) >= 96  # the latency doubles at 32 in service: it keeps going
+    settled = seeking.windows[100:]
+    assert min(settled) >= 64 and statistics.median(settled) >= 100  # the latency doubles at 32: it goes on
 
 
 def test_a_queueing_upstream_is_held_near_its_knee_at_full_throughput() -> None:
@@ -146,7 +155,7 @@ def test_when_the_upstream_gets_busier_the_window_follows_it_down() -> None:
         if now >= 40:
             model.slots = 32
         for sent in model.done(now):
-            state = limit.answer(state, now - sent, inflight)
+            state = limit.answer(state, now - sent, inflight, now)
             inflight -= 1
         while inflight < math.floor(state.w if state else limit.w0):
             model.send(now)
@@ -166,23 +175,23 @@ def test_a_429_halves_the_window_once_a_second_and_it_grows_back_one_per_answer(
     now, state = 10.0, cut
     while state.ceiling > 0:  # answers of 0.2 s, the window fully used
         now += 0.2 / state.w
-        state = limit.answer(state, 0.2, state.w)
+        state = limit.answer(state, 0.2, state.w, now)
     assert state.w == 90 and state.phase == "hold"  # a little below where it was, and no further
     assert now - 10.0 < 0.5  # within about two round trips
     for _ in range(10):  # cut after cut: it settles below what caused them
         state = limit.back_off(state, THROTTLE_CUT, now := now + 2)
         while state.ceiling > 0:
-            state = limit.answer(state, 0.2, state.w)
+            state = limit.answer(state, 0.2, state.w, now)
     assert state.w < 40
 
 
 def test_a_round_leaves_out_a_window_of_answers_before_it_counts() -> None:
     limit = SeekLimit(cap=128, w0=32)
     state = Seek(w=40, base=32, phase="up", skip=40)
-    for _ in range(40):
-        state = limit.answer(state, 0.2, 40)
-    assert (state.skip, state.count, state.top) == (0, 0, 40)
-    assert limit.answer(state, 0.2, 40).count == 1
+    for i in range(40):
+        state = limit.answer(state, 0.2, 40, 5.0 + i / 200)
+    assert (state.skip, state.count, state.top, state.mark) == (0, 0, 40, 5.0 + 39 / 200)
+    assert limit.answer(state, 0.2, 40, 5.2).count == 1
 
 
 def test_the_window_stays_within_one_and_the_cap() -> None:
@@ -196,7 +205,7 @@ def test_the_window_stays_within_one_and_the_cap() -> None:
             state = limit.back_off(state, rng.choice([THROTTLE_CUT, ERROR_CUT]), now)
         else:
             seconds = rng.lognormvariate(-1.5, 1.0)
-            state = limit.answer(state, seconds, rng.randint(1, 80))
+            state = limit.answer(state, seconds, rng.randint(1, 80), now)
         assert 1 <= state.w <= 64 and 1 <= state.base <= 64
 
 
@@ -205,4 +214,4 @@ def test_queues_of_any_size_are_found(slots: int) -> None:
     run = drive(Queue(slots, 0.1), SeekLimit(cap=256, w0=32), 256, 40, 15)
     assert run.rate >= 0.9 * slots / 0.1
     settled = run.windows[150:]
-    assert max(settled) <= max(2.5 * slots, slots + 8), (slots, max(settled))
+    assert statistics.median(settled) <= 1.6 * slots + 8, (slots, statistics.median(settled))
