@@ -26,6 +26,7 @@ from batchq.storage import keys, scripts
 from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
+NAP_S = 5.0  # the longest one sleep while the route is held back: the line's lease is renewed between
 log = logging.getLogger("batchq.limits")
 
 
@@ -121,7 +122,7 @@ class RedisLimiter:
         if wait < 0:  # at the cap: sleep until some worker frees a slot (or a short timeout)
             self._client.blpop([keys.limit_freed(route.name)], timeout=random.uniform(0.05, FREED_WAIT_S))
         else:
-            time.sleep(wait)
+            time.sleep(min(wait, NAP_S))
         return False
 
     def release(self, done: Release) -> RouteState:
