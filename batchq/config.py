@@ -44,12 +44,14 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(default=10.0, gt=0)
     upstream_max_attempts: int = Field(default=5, ge=1, le=50)
     upstream_max_retry_time_s: float = Field(default=900.0, gt=0)
+    upstream_max_throttled_s: float = Field(default=1800.0, gt=0)  # a line waits through 429s this long at most
     upstream_backoff_base_s: float = Field(default=0.5, ge=0)
     upstream_backoff_max_s: float = Field(default=60.0, ge=0)
     upstream_max_in_flight: int = Field(default=256, ge=0)
     upstream_rpm: int = Field(default=0, ge=0)
     upstream_adaptive: bool = True  # false: every route keeps its max_in_flight (mode fixed)
-    upstream_mode: Literal["aimd", "gradient", "fixed"] = "gradient"  # each route's default (see Route.mode)
+    # each route's default (Route.mode)
+    upstream_mode: Literal["throughput", "aimd", "gradient", "fixed"] = "throughput"
     upstream_tolerance: float = Field(default=1.05, ge=1.0, le=10.0)  # latency inflation batch traffic may cause
     upstreams: Annotated[list[Route], NoDecode] = Field(default_factory=list)  # JSON list of routes
     # Route health: down outcomes in a row (no answer, 502/503/504) that stop sending on a route

@@ -10,6 +10,10 @@ per request by a ``"mock"`` object in the JSON body::
     {"mock": {"latency_ms": 250}}
     {"mock": {"close": true}}
 
+Two models of real upstreams: a continuous-batching engine (``engine_k``: every decode step of the
+batch gets slower as it grows, yet serves more) and a gateway's fixed-window rate limit
+(``window_limit``: 429 at once, without Retry-After, until the window turns).
+
 ``GET /_stats`` reports counters (including how many 2xx answers repeated a body
 that had already succeeded: the double-execution detector) and ``POST /_reset``
 clears them.
@@ -59,6 +63,18 @@ class MockConfig:
     slow_ms: float = 0.0
     max_concurrency: int = 0
     serve_slots: int = 0  # like vLLM: at most this many served at once, the rest queue (never a 429); 0: off
+    # A continuous-batching engine (vLLM, SGLang, TGI) when engine_k > 0: a request is engine_steps
+    # decode steps; one step of the whole batch takes engine_step_ms x (1 + n / engine_k) with n in
+    # service (at most engine_max; the rest wait). Slower per request as the batch grows, yet more
+    # requests served per second. It replaces latency_ms.
+    engine_k: int = 0
+    engine_steps: int = 50
+    engine_step_ms: float = 4.0
+    engine_max: int = 256
+    # A gateway's rate limit (LiteLLM's rpm, for one) when window_limit > 0: at most this many
+    # requests per fixed window of window_s seconds; over it, a 429 at once without Retry-After.
+    window_limit: int = 0
+    window_s: float = 60.0
     seed: int | None = None
 
 
@@ -271,6 +287,71 @@ class _Stats:
         }
 
 
+class _Engine:
+    """Continuous batching on the server's loop: every step serves the whole batch one step."""
+
+    def __init__(self, config: MockConfig) -> None:
+        self.config = config
+        self.waiting: list[asyncio.Future[None]] = []
+        self.serving: list[tuple[asyncio.Future[None], list[int]]] = []  # [steps left]
+        self.running = False
+        self.peak = 0
+
+    async def run(self) -> None:
+        """Wait until a request's steps are done."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(done)
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._steps())
+        await done
+
+    async def _steps(self) -> None:
+        cfg, loop = self.config, asyncio.get_running_loop()
+        at = loop.time()
+        try:
+            while self.serving or self.waiting:
+                while self.waiting and len(self.serving) < cfg.engine_max:
+                    self.serving.append((self.waiting.pop(0), [cfg.engine_steps]))
+                self.peak = max(self.peak, len(self.serving))
+                at += cfg.engine_step_ms / 1000 * (1 + len(self.serving) / cfg.engine_k)
+                await asyncio.sleep(max(0.0, at - loop.time()))  # on a clock of its own: no drift from late wakeups
+                at = max(at, loop.time() - 0.05)  # but a stalled loop does not owe a burst of steps
+                self.serving = [(f, left) for f, left in self.serving if not _stepped(f, left)]
+        finally:
+            self.running = False
+
+
+def _stepped(done: asyncio.Future[None], left: list[int]) -> bool:
+    """One step of a request; True (and its future resolved) when it was its last."""
+    left[0] -= 1
+    if left[0] > 0 and not done.cancelled():
+        return False
+    if not done.done():
+        done.set_result(None)
+    return True
+
+
+class _Window:
+    """A fixed-window rate limit: at most ``limit`` requests per ``seconds``, the first window
+    beginning with the first request."""
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self.limit, self.seconds = limit, seconds
+        self.start: float | None = None
+        self.current, self.count = -1, 0
+
+    def admits(self, now: float) -> bool:
+        self.start = now if self.start is None else self.start
+        window = int((now - self.start) // self.seconds)
+        if window != self.current:
+            self.current, self.count = window, 0
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+
 class _Mock:
     """Config, RNG and counters of one app (single event loop: no locking)."""
 
@@ -279,6 +360,8 @@ class _Mock:
         self.rng = random.Random(config.seed)
         self.stats = _Stats()
         self._slots: asyncio.Semaphore | None = None
+        self.engine = _Engine(config) if config.engine_k > 0 else None
+        self.window = _Window(config.window_limit, config.window_s) if config.window_limit > 0 else None
 
     @property
     def slots(self) -> asyncio.Semaphore | None:
@@ -291,6 +374,8 @@ class _Mock:
         # Requests still in flight keep being counted so ``in_flight`` stays exact.
         live = self.stats.in_flight
         self.stats = _Stats(in_flight=live, peak_in_flight=live)
+        if self.engine is not None:
+            self.engine.peak = len(self.engine.serving)
 
     def saturated(self) -> bool:
         limit = self.config.max_concurrency
@@ -392,7 +477,9 @@ async def _serve(request: web.Request, mock: _Mock, builder: Builder) -> web.Res
     body = _parse(raw)
     directive = _directive(body)
     delay = mock.delay_s(directive)
-    if delay > 0:
+    if mock.engine is not None:
+        await mock.engine.run()
+    elif delay > 0:
         await asyncio.sleep(delay)
     if body is None:
         message = "We could not parse the JSON body of your request."
@@ -409,6 +496,8 @@ def _api_handler(builder: Builder) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         mock = request.app[_MOCK_KEY]
         mock.stats.requests += 1
+        if mock.window is not None and not mock.window.admits(time.time()):
+            return mock.finish(_error(429, "mock: rate limit for this window reached"))  # no Retry-After
         if mock.saturated():
             return mock.finish(_error(429, "mock: too many concurrent requests", 1))
         mock.enter()
@@ -432,7 +521,11 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
 
 
 async def _stats(request: web.Request) -> web.StreamResponse:
-    return _json_response(request.app[_MOCK_KEY].stats.as_json())
+    mock = request.app[_MOCK_KEY]
+    stats = mock.stats.as_json()
+    if mock.engine is not None:
+        stats["engine_peak_batch"] = mock.engine.peak
+    return _json_response(stats)
 
 
 async def _reset(request: web.Request) -> web.StreamResponse:

@@ -24,13 +24,19 @@ class Route(BaseModel):
     max_in_flight: int = Field(default=256, ge=0)  # 0: no cap
     rpm: int = Field(default=0, ge=0)  # requests per minute; 0: no limit
     timeout_s: float | None = Field(default=None, gt=0)
-    # How the route's concurrency adapts (None: BATCHQ_UPSTREAM_MODE): aimd (halve on 429s), gradient
-    # (also back off while latency is above tolerance x the unloaded latency), fixed (max_in_flight).
-    mode: Literal["aimd", "gradient", "fixed"] | None = None
+    # How the route's concurrency adapts (None: BATCHQ_UPSTREAM_MODE): throughput (seek the most
+    # throughput: batchq.domain.throughput), aimd (halve on 429s), gradient (also back off while
+    # latency is above tolerance x the unloaded latency), fixed (max_in_flight).
+    mode: Literal["throughput", "aimd", "gradient", "fixed"] | None = None
     tolerance: float | None = Field(default=None, ge=1.0, le=10.0)  # None: BATCHQ_UPSTREAM_TOLERANCE
     # background: a server shared with interactive users; batch traffic takes only the spare capacity
     # (gradient with a tolerance of at most 1.03, and cuts of up to half: it yields first).
     priority: Literal["normal", "background"] = "normal"
+    # The engine's own priority, sent as "priority" in every request's body (unless the line sets
+    # its own), so the engine serves interactive requests first: vLLM (--scheduling-policy
+    # priority) serves lower values first, so a batch route sends a positive one (10); SGLang
+    # (--enable-priority-scheduling) serves higher values first, so a negative one (-10). None: not sent.
+    engine_priority: int | None = None
 
     @field_validator("url")
     @classmethod
@@ -67,3 +73,5 @@ class Release:
     outcome: str  # ok | throttled | error | down | none (already recorded: nothing to give back or count)
     retry_after: float | None = None
     latency_s: float = 0.0  # the attempt's latency, per output token when the answer says how many; 0: none
+    seconds: float = 0.0  # the attempt's latency as it is (a 2xx answer's; 0: none)
+    sent_at: float = 0.0  # when the attempt was sent (epoch seconds)

@@ -111,7 +111,7 @@ def _send(
 ) -> tuple[Outcome, Release | None]:
     if route is None:
         return no_upstream(source.endpoint, body.get("model")), None
-    payload = orjson.dumps(body)  # no per-line heartbeat: the worker's renews the lease (rt.held)
+    payload = rt.upstream.payload(route, body)  # no per-line heartbeat: the worker's renews the lease (rt.held)
     return rt.upstream.send_on(
         route, source.endpoint, payload, held, deadline=source.expires_at, may_defer=_may_defer(source, route)
     )

@@ -26,7 +26,14 @@ import orjson
 
 from batchq.config import Settings
 from batchq.domain.health import RouteDown, RouteState, is_down, latency_sample
-from batchq.domain.retry import RetryPolicy, backoff_s, is_retryable_status, parse_retry_after, should_retry
+from batchq.domain.retry import (
+    RetryPolicy,
+    backoff_s,
+    is_retryable_status,
+    parse_retry_after,
+    rate_limit_wait,
+    should_retry,
+)
 from batchq.domain.routing import Release, Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
 from batchq.observability.metrics import NULL, EngineMetrics, attempt_outcome
@@ -105,6 +112,7 @@ def policy_from(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=settings.upstream_max_attempts,
         max_total_s=settings.upstream_max_retry_time_s,
+        max_throttled_s=settings.upstream_max_throttled_s,
         base_s=settings.upstream_backoff_base_s,
         max_backoff_s=settings.upstream_backoff_max_s,
     )
@@ -161,6 +169,14 @@ class Upstream:
     def route(self, path: str, model: object) -> Route | None:
         return route_for(self.routes, path, model)
 
+    @staticmethod
+    def payload(route: Route, body: dict[str, Any]) -> bytes:
+        """The request's body as sent on ``route``: with the engine's priority field when the route
+        sets one and the line does not."""
+        if route.engine_priority is not None and "priority" not in body:
+            body = {**body, "priority": route.engine_priority}
+        return orjson.dumps(body)
+
     def send_on(
         self,
         route: Route,
@@ -179,6 +195,8 @@ class Upstream:
         last attempt's slot is not given back: the caller hands the returned ``Release`` to the
         limiter (or folds it into its own Redis call). If this raises, every slot is given back.
 
+        A 429 spends no attempt either: the line waits while its route paces to what the 429s
+        taught it, up to ``BATCHQ_UPSTREAM_MAX_THROTTLED_S`` (or its batch's expiry).
         While the route is down (its breaker open) the line waits without spending attempts. Time
         spent waiting for a slot does not count against the retry time budget. It gives up when the
         outage outlasts ``BATCHQ_UPSTREAM_MAX_OUTAGE_S`` or ``deadline`` (its batch's expiry) passes.
@@ -197,25 +215,58 @@ class Upstream:
             outcome, done = self._attempt_holding(route, token, path, payload, heartbeat, every)
             outcome = dataclasses.replace(outcome, attempts=tries.count)
             token = None
-            if not _retryable(outcome):
-                return outcome, done
-            if done.outcome == "down" and self.limiter.release(done) is RouteState.OPEN:
-                tries.count -= 1  # an outage, not this line's failure: wait for the route instead
-                continue
-            released = done.outcome == "down"
-            wait = backoff_s(self.policy, tries.count, done.retry_after, self.rng)
-            if not should_retry(self.policy, tries.count, tries.elapsed(), wait):
-                return outcome, (Release(route, None, "none") if released else done)
-            if not released:
-                self.limiter.release(done)
-            self.metrics.retried(route.name)
-            _sleep(wait, heartbeat, every)
+            ended = self._after(tries, outcome, done, deadline, heartbeat, every)
+            if ended is not None:
+                return outcome, ended
+
+    def _after(
+        self, tries: _Tries, outcome: Outcome, done: Release, deadline: float | None, heartbeat: Heartbeat, every: float
+    ) -> Release | None:
+        """After an attempt: None to try again (once waited as the outcome asks), else the line
+        ends with ``outcome`` and this Release (its slot, if not given back yet)."""
+        if _rate_limited(outcome):
+            return None if self._wait_throttled(tries, done, deadline, heartbeat, every) else done
+        if not _retryable(outcome):
+            return done
+        route = done.route
+        if done.outcome == "down" and self.limiter.release(done) is RouteState.OPEN:
+            tries.count -= 1  # an outage, not this line's failure: wait for the route instead
+            return None
+        released = done.outcome == "down"
+        wait = backoff_s(self.policy, tries.count, done.retry_after, self.rng)
+        if not should_retry(self.policy, tries.count, tries.elapsed(), wait):
+            return Release(route, None, "none") if released else done
+        if not released:
+            self.limiter.release(done)
+        self.metrics.retried(route.name)
+        _sleep(wait, heartbeat, every)
+        return None
+
+    def _wait_throttled(
+        self, tries: _Tries, done: Release, deadline: float | None, heartbeat: Heartbeat, every: float
+    ) -> bool:
+        """A 429: no attempt spent. The route learns from it and holds its requests back (the next
+        ``acquire`` waits for that); this line also waits a little of its own, so the lines held
+        back do not all ask at once. False when the line's time budget for 429s is spent (or its
+        batch expired): it ends with the 429."""
+        tries.count -= 1
+        tries.throttles += 1
+        now = time.monotonic()
+        tries.throttled_since = tries.throttled_since or now
+        over = now - tries.throttled_since > self.policy.max_throttled_s
+        if over or (deadline is not None and time.time() >= deadline):
+            return False
+        self.limiter.release(done)
+        self.metrics.retried(done.route.name)
+        ceiling = min(self.policy.max_backoff_s, self.policy.base_s * 2 ** min(tries.throttles - 1, 2))
+        tries.blocked(lambda: _sleep(self.rng.uniform(0, ceiling), heartbeat, every))
+        return True
 
     def _attempt_holding(
         self, route: Route, token: str | None, path: str, payload: bytes, heartbeat: Heartbeat, every: float
     ) -> tuple[Outcome, Release]:
         self.metrics.in_flight(route.name, 1)
-        started = time.perf_counter()
+        sent_at, started = time.time(), time.perf_counter()
         try:
             attempt = self._attempt(route, join_url(route.url, path), payload)
             outcome, retry_after = self._ensure_loop().run(attempt, heartbeat, every)
@@ -227,7 +278,8 @@ class Upstream:
         seconds = time.perf_counter() - started
         self.metrics.observe_attempt(route.name, attempt_outcome(outcome.status, outcome.error_code), seconds)
         sample = latency_sample(seconds, outcome.status, outcome.body)
-        return outcome, Release(route, token, _kind(outcome), retry_after, sample)
+        kept = seconds if sample > 0 else 0.0
+        return outcome, Release(route, token, _kind(outcome), retry_after, sample, kept, sent_at)
 
     async def _attempt(self, route: Route, url: str, payload: bytes) -> tuple[Outcome, float | None]:
         try:
@@ -236,7 +288,10 @@ class Upstream:
             return Outcome(None, error_code="upstream_timeout", error_message=_describe(exc)), None
         except httpx2.TransportError as exc:
             return Outcome(None, error_code="upstream_unreachable", error_message=_describe(exc)), None
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        headers = response.headers
+        retry_after = (
+            rate_limit_wait(headers) if response.status_code == 429 else parse_retry_after(headers.get("retry-after"))
+        )
         return Outcome(response.status_code, _body(response.content), _request_id(response)), retry_after
 
     def _ensure_loop(self) -> LoopThread:
@@ -307,6 +362,8 @@ class _Tries:
     started: float
     count: int = 0
     waited: float = 0.0
+    throttles: int = 0  # 429s: they spend no attempt
+    throttled_since: float = 0.0  # the first 429's time (monotonic; 0: none yet)
 
     def blocked(self, wait: Callable[[], T]) -> T:
         begun = time.monotonic()
@@ -328,6 +385,15 @@ def _headers(route: Route) -> dict[str, str]:
     if route.api_key:
         headers["authorization"] = f"Bearer {route.api_key}"
     return headers
+
+
+def _rate_limited(outcome: Outcome) -> bool:
+    """A 429 that is a rate limit: a reason to wait. Not one that says the account's quota or
+    credit is spent (OpenAI's ``insufficient_quota``): waiting does not end that one."""
+    if outcome.status != 429:
+        return False
+    error = outcome.body.get("error") if isinstance(outcome.body, dict) else None
+    return not (isinstance(error, dict) and error.get("code") == "insufficient_quota")
 
 
 def _retryable(outcome: Outcome) -> bool:

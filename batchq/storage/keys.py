@@ -153,7 +153,8 @@ def limit_waiters(route: str) -> str:
 
 
 def limit_window(route: str) -> str:
-    """Hash: AIMD congestion window ``w`` and time of its last decrease ``at``."""
+    """Hash: the route's window ``w`` and its control's state (``s_*``: throughput, ``r_*``: the
+    pace its 429s taught it, the rest: gradient and aimd)."""
     return f"{_limit(route)}:window"
 
 

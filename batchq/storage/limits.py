@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import redis
 
-from batchq.domain import gradient
+from batchq.domain import gradient, throughput
 from batchq.domain.health import BreakerPolicy, Deferred, RouteDown, RouteState, gives_up
 from batchq.domain.routing import Release, Route
 from batchq.storage import keys, scripts
 from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
+NAP_S = 5.0  # the longest one sleep while the route is held back: the line's lease is renewed between
 log = logging.getLogger("batchq.limits")
 
 
@@ -108,7 +109,7 @@ class RedisLimiter:
         adaptive: bool,
         default_timeout_s: float,
         breaker: BreakerPolicy | None = None,
-        mode: str = "aimd",
+        mode: str = "throughput",
         tolerance: float = 1.05,
         slot_ttl_s: float | None = None,
         stopping: threading.Event | None = None,
@@ -181,7 +182,7 @@ class RedisLimiter:
         if wait < 0:  # at the cap: sleep until some worker frees a slot (or a short timeout)
             self._client.blpop([keys.limit_freed(route.name)], timeout=random.uniform(0.05, FREED_WAIT_S))
         else:
-            time.sleep(wait)
+            time.sleep(min(wait, NAP_S))
         return False
 
     def release(self, done: Release) -> RouteState:
@@ -218,6 +219,7 @@ class RedisLimiter:
             "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "mode": self.mode_of(route),
             "w0": self._w0(route), "latency": done.latency_s, "tolerance": self.tolerance_of(route),
             "min_cut": gradient.BACKGROUND_CUT if route.priority == "background" else gradient.NORMAL_CUT,
+            "seconds": done.seconds, "sent_at": done.sent_at,
             "failures": self.breaker.failures,
             "smoothing": gradient.SMOOTHING, "drift": gradient.DRIFT_PER_S, "follow": gradient.BASE_FOLLOW,
             "band": gradient.GROW_BAND,
@@ -237,8 +239,9 @@ class RedisLimiter:
         return Call(_acquire_keys(route.name), args)
 
     def mode_of(self, route: Route) -> str:
-        """aimd | gradient | fixed: the route's own, else the default; fixed when adapting is off.
-        A background route is always gradient: latency is how it sees the interactive users."""
+        """throughput | aimd | gradient | fixed: the route's own, else the default; fixed when
+        adapting is off. A background route is always gradient: latency is how it sees the
+        interactive users."""
         if not self.adaptive:
             return "fixed"
         return "gradient" if route.priority == "background" else (route.mode or self.mode)
@@ -249,9 +252,10 @@ class RedisLimiter:
 
     def _w0(self, route: Route) -> float:
         """The window before any feedback: the cap for aimd; a few for gradient, which measures the
-        unloaded latency first and doubles from there."""
-        cap = route.max_in_flight
-        return float(min(cap, gradient.START)) if self.mode_of(route) == "gradient" else float(cap)
+        unloaded latency first and doubles from there; a round's worth for throughput."""
+        cap, mode = route.max_in_flight, self.mode_of(route)
+        start = {"gradient": gradient.START, "throughput": throughput.START}.get(mode, cap)
+        return float(min(cap, start))
 
 
 def log_change(route: str, health: Health) -> None:

@@ -13,6 +13,7 @@ The queue order itself (which waiting line enters the line queue next) lives in
 
 from __future__ import annotations
 
+from batchq.domain import pace, throughput
 from batchq.storage.lua import Call, Script
 from batchq.storage.scheduler import SCHEDULER_LUA
 
@@ -20,6 +21,33 @@ __all__ = [
     "ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "RENEW_HELD", "RENEW_LOCK", "TRANSITION",
     "Call", "Script",
 ]  # fmt: skip
+
+
+_SEEK = (
+    "GAIN",
+    "ELASTIC",
+    "FAST_ELASTIC",
+    "MIN_SAMPLES",
+    "ROUND_SHARE",
+    "HOLD_ROUNDS",
+    "RISE",
+    "USED",
+    "CUT_EVERY_S",
+    "RECOVER",
+)
+_CONSTANTS = {
+    **{name: getattr(throughput, name) for name in (*_SEEK, "THROTTLE_CUT", "ERROR_CUT")},
+    **{name: getattr(pace, name) for name in ("FIRST_WAIT_S", "MAX_WAIT_S", "MIN_PERIOD_S", "CREEP_S", "LONG_BURST")},
+}
+
+
+def _constants(lua: str) -> str:
+    """``lua`` with each ``@NAME@`` replaced by that constant of ``batchq.domain.throughput`` or
+    ``batchq.domain.pace`` (``repr`` of a float reads back in Lua as the same double)."""
+    for name, value in _CONSTANTS.items():
+        lua = lua.replace(f"@{name}@", repr(value))
+    assert "@" not in lua, "a constant of a rule has no value"
+    return lua
 
 
 # Positional (a plain registered script: its status list has a variable length).
@@ -142,10 +170,12 @@ end
 #          (0/1), probe_ms, waiters (how many lines may wait for an open route in worker threads;
 #          0: this line waits whatever their number), waits (0: only asking, folded into BEGIN_LINE:
 #          an open route answers 'o' and registers no waiter; the line asks again to wait).
+# The GCRA spaces requests by the route's rpm, or by the pace its 429s taught it (the slower).
 # Returns "0" (acquired), "-1" (at the cap: wait for a freed slot), seconds to wait (string),
 # "o<seconds>:<open_since>" (the route is down: wait for the next probe) or "d" (the route is down
 # and enough lines wait for it: stand aside, back to the scheduler).
-_ACQUIRE_FN = """
+_ACQUIRE_FN = _constants(
+    """
 local function acquire(k, a)
   local now = a.now
   if a.breaker == 1 then
@@ -166,17 +196,24 @@ local function acquire(k, a)
   end
   local nb = tonumber(redis.call('GET', k.notbefore) or '0')
   if nb > now then return tostring(nb - now) end
+  local h = redis.call('HMGET', k.window, 'w', 'r_rate', 'r_last')
   if a.cap > 0 then
     redis.call('ZREMRANGEBYSCORE', k.inflight, '-inf', now)
     local limit = a.cap
     if a.adaptive == 1 then
-      local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
+      local w = tonumber(h[1] or a.w0)
       limit = math.max(1, math.min(a.cap, math.floor(w)))
     end
     if redis.call('ZCARD', k.inflight) >= limit then return '-1' end
   end
-  if a.rpm > 0 then
-    local interval = 60.0 / a.rpm
+  local interval = 0
+  if a.rpm > 0 then interval = 60.0 / a.rpm end
+  local rate = tonumber(h[2] or '0')
+  if rate > 0 then  -- the pace its 429s taught the route (batchq.domain.pace.Pace.rate_at)
+    rate = rate * math.min(2, 1 + math.max(0, now - tonumber(h[3])) / @CREEP_S@)
+    interval = math.max(interval, 1 / rate)
+  end
+  if interval > 0 then
     local tat = tonumber(redis.call('GET', k.tat) or '0')
     if tat < now then tat = now end
     if tat - now > 1.0 then return tostring(tat - now - 1.0) end
@@ -186,6 +223,7 @@ local function acquire(k, a)
   return '0'
 end
 """
+)
 
 # slot  k: inflight, notbefore, window, freed, health.
 #       a: token, now, outcome (ok|throttled|error|down), retry_after, cap, mode (aimd|gradient|fixed),
@@ -257,41 +295,258 @@ local function gradient(k, a)
 end
 """
 
+
+# The throughput-seeking window (mode throughput, the default): batchq.domain.throughput's
+# SeekLimit.answer and back_off, atomically on the route's shared hash (its docstring explains the
+# rule; test_seek_parity keeps the two equal). The module's constants are written into the text
+# (``_constants``), so no call carries them. The state lives in the window hash beside ``w``
+# (which ACQUIRE reads), its fields named s_*.
+_SEEK_FN = _constants(
+    """
+local SEEK_FIELDS = {'base', 'phase', 'fast', 'lower', 'skip', 'mark', 'count', 'total', 'top', 'ref_x', 'ref_l',
+  'ref_top', 'held_l', 'low_l', 'rounds', 'ceiling', 'cut'}
+local function seek_load(k, a)
+  local names = {'w'}
+  for i, f in ipairs(SEEK_FIELDS) do names[i + 1] = 's_' .. f end
+  local h = redis.call('HMGET', k.window, unpack(names))
+  if not h[2] then
+    return {w = a.w0, base = a.w0, phase = 'hold', fast = true, lower = false, skip = 0, mark = 0, count = 0,
+      total = 0, top = 0, ref_x = 0, ref_l = 0, ref_top = 0, held_l = 0, low_l = 0, rounds = 0, ceiling = 0, cut = 0}
+  end
+  local s = {w = tonumber(h[1]) or a.w0}
+  for i, f in ipairs(SEEK_FIELDS) do s[f] = h[i + 1] end
+  for _, f in ipairs({'base', 'skip', 'mark', 'count', 'total', 'top', 'ref_x', 'ref_l', 'ref_top', 'held_l', 'low_l',
+      'rounds', 'ceiling',
+      'cut'}) do s[f] = tonumber(s[f]) end
+  s.fast = s.fast == '1'
+  s.lower = s.lower == '1'
+  return s
+end
+local function seek_save(k, s)
+  local flat = {'w', tostring(s.w)}
+  for _, f in ipairs(SEEK_FIELDS) do
+    local v = s[f]
+    if v == true then v = '1' elseif v == false then v = '0' else v = tostring(v) end
+    flat[#flat + 1] = 's_' .. f
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', k.window, unpack(flat))
+end
+local function seek_elasticity(x1, x0, n1, n0)
+  if x1 <= 0 or x0 <= 0 or n1 <= 0 or n0 <= 0 or n1 == n0 then return 0 end
+  return math.log(x1 / x0) / math.log(n1 / n0)
+end
+local function seek_round(s)
+  s.skip = s.w
+  s.mark = 0
+  s.count = 0
+  s.total = 0
+  s.top = 0
+end
+local function seek_hold(s, base)
+  s.w = base
+  s.base = base
+  s.phase = 'hold'
+  s.rounds = 0
+  seek_round(s)
+end
+local function seek_up(s, a)
+  local step = math.max(s.base + 1, s.base * @GAIN@)
+  if s.fast then step = 2 * s.base end
+  s.w = math.min(a.cap, step)
+  s.phase = 'up'
+  seek_round(s)
+end
+local function seek_down(s)
+  local step = s.base / @GAIN@
+  if s.fast then step = s.base / 2 end
+  s.w = math.max(1, step)
+  s.phase = 'down'
+  seek_round(s)
+end
+local function seek_held(s, a, rate, latency)
+  if s.held_l <= 0 then s.held_l = latency end
+  s.ref_x = rate
+  s.ref_l = latency
+  s.ref_top = s.top
+  s.rounds = s.rounds + 1
+  if latency > @RISE@ * s.held_l and s.base > 1 then
+    s.fast = false
+    return seek_down(s)
+  end
+  local ready = s.fast or s.rounds >= @HOLD_ROUNDS@
+  local queued = s.base >= a.cap and latency > @RISE@ * s.low_l
+  if ready and (s.lower or queued) and s.base > 1 then return seek_down(s) end
+  if ready and s.base < a.cap and s.top >= @USED@ * s.base then return seek_up(s, a) end
+  s.fast = s.fast and s.base < a.cap
+  seek_round(s)
+end
+local function seek_probed_up(s, a, rate, latency)
+  local n1, n0 = math.min(s.w, s.top), math.min(s.base, s.ref_top)
+  local gain = 0
+  if n1 > n0 then gain = seek_elasticity(rate, s.ref_x, n1, n0) end
+  local elastic = @ELASTIC@
+  if s.fast then elastic = @FAST_ELASTIC@ end
+  if gain < elastic then
+    s.lower = true
+    return seek_hold(s, s.base)
+  end
+  s.base = s.w
+  s.ref_x = rate
+  s.ref_l = latency
+  s.ref_top = s.top
+  s.held_l = latency
+  s.lower = false
+  if s.base >= a.cap then
+    s.fast = false
+    return seek_hold(s, s.base)
+  end
+  seek_up(s, a)
+end
+local function seek_probed_down(s, rate, latency)
+  local n1, n0 = math.min(s.base, s.ref_top), math.min(s.w, s.top)
+  local loss = 1
+  if n1 > n0 then loss = seek_elasticity(s.ref_x, rate, n1, n0) end
+  local elastic = @ELASTIC@
+  if s.fast then elastic = @FAST_ELASTIC@ end
+  if loss >= elastic then
+    s.held_l = s.ref_l
+    s.lower = false
+    s.fast = false
+    return seek_hold(s, s.base)
+  end
+  s.base = s.w
+  s.ref_x = rate
+  s.ref_l = latency
+  s.ref_top = s.top
+  s.held_l = latency
+  if s.base > 1 then return seek_down(s) end
+  seek_hold(s, s.base)
+end
+-- a: now, cap, w0, seconds (the answer's latency); n: requests in flight when it came back.
+local function seek_answer(k, a, n)
+  local s = seek_load(k, a)
+  s.top = math.max(s.top, n)
+  if s.ceiling > 0 then  -- recovering from a cut: one more per answer, back to where it was
+    local w = math.min(s.ceiling, s.w + 1)
+    if w >= s.ceiling then
+      s.ceiling = 0
+      seek_hold(s, w)
+    else
+      s.w = w
+      s.base = w
+    end
+  elseif s.skip > 0 or s.mark <= 0 then
+    s.skip = s.skip - 1
+    s.mark = a.now
+  else
+    s.count = s.count + 1
+    s.total = s.total + a.seconds
+    if s.count >= math.max(@MIN_SAMPLES@, @ROUND_SHARE@ * s.w) and a.now > s.mark then
+      local rate, latency = s.count / (a.now - s.mark), s.total / s.count
+      if s.low_l > 0 then s.low_l = math.min(s.low_l, latency) else s.low_l = latency end
+      if s.phase == 'up' then seek_probed_up(s, a, rate, latency)
+      elseif s.phase == 'down' then seek_probed_down(s, rate, latency)
+      else seek_held(s, a, rate, latency) end
+    end
+  end
+  seek_save(k, s)
+end
+local function seek_back_off(k, a, factor)
+  local s = seek_load(k, a)
+  if a.now - s.cut < @CUT_EVERY_S@ then return end
+  local w = math.max(1, s.w * factor)
+  s.fast = false
+  s.ceiling = math.max(w, @RECOVER@ * s.base)
+  s.cut = a.now
+  seek_hold(s, w)
+  seek_save(k, s)
+end
+"""
+)
+
+# What a route learns from its 429s (batchq.domain.pace: Pace.throttled, Pace.answered; its
+# docstring explains the rule; test_pace_parity keeps the two equal), in the window hash (r_*).
+# a: now, sent_at (when the throttled request was sent), retry_after (the answer's hint; 0: none).
+_PACE_FN = _constants(
+    """
+local function pace_throttled(k, a)
+  local h = redis.call('HMGET', k.window, 'r_rate', 'r_since', 'r_answers', 'r_wait', 'r_last', 'r_streak')
+  local rate, since, answers = tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0')
+  local wait, last, streak = tonumber(h[4] or '0'), tonumber(h[5] or '0'), tonumber(h[6] or '0')
+  if a.sent_at < last then return end  -- the same burst: already learnt from
+  local burst = answers > 0 or since == 0
+  if burst and since > 0 and streak >= @LONG_BURST@ and a.now - since >= @MIN_PERIOD_S@ then
+    rate = answers / (a.now - since)
+  end
+  if a.retry_after <= 0 then
+    if burst or wait <= 0 then wait = @FIRST_WAIT_S@ else wait = math.min(@MAX_WAIT_S@, 2 * wait) end
+  end
+  if burst then
+    since = a.now
+    streak = 1
+  else
+    streak = streak + 1
+  end
+  redis.call('HSET', k.window, 'r_rate', tostring(rate), 'r_since', tostring(since), 'r_answers', '0',
+    'r_wait', tostring(wait), 'r_last', tostring(a.now), 'r_streak', tostring(streak))
+  local hold = a.retry_after
+  if hold <= 0 then hold = wait end
+  local nb = tonumber(redis.call('GET', k.notbefore) or '0')
+  if a.now + hold > nb then redis.call('SET', k.notbefore, tostring(a.now + hold), 'EX', math.ceil(hold) + 1) end
+end
+local function pace_answered(k)
+  local since = redis.call('HGET', k.window, 'r_since')
+  if since and since ~= '0' then redis.call('HINCRBY', k.window, 'r_answers', 1) end
+end
+"""
+)
+
 _RELEASE_FN = (
     _HEALTH_FN
     + _GRADIENT_FN
-    + """
+    + _SEEK_FN
+    + _PACE_FN
+    + _constants(
+        """
 local function release(k, a)
   local now = a.now
   local cap = a.cap
+  local seeks = a.mode == 'throughput' and cap > 0
+  local n = 0
+  if seeks and a.outcome == 'ok' then n = redis.call('ZCARD', k.inflight) end
   if redis.call('ZREM', k.inflight, a.token) == 1 and cap > 0 then
     redis.call('LPUSH', k.freed, '1')  -- wake one worker waiting for a slot
     redis.call('LTRIM', k.freed, 0, cap - 1)
     redis.call('EXPIRE', k.freed, 60)
   end
   if a.outcome == 'throttled' then
-    local wait = a.retry_after
-    if wait > 0 then
-      local nb = tonumber(redis.call('GET', k.notbefore) or '0')
-      if now + wait > nb then redis.call('SET', k.notbefore, tostring(now + wait), 'EX', math.ceil(wait) + 1) end
-    end
-    if a.mode ~= 'fixed' and cap > 0 then
+    pace_throttled(k, a)
+    if seeks then
+      seek_back_off(k, a, @THROTTLE_CUT@)
+    elseif a.mode ~= 'fixed' and cap > 0 then
       local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
       local halved = tonumber(redis.call('HGET', k.window, 'halved') or '0')
       if now - halved >= 1.0 then
         redis.call('HSET', k.window, 'w', tostring(math.max(1, w / 2)), 'halved', tostring(now), 'ss', '0')
       end
     end
+  elseif seeks and a.outcome == 'ok' and a.seconds > 0 then
+    seek_answer(k, a, n)
+  elseif seeks and a.outcome == 'error' then
+    seek_back_off(k, a, @ERROR_CUT@)
   elseif a.outcome == 'ok' and a.mode == 'gradient' and cap > 0 and a.latency > 0 then
     gradient(k, a)
   elseif a.outcome == 'ok' and a.mode == 'aimd' and cap > 0 then
     local w = tonumber(redis.call('HGET', k.window, 'w') or a.w0)
     if w < cap then redis.call('HSET', k.window, 'w', tostring(math.min(cap, w + 1 / w))) end
   end
+  if a.outcome == 'ok' then pace_answered(k) end
   if a.outcome ~= 'ok' then redis.call('HINCRBY', k.health, a.outcome, 1) end  -- 429s and errors, per route
   return record_health(k, a)
 end
 """
+    )
 )
 
 # Parts: line (BEGIN_LINE's), optional slot (ACQUIRE's: taken only if the line may run),

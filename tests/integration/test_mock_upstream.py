@@ -255,3 +255,53 @@ def test_run_prints_bound_address_and_stops_on_sigterm() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+ENGINE = MockConfig(engine_k=32, engine_steps=50, engine_step_ms=4.0, engine_max=256)
+
+
+def test_the_engine_model_serves_a_batch_slower_per_request_yet_faster_in_all() -> None:
+    """A request of 50 steps of at least 4 ms; 32 at once: each step at least twice as long,
+    but all 32 done long before 32 requests one after another."""
+
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        began = time.perf_counter()
+        assert (await client.post("/v1/chat/completions", json=_chat("alone"))).status == 200
+        alone = time.perf_counter() - began
+        assert alone >= 50 * 0.004 * (1 + 1 / 32)
+        began = time.perf_counter()
+        answers = await asyncio.gather(*(client.post("/v1/chat/completions", json=_chat(f"r{i}")) for i in range(32)))
+        together = time.perf_counter() - began
+        assert all(a.status == 200 for a in answers)
+        assert together >= 50 * 0.004 * 2  # the batch of 32: every step twice as long
+        assert together < 32 * alone / 4  # yet 32 served in far less than 32 one after another
+        assert (await _stats(client))["engine_peak_batch"] == 32
+
+    _run(scenario, ENGINE)
+
+
+def test_the_engine_serves_at_most_engine_max_and_queues_the_rest() -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        answers = await asyncio.gather(*(client.post("/v1/chat/completions", json=_chat(f"r{i}")) for i in range(10)))
+        assert [a.status for a in answers] == [200] * 10
+        stats = await _stats(client)
+        assert stats["engine_peak_batch"] == 4 and stats["peak_in_flight"] == 10
+
+    _run(scenario, MockConfig(engine_k=8, engine_steps=5, engine_step_ms=1.0, engine_max=4))
+
+
+def test_the_gateway_answers_429_without_retry_after_over_its_window_until_it_turns() -> None:
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        statuses, headers = [], []
+        for i in range(5):
+            answer = await client.post("/v1/chat/completions", json=_chat(f"r{i}"))
+            statuses.append(answer.status)
+            headers.append(answer.headers)
+        assert statuses == [200, 200, 200, 429, 429]
+        assert all("Retry-After" not in h for h in headers)
+        error = await (await client.post("/v1/chat/completions", json=_chat("over"))).json()
+        assert error["error"]["code"] == "rate_limit_exceeded"
+        await asyncio.sleep(0.6)  # the window (0.5 s from the first request) has turned
+        assert (await client.post("/v1/chat/completions", json=_chat("next"))).status == 200
+
+    _run(scenario, MockConfig(window_limit=3, window_s=0.5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -109,10 +110,28 @@ def test_400_is_not_retried() -> None:
     assert len(handler.requests) == 1
 
 
-def test_429_with_retry_after_zero_is_retried() -> None:
-    handler = Recorder(httpx2.Response(429, headers={"Retry-After": "0"}), httpx2.Response(200, json={}))
+def test_429s_spend_no_attempt_however_many() -> None:
+    handler = Recorder(*[httpx2.Response(429)] * 7, httpx2.Response(200, json={}))
+    outcome = send(handler)  # three attempts allowed, seven 429s: they are waits, not failures
+    assert (outcome.status, outcome.attempts, len(handler.requests)) == (200, 1, 8)
+
+
+def test_a_429_for_spent_quota_is_an_error_that_spends_attempts() -> None:
+    quota = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    handler = Recorder(httpx2.Response(429, json=quota))
     outcome = send(handler)
-    assert (outcome.status, outcome.attempts) == (200, 2)
+    assert (outcome.status, outcome.attempts) == (429, 3)
+
+
+def test_429s_end_the_line_once_its_batch_has_expired() -> None:
+    upstream = Upstream(settings(), transport=httpx2.MockTransport(Recorder(httpx2.Response(429))))
+    route = upstream.route(PATH, "m")
+    assert route is not None
+    try:
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD, deadline=time.time() - 1)
+    finally:
+        upstream.close()
+    assert (outcome.status, outcome.attempts, done.outcome) == (429, 1, "throttled")
 
 
 def test_persistent_503_returns_the_last_response_after_max_attempts() -> None:
@@ -157,9 +176,9 @@ def test_single_attempt_setting_never_retries() -> None:
 
 
 def test_retry_after_beyond_the_total_time_budget_stops_retrying() -> None:
-    handler = Recorder(httpx2.Response(429, headers={"Retry-After": "30"}), httpx2.Response(200))
+    handler = Recorder(httpx2.Response(500, headers={"Retry-After": "30"}), httpx2.Response(200))
     outcome = send(handler, upstream_backoff_max_s=60, upstream_max_retry_time_s=10)
-    assert (outcome.status, outcome.attempts) == (429, 1)
+    assert (outcome.status, outcome.attempts) == (500, 1)
 
 
 def test_authorization_header_sent_when_upstream_api_key_is_set() -> None:
@@ -236,11 +255,24 @@ def test_a_throttled_last_attempt_carries_its_retry_after_to_the_caller() -> Non
     throttled = httpx2.Response(429, headers={"Retry-After": "30"})
     upstream, limiter, route = limited(Recorder(throttled), upstream_max_attempts=1)
     try:
-        outcome, done = upstream.send_on(route, PATH, PAYLOAD)
+        outcome, done = upstream.send_on(route, PATH, PAYLOAD, deadline=time.time() - 1)
     finally:
         upstream.close()
     assert outcome.status == 429 and outcome.attempts == 1
     assert (done.outcome, done.retry_after, limiter.released) == ("throttled", 30.0, [])
+
+
+def test_429s_are_given_back_to_the_limiter_which_learns_from_them() -> None:
+    reset = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m30s"}
+    handler = Recorder(httpx2.Response(429, headers=reset), httpx2.Response(429), httpx2.Response(200, json={}))
+    upstream, limiter, route = limited(handler)
+    try:
+        outcome, _ = upstream.send_on(route, PATH, PAYLOAD)
+    finally:
+        upstream.close()
+    assert (outcome.status, outcome.attempts) == (200, 1)
+    assert [(r.outcome, r.retry_after) for r in limiter.released] == [("throttled", 90.0), ("throttled", None)]
+    assert all(r.sent_at > 0 for r in limiter.released)
 
 
 def test_an_attempt_that_raises_gives_its_slot_back() -> None:
@@ -288,3 +320,11 @@ def test_a_line_gives_up_when_the_route_stays_down_too_long() -> None:
     assert (outcome.status, outcome.error_code, outcome.attempts) == (None, "upstream_unreachable", 0)
     assert "unreachable for 1800 s" in (outcome.error_message or "")
     assert done.token is None
+
+
+def test_a_route_with_an_engine_priority_sends_it_in_every_body_unless_the_line_has_its_own() -> None:
+    route = Route(name="batch", url="http://vllm.test", engine_priority=10)
+    assert orjson.loads(Upstream.payload(route, {"model": "m"})) == {"model": "m", "priority": 10}
+    assert orjson.loads(Upstream.payload(route, {"model": "m", "priority": 0})) == {"model": "m", "priority": 0}
+    plain = Route(name="plain", url="http://vllm.test")
+    assert orjson.loads(Upstream.payload(plain, {"model": "m"})) == {"model": "m"}
