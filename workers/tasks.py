@@ -151,7 +151,7 @@ def heartbeat_loop(stop: threading.Event) -> None:
         try:
             rt.held.check(rt.redis, lambda batch_id, lines: rt.batches.renew_held(batch_id, lines, lease_s))
             rt.upstream.limiter.renew_held()
-            rt.batches.renew_locks(rt.locks.held(), lease_s)
+            rt.batch_locks.renew(rt.locks.held(), lease_s)
         except Exception:  # Redis away: the next beat tries again (the leases outlive a short outage)
             log.debug("heartbeat failed", exc_info=True)
         if stop.wait(recovery.beat_every(lease_s)):

@@ -85,7 +85,6 @@ class BatchStore:
         self._complete = Script(client, scripts.COMPLETE_LINE)
         self._read_results = Script(client, scripts.READ_RESULTS)
         self._renew_held = Script(client, scripts.RENEW_HELD)
-        self._renew_lock = Script(client, scripts.RENEW_LOCK)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -246,15 +245,6 @@ class BatchStore:
     def done_bitmap(self, batch_id: str) -> bytes:
         return self.r.get(keys.batch_done(batch_id)) or b""
 
-    def renew_locks(self, tokens: dict[str, str], ttl_s: float) -> None:
-        """The heartbeat's part: the batch locks held here (key -> token) live another ``ttl_s``."""
-        if not tokens:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for key, token in tokens.items():
-            self._renew_lock.run({"lock": Call({"lock": key}, {"token": token, "ttl_ms": int(ttl_s * 1000)})}, pipe)
-        pipe.execute()
-
     def busy(self, batch_id: str) -> bool:
         """A submit or a finalize of the batch runs now (its worker beats)."""
         return bool(self.r.exists(keys.batch_lock(batch_id), keys.batch_submitting(batch_id)))
@@ -298,12 +288,18 @@ class BatchStore:
                     seen.add(index)
                     yield index, value
 
-    def drop_working_keys(self, batch_id: str) -> None:
+    def drop_working_keys(self, batch_id: str, after_s: int = keys.WORKING_KEPT_S) -> None:
+        """The batch ended: its working keys expire ``after_s`` from now, not at once, so a finalize
+        that stalled and wakes up late reads the very lines the files were written from (it puts
+        nothing in place either: ``LockStore.held``)."""
         working = (
             keys.batch_results, keys.batch_leases, keys.batch_attempts, keys.batch_offsets, keys.batch_done,
             keys.batch_pending, keys.batch_order,
         )  # fmt: skip
-        self.r.delete(*(k(batch_id) for k in working))
+        pipe = self.r.pipeline(transaction=False)
+        for key in working:
+            pipe.expire(key(batch_id), after_s)
+        pipe.execute()
 
 
 def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:

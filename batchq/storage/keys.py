@@ -32,6 +32,7 @@ LIMIT_PREFIX = f"{PREFIX}:limit:{{"  # + route + "}": the route's limiter keys, 
 BATCH_PREFIX = f"{PREFIX}:batch:{{"  # + batch id + "}": what the scheduler's Lua builds keys from
 
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
+WORKING_KEPT_S = 600  # and once the batch ended, they are kept this long (a finalize that woke up late)
 
 
 def queue_lists(queue: str = LINE_QUEUE) -> list[str]:

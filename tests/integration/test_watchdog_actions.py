@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from batchq.observability.overview import read_overview
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from batchq.storage.batches import pack_offsets
+from batchq.storage.locks import Lock
 from batchq.storage.server import ServerInfo
 
 pytestmark = pytest.mark.integration
@@ -183,3 +185,51 @@ def test_a_finalize_that_cannot_write_is_recorded_then_cleared_once_it_can(
     batch = rt.batches.get(batch_id)
     assert batch is not None and batch.status is Status.COMPLETED and queue.events == ["batch.completed"]
     assert rt.redis.hget(keys.batch(batch_id), "finalize_failing_since") is None
+
+
+# --- a finalize that stalls past its lock ------------------------------------------------------
+
+
+def test_a_finalize_that_stalled_past_its_lock_leaves_the_finished_files_alone(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = stalled_batch(rt, done=TOTAL, granted=TOTAL)
+    rt.settings = rt.settings.model_copy(update={"line_lease_s": 1})  # no heartbeat here: the lock lives 1 s
+    stalled, resume = threading.Event(), threading.Event()
+    reads = rt.batches.iter_results
+
+    def stall_first(batch: str) -> Iterator[tuple[bytes, bytes]]:
+        if threading.current_thread().name == "stalled-finalize":
+            stalled.set()
+            resume.wait(30)
+        return reads(batch)
+
+    monkeypatch.setattr(rt.batches, "iter_results", stall_first)
+    late = threading.Thread(target=finalize.finalize, args=(rt, RecordingQueue(), batch_id), name="stalled-finalize")
+    late.start()
+    assert stalled.wait(30)
+    while rt.redis.exists(keys.batch_lock(batch_id)):  # its lock runs out while it stalls
+        time.sleep(0.05)
+    finalize.finalize(rt, RecordingQueue(), batch_id)  # type: ignore[arg-type]  # the watchdog's run finishes it
+    batch = rt.batches.get(batch_id)
+    assert batch is not None and batch.status is Status.COMPLETED and batch.output_file_id
+    path = rt.files.path(batch.output_file_id)
+    written = path.read_bytes()
+    assert written.count(b"\n") == TOTAL
+    resume.set()
+    late.join(30)
+    assert path.read_bytes() == written  # the late run put nothing in place
+    assert rt.files.get(batch.output_file_id, Owner("acct")).bytes == len(written)
+
+
+def test_a_lock_is_given_back_only_by_its_holder(rt: Runtime) -> None:
+    batch_id = stalled_batch(rt, done=0, granted=TOTAL)
+    key = keys.batch_lock(batch_id)
+    mine = rt.batch_locks.take(key, 5)
+    assert mine is not None and rt.batch_locks.take(key, 5) is None
+    assert rt.batch_locks.held(mine, batch_id)
+    rt.redis.set(key, "another holder's")  # mine ran out and another took it
+    stale = Lock(key, mine.token)
+    assert not rt.batch_locks.held(stale, batch_id)
+    assert not rt.batch_locks.release(stale)
+    assert rt.redis.get(key) == b"another holder's"
