@@ -28,7 +28,7 @@ from batchq.domain.results import CANCELLED, EXPIRED, error_line
 from batchq.domain.status import Status, is_terminal
 from batchq.domain.webhooks import EVENT_TYPES
 from batchq.runtime import Runtime, TaskQueue
-from batchq.storage import keys
+from batchq.storage import clock, keys
 from batchq.storage.locks import Lock, batch_lock
 
 log = logging.getLogger("batchq.finalize")
@@ -81,7 +81,7 @@ def _finish_expired(rt: Runtime, queue: TaskQueue, batch: Batch, lock: Lock) -> 
 
 
 def _live_leases(rt: Runtime, batch_id: str) -> bool:
-    now = time.time()
+    now = clock.now()
     return any(until > now for until in rt.batches.leases(batch_id).values())
 
 

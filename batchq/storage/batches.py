@@ -16,7 +16,7 @@ from batchq.domain.results import ResultLine
 from batchq.domain.scheduling import Verdict
 from batchq.domain.status import STAMP, Status, is_terminal, sources_of
 from batchq.errors import NotFound
-from batchq.storage import keys, scripts
+from batchq.storage import clock, keys, scripts
 from batchq.storage.lua import Call, Script
 
 _OFFSET = struct.Struct("<QI")  # byte offset and length of one request line
@@ -212,7 +212,7 @@ class BatchStore:
         With ``fill`` (the scheduler's part), the same call lets the next granted line into the
         queue: every delivered task takes one out of it.
         """
-        now = time.time()
+        now = clock.now()  # Redis's time: the watchdog reads the lease on it, whatever this host's clock
         line = {"batch": keys.batch(batch_id), "done": keys.batch_done(batch_id), "leases": keys.batch_leases(batch_id)}
         parts = {"line": Call(line, {"index": index, "lease_until": now + lease_s, "now": now})}
         if slot is not None:
@@ -224,7 +224,7 @@ class BatchStore:
 
     def renew_held(self, batch_id: str, indices: list[int], lease_s: float) -> int:
         """Renew the leases of these lines that still have one (the worker's heartbeat); returns how many."""
-        call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": time.time() + lease_s})
+        call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": clock.now() + lease_s})
         return int(self._renew_held.run({"line": call}))
 
     def complete_line(self, batch_id: str, index: int, result: ResultLine, release: Call | None = None) -> Progress:
@@ -311,7 +311,7 @@ def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:
     }  # fmt: skip
     args = {
         "index": index, "ok": int(result.ok), "data": result.data, "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens, "total_tokens": u.total_tokens, "now": int(time.time()),
+        "output_tokens": u.output_tokens, "total_tokens": u.total_tokens, "now": int(clock.now()),
         "ttl": keys.RESULT_TTL_S,
     }  # fmt: skip
     return Call(line_keys, args)

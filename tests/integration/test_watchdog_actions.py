@@ -11,18 +11,20 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from batchq.config import Settings
+from batchq.domain.leases import Contact
 from batchq.domain.models import Batch, Owner, RequestCounts
 from batchq.domain.results import LOST, response_line
 from batchq.domain.status import Status
 from batchq.execution import finalize, watchdog
 from batchq.observability.overview import read_overview
 from batchq.runtime import Runtime, build_runtime
-from batchq.storage import keys
+from batchq.storage import clock, keys, redis_client
 from batchq.storage.batches import pack_offsets
 from batchq.storage.locks import Lock
-from batchq.storage.server import ServerInfo
+from batchq.storage.server import ServerInfo, server_info
 
 pytestmark = pytest.mark.integration
 TOTAL, DEPTH, LEASE = 10, 3, 60
@@ -233,3 +235,67 @@ def test_a_lock_is_given_back_only_by_its_holder(rt: Runtime) -> None:
     assert not rt.batch_locks.held(stale, batch_id)
     assert not rt.batch_locks.release(stale)
     assert rt.redis.get(key) == b"another holder's"
+
+
+# --- a break with Redis in the middle of a sweep -----------------------------------------------
+
+
+def run_out_lease(rt: Runtime, batch_id: str) -> None:
+    """Lines 2.. all run out, line 2 a lease ago (its worker could not renew it: Redis was away)."""
+    rt.redis.set(keys.RECONCILED_RUN, server_info(rt.redis).run_id)  # no once-per-Redis resend in these sweeps
+    lease(rt, batch_id, 2, clock.sync(rt.redis) - LEASE - 1)
+
+
+def test_a_retried_redis_command_anywhere_in_the_process_holds_the_sweep_back(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id, queue = stalled_batch(rt, done=2, granted=TOTAL), RecordingQueue()
+    run_out_lease(rt, batch_id)
+    monkeypatch.setattr(redis_client._trouble, "at", time.monotonic())  # a command was just retried
+    watchdog.sweep(rt, queue, Contact())  # type: ignore[arg-type]
+    assert queue.requeued == [], "nobody could renew it: it is not judged by its time"
+    monkeypatch.setattr(redis_client._trouble, "at", time.monotonic() - 60)
+    watchdog.sweep(rt, queue, Contact())  # type: ignore[arg-type]
+    assert queue.requeued == [2]
+
+
+def test_a_redis_error_on_one_batch_holds_back_the_rest_of_the_sweep(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = stalled_batch(rt, done=2, granted=TOTAL)
+    second = "batch_" + "8" * 32
+    rt.redis.copy(keys.batch(first), keys.batch(second))
+    rt.redis.copy(keys.batch_offsets(first), keys.batch_offsets(second))
+    rt.redis.sadd(keys.ACTIVE_BATCHES, second)
+    for batch_id in (first, second):
+        run_out_lease(rt, batch_id)
+    monkeypatch.setattr(redis_client._trouble, "at", None)
+    reads, failed = rt.batches.leases, []
+
+    def break_once(batch_id: str) -> dict[int, float]:
+        if not failed:
+            failed.append(batch_id)
+            raise redis.ConnectionError("Connection reset by peer")
+        return reads(batch_id)
+
+    monkeypatch.setattr(rt.batches, "leases", break_once)
+    queue = RecordingQueue({(first, 9), (second, 9)})
+    watchdog.sweep(rt, queue, Contact())  # type: ignore[arg-type]
+    assert failed and queue.requeued == [], "the break counts for the batches after it"
+
+
+def test_a_host_whose_clock_is_seconds_behind_stamps_leases_on_redis_time(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = stalled_batch(rt, done=2, granted=TOTAL)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 9.0)  # this host is 9 s behind Redis
+    try:
+        clock.sync(rt.redis)
+        assert rt.batches.begin_line(batch_id, 5, 10).verdict.value == "go"
+    finally:
+        monkeypatch.undo()
+        clock.sync(rt.redis)
+    seconds, micros = rt.redis.time()
+    until = rt.batches.leases(batch_id)[5]
+    assert abs(until - (seconds + micros / 1e6 + 10)) < 1.0, "the lease runs 10 s on Redis's clock, not 1 s"
