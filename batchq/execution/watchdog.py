@@ -111,8 +111,9 @@ def sweep(rt: Runtime, queue: TaskQueue, contact: Contact | None = None) -> None
     judged run out by its time within a grace after one (the workers had no way to renew them).
     Checked again for every batch: a break in the middle of the sweep counts at once."""
     contact = contact or Contact()
-    if rt.deployment.check() is None:  # once per sweep; else Redis and the data are not one deployment
-        delete_expired(rt)
+    with rt.deployment.checked_once() as mismatch:  # once per sweep (the stores' guards reuse it)
+        if mismatch is None:  # else Redis and the data are not one deployment: delete nothing
+            delete_expired(rt)
     now = clock.sync(rt.redis)  # Redis's TIME, once per sweep: every lease is stamped on it
     info = _server_info(rt)
     stale = leases.stale_before(info, now) if info else None

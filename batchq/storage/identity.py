@@ -13,6 +13,9 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -98,6 +101,7 @@ class Deployment:
         self.marker = marker
         self.redis_where = redis_where
         self._logged: str | None = None  # the problem last logged (one ERROR per problem per process)
+        self._held = threading.local()  # .found: the verdict of ``checked_once`` on this thread
 
     def sides(self) -> Sides:
         raw = self.r.get(keys.DEPLOYMENT)
@@ -159,8 +163,20 @@ class Deployment:
         self._logged = found
         return found
 
+    @contextmanager
+    def checked_once(self) -> Iterator[str | None]:
+        """``check()`` once for a whole pass (the watchdog's sweep): the guards inside it on this
+        thread use that verdict, so one sweep cannot flip half-way (and Redis is asked once)."""
+        found = self.check()
+        self._held.found = (found,)
+        try:
+            yield found
+        finally:
+            self._held.found = None
+
     def guard(self) -> None:
         """Before a deletion: raises ``WrongDeployment`` unless the two sides match."""
-        found = self.check()
+        held = getattr(self._held, "found", None)
+        found = held[0] if held is not None else self.check()
         if found is not None:
             raise WrongDeployment(found)

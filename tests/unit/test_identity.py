@@ -120,3 +120,20 @@ def test_a_forced_adopt_gives_redis_the_datas_id_where_both_differ(tmp_path: Pat
     assert found.adopt() == "r1" and found.check() is not None, "not without --force"
     assert found.adopt(force=True) == "d1"
     assert found.check() is None
+
+
+def test_a_sweep_checks_the_deployment_once_and_its_guards_keep_that_verdict(tmp_path: Path) -> None:
+    r = FakeRedis()
+    found = Deployment(r, DirMarker(tmp_path), "redis://r")  # type: ignore[arg-type]
+    assert found.establish() is None
+    reads = []
+    real_get = r.get
+    r.get = lambda key: reads.append(key) or real_get(key)  # type: ignore[method-assign]
+    with found.checked_once() as mismatch:
+        assert mismatch is None
+        del r.data[keys.DEPLOYMENT]  # flips half-way through the sweep
+        for _ in range(4):
+            found.guard()  # the file and upload sweeps of this pass
+    assert reads.count(keys.DEPLOYMENT) == 1
+    with pytest.raises(WrongDeployment):
+        found.guard()  # the next pass (or the API) sees the flip
