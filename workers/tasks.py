@@ -135,7 +135,6 @@ def watchdog_loop(stop: threading.Event) -> None:
         started = time.monotonic()
         if leases.woke_late(due, started, interval):  # this host stalled: its heartbeat did not run either
             contact.note_break(started)
-        due = started + interval
         try:
             locked = rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9)))
             contact.note(True, time.monotonic() - started, time.monotonic())
@@ -145,6 +144,7 @@ def watchdog_loop(stop: threading.Event) -> None:
             if isinstance(exc, redis.RedisError):
                 contact.note(False, 0.0, time.monotonic())
             log.exception("watchdog sweep failed")
+        due = time.monotonic() + interval  # counted from the sweep's end: a long sweep is not a stall
 
 
 def heartbeat_loop(stop: threading.Event) -> None:
