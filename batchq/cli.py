@@ -136,23 +136,46 @@ def scheduler() -> None:
 @app.command()
 def deployment(
     adopt: Annotated[
-        bool, typer.Option("--adopt", help="Give this Redis (which has no id) the data directory's deployment id.")
+        bool,
+        typer.Option(
+            "--adopt",
+            help="Make this Redis and BATCHQ_DATA_DIR one deployment (the side without an id takes the other's).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --adopt, where both have ids and they differ: Redis takes the data's.")
     ] = False,
 ) -> None:
     """The deployment ids in Redis and in BATCHQ_DATA_DIR, and whether they match (nothing is deleted
-    while they differ). --adopt: this Redis takes over the data (it lost its own, or it is new)."""
+    while they differ). --adopt: this Redis takes over the data (it lost its own, or it is new);
+    where no Redis answers, the embedded one of BATCHQ_DATA_DIR/redis is started for it."""
     from batchq.config import get_settings
+    from batchq.embedded import reachable
+    from batchq.serve import ServeError, embedded_redis
+
+    settings = get_settings()
+    if adopt and not reachable(settings.redis_url):
+        try:
+            with embedded_redis(settings) as url:
+                _deployment(settings.model_copy(update={"redis_url": url}), adopt, force)
+        except (ServeError, RuntimeError) as error:  # RuntimeError: no redis-server binary
+            typer.echo(f"error: batchq deployment: {error}", err=True)
+            raise typer.Exit(1) from None
+        return
+    require_redis("deployment")
+    _deployment(settings, adopt, force)
+
+
+def _deployment(settings: Settings, adopt: bool, force: bool) -> None:
     from batchq.domain.identity import problem as mismatch
     from batchq.domain.redis_url import redact
     from batchq.storage.identity import Deployment, DirMarker
     from batchq.storage.redis_client import connect
 
-    require_redis("deployment")
-    settings = get_settings()
     url = redact(settings.redis_url)
     found = Deployment(connect(settings.redis_url, max_connections=2), DirMarker(settings.data_dir), url)
     if adopt:
-        typer.echo(f"deployment id in Redis: {found.adopt()}")
+        typer.echo(f"deployment id in Redis: {found.adopt(force)}")
     sides = found.sides()
     typer.echo(f"redis ({url}): {sides.redis_id or '(none)'}")
     typer.echo(f"data ({found.marker.where}): {sides.marker_id or '(none)'}")

@@ -19,6 +19,7 @@ from batchq.storage.files import FileStore
 from batchq.storage.idempotency import IdempotencyStore
 from batchq.storage.identity import Deployment, DirMarker
 from batchq.storage.limits import HeldSlots, RedisLimiter
+from batchq.storage.locks import LockStore
 from batchq.storage.quotas import Quotas
 from batchq.storage.redis_client import connect
 from batchq.storage.scheduler import Scheduler
@@ -61,6 +62,7 @@ class Runtime:
     idempotency: IdempotencyStore
     uploads: UploadStore
     deployment: Deployment  # Redis and the data must be one deployment before anything is deleted
+    batch_locks: LockStore  # one submit or finalize of a batch at a time
     held: HeldLines = field(default_factory=HeldLines)  # the lines this process's threads hold a lease on
     locks: HeldLocks = field(default_factory=HeldLocks)  # the batch locks they hold (submit, finalize)
     slots: HeldSlots = field(default_factory=HeldSlots)  # the upstream slots they hold
@@ -101,4 +103,5 @@ def build_runtime(settings: Settings, pool_size: int | None = None, api: bool = 
         idempotency=IdempotencyStore(client, settings.idempotency_lock_s),
         uploads=UploadStore(client, settings.data_dir, deployment),
         deployment=deployment,
+        batch_locks=LockStore(client),
     )

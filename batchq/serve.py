@@ -31,7 +31,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -48,6 +49,7 @@ from batchq.storage.redis_client import connect
 
 PR_SET_PDEATHSIG = 1
 REDIS_STOP_S = 5.0  # of a stop's time, kept for Redis (at most a quarter of it)
+REDIS_STOP_MIN_S = 2.0  # and at least this, even past --stop-timeout: a SIGKILL before its AOF flush loses writes
 LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the embedded Redis binds 127.0.0.1
 
 
@@ -208,12 +210,13 @@ class Supervisor:
 
     def stop(self) -> None:
         """The API and the worker (finishing its lines in flight), then Redis (flushing its AOF), all
-        within ``stop_timeout``: Redis keeps the last ``redis_stop_s`` of it; whatever still runs
-        at its end is killed (its lines run again at the next start)."""
+        within ``stop_timeout``: Redis keeps the last ``redis_stop_s`` of it, and at least
+        ``REDIS_STOP_MIN_S`` (even with ``--stop-timeout 0``); whatever still runs at its end is
+        killed (its lines run again at the next start)."""
         deadline = time.monotonic() + self.stop_timeout
         redis_s = min(REDIS_STOP_S, self.stop_timeout / 4)
         self._stop_together(["api", "worker"], deadline - redis_s)
-        self._stop_together(["redis"], deadline)
+        self._stop_together(["redis"], max(deadline, time.monotonic() + REDIS_STOP_MIN_S))
         for child in self.children.values():
             self._reap(child, 0)
 
@@ -236,6 +239,19 @@ class Supervisor:
         self.signals += 1
         if self.signals == 1:
             _say(f"batchq serve: {signal.Signals(signum).name}: stopping (again to kill at once).")
+
+
+@contextmanager
+def embedded_redis(settings: Settings) -> Iterator[str]:
+    """For a one-off command (``batchq deployment --adopt``) where no Redis answers: the embedded
+    Redis of ``BATCHQ_DATA_DIR/redis`` (the one ``batchq serve`` runs), started for the command and
+    stopped after it (its append-only file flushed). Yields its URL."""
+    supervisor = Supervisor(settings, stop_timeout=REDIS_STOP_S)
+    try:
+        supervisor.start_redis()
+        yield supervisor.redis_url
+    finally:
+        supervisor.stop()
 
 
 def wait_for_redis(

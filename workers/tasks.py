@@ -17,14 +17,15 @@ from celery.app.task import Task
 
 from batchq import upgrade
 from batchq.config import get_settings
+from batchq.domain import leases
 from batchq.domain.health import Deferred
 from batchq.errors import NewerSchema
-from batchq.execution import dispatch, recovery, runner, submit, watchdog, webhooks
+from batchq.execution import dispatch, runner, submit, watchdog, webhooks
 from batchq.execution import finalize as finalizing
 from batchq.observability.logs import configure_logging
 from batchq.observability.metrics import start_worker_metrics_server
 from batchq.runtime import Runtime, build_runtime
-from batchq.storage import keys
+from batchq.storage import clock, keys
 from batchq.storage.procs import keep_registered
 from batchq.storage.server import warn_if_not_durable
 from workers.celery_app import app
@@ -131,21 +132,25 @@ def watchdog_loop(stop: threading.Event) -> None:
         rt.deployment.establish()  # a mismatch is logged once; then every sweep deletes nothing
     except redis.RedisError:
         log.exception("deployment id not checked at start (each sweep checks it)")
-    contact = recovery.Contact()  # leases are not judged by time right after a break with Redis
-    while not stop.wait(interval):
-        started = time.time()
+    contact = leases.Contact()  # leases are not judged by time right after a break with Redis
+    due = time.monotonic() + interval
+    while not stop.wait(max(0.0, due - time.monotonic())):
+        started = time.monotonic()
+        if leases.woke_late(due, started, interval):  # this host stalled: its heartbeat did not run either
+            contact.note_break(started)
         try:
             locked = rt.redis.set(keys.WATCHDOG_LOCK, "1", nx=True, ex=max(1, int(interval * 0.9)))
-            contact.note(True, time.time() - started, time.time())
+            contact.note(True, time.monotonic() - started, time.monotonic())
             if locked:
-                watchdog.sweep(rt, queue, settled=contact.settled(time.time()))
+                watchdog.sweep(rt, queue, contact)
         except NewerSchema as error:  # a newer release's data: leave it alone, and this process stops
             upgrade.stop_outdated(error)
             return
         except Exception as exc:  # keep the watchdog alive through Redis blips
             if isinstance(exc, redis.RedisError):
-                contact.note(False, 0.0, time.time())
+                contact.note(False, 0.0, time.monotonic())
             log.exception("watchdog sweep failed")
+        due = time.monotonic() + interval  # counted from the sweep's end: a long sweep is not a stall
 
 
 def heartbeat_loop(stop: threading.Event) -> None:
@@ -154,14 +159,31 @@ def heartbeat_loop(stop: threading.Event) -> None:
     rt = runtime()
     lease_s = rt.settings.line_lease_s
     while True:
-        try:
-            rt.held.check(rt.redis, lambda batch_id, lines: rt.batches.renew_held(batch_id, lines, lease_s))
-            rt.upstream.limiter.renew_held()
-            rt.batches.renew_locks(rt.locks.held(), lease_s)
-        except Exception:  # Redis away: the next beat tries again (the leases outlive a short outage)
-            log.debug("heartbeat failed", exc_info=True)
-        if stop.wait(recovery.beat_every(lease_s)):
+        beat(rt, lease_s)
+        if stop.wait(leases.beat_every(lease_s)):
             return
+
+
+def beat(rt: Runtime, lease_s: float) -> None:
+    """One beat, each part on its own: a part that fails (Redis away: the next beat tries again,
+    the leases outlive a short outage) does not cost the others their renewal."""
+    parts = (
+        lambda: _clocked(rt),
+        lambda: rt.held.check(rt.redis, lambda batch_id, lines: rt.batches.renew_held(batch_id, lines, lease_s)),
+        rt.upstream.limiter.renew_held,
+        lambda: rt.batch_locks.renew(rt.locks.held(), lease_s),
+    )
+    for part in parts:
+        try:
+            part()
+        except Exception:
+            log.debug("heartbeat part failed", exc_info=True)
+
+
+def _clocked(rt: Runtime) -> None:
+    """Redis's clock measured again; the beat reached Redis (the watchdog of this process reads it)."""
+    clock.sync(rt.redis)
+    rt.held.beat_at = time.monotonic()
 
 
 _stop = threading.Event()
@@ -192,6 +214,7 @@ def _start_watchdog(sender: object = None, **_: object) -> None:
     _registered.append(keep_registered(runtime().redis, "worker", _stop))  # its release, for batchq doctor
     print(f"batchq worker {getattr(sender, 'hostname', '')} ready", file=sys.stderr, flush=True)
     warn_if_not_durable(runtime().redis)
+    clock.check_at_start(runtime().redis)
     threading.Thread(target=watchdog_loop, args=(_stop,), name="batchq-watchdog", daemon=True).start()
     threading.Thread(target=heartbeat_loop, args=(_stop,), name="batchq-heartbeat", daemon=True).start()
 

@@ -11,11 +11,12 @@ file look like an orphan, and the sweep would erase every tenant's data.
 ``judge`` is pure: the two ids (and whether each side holds anything) in, a ``Verdict`` out:
 
 - both ids equal                                  -> MATCH
-- neither side has an id, and not an empty Redis  -> CREATE (a first start, or an upgrade)
-  facing a data directory with files
-- Redis has one, the data has none                -> ADOPT (write the marker: new data storage)
+- no marker, and the data holds files Redis has   -> REFUSE (a wrong or empty Redis, or the wrong
+  no record of (a sample of them)                      directory, met before the marker was written)
+- neither side has an id (and no such files)      -> CREATE (a first start, or an upgrade)
+- Redis has one, the data has none (and no such   -> ADOPT (write the marker: new data storage)
+  files)
 - Redis has none, the data has one                -> REFUSE (an empty or wrong Redis)
-- neither has one, Redis is empty, files exist    -> REFUSE (the same, met before the first id)
 - both have ids, and they differ                  -> REFUSE (another deployment's Redis or data)
 
 ``problem`` says, in one sentence, what differs and how to fix it.
@@ -40,17 +41,22 @@ class Sides:
 
     redis_id: str | None
     marker_id: str | None
-    redis_empty: bool = False
-    has_files: bool = False
+    has_files: bool = False  # the data storage holds files or upload parts
+    files_known: bool = False  # Redis has records for (most of) a sample of those files
+
+    @property
+    def strange_files(self) -> bool:
+        """Files beside no marker that this Redis does not know: they are not this Redis's."""
+        return self.marker_id is None and self.has_files and not self.files_known
 
 
 def judge(s: Sides) -> Verdict:
     if s.redis_id is not None and s.redis_id == s.marker_id:
         return Verdict.MATCH
-    if s.redis_id is None and s.marker_id is None:
-        return Verdict.REFUSE if s.redis_empty and s.has_files else Verdict.CREATE
+    if s.strange_files:
+        return Verdict.REFUSE
     if s.marker_id is None:
-        return Verdict.ADOPT
+        return Verdict.CREATE if s.redis_id is None else Verdict.ADOPT
     return Verdict.REFUSE
 
 
@@ -66,13 +72,15 @@ def problem(s: Sides, redis_where: str, data_where: str) -> str | None:
             f" its data); {stop}. Point BATCHQ_REDIS_URL at this deployment's Redis, or, if this Redis is to take"
             f" these files over, run `batchq deployment --adopt`"
         )
-    if s.redis_id is None:
+    if s.strange_files:
         return (
-            f"deployment mismatch: the Redis at {redis_where} is empty, but {data_where} holds files: a wrong"
-            f" BATCHQ_REDIS_URL, or a Redis that lost its data; {stop}. Point BATCHQ_REDIS_URL at this deployment's"
-            f" Redis, or, if this Redis is to take these files over, run `batchq deployment --adopt`"
+            f"deployment mismatch: {data_where} holds files but no deployment marker, and the Redis at {redis_where}"
+            f" has no record of them: a wrong BATCHQ_REDIS_URL or BATCHQ_DATA_DIR, or a Redis that lost its data;"
+            f" {stop}. Point the two at the same deployment, or, if this Redis is to take these files over, run"
+            f" `batchq deployment --adopt`"
         )
     return (
         f"deployment mismatch: the Redis at {redis_where} belongs to deployment {s.redis_id}, {data_where} to"
-        f" deployment {s.marker_id}; {stop}. Point BATCHQ_REDIS_URL and BATCHQ_DATA_DIR at the same deployment"
+        f" deployment {s.marker_id}; {stop}. Point BATCHQ_REDIS_URL and BATCHQ_DATA_DIR at the same deployment,"
+        f" or, if this Redis is to take these files over for good, run `batchq deployment --adopt --force`"
     )

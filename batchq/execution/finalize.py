@@ -3,7 +3,12 @@
 Called by the completion callback (the task that stores the last line), by the watchdog, and
 after cancel or expiry. Safe to run twice or concurrently: a per-batch lock serializes runs, file
 ids are derived from the batch id (a rerun rewrites the same files), and the final status change
-is a compare-and-set.
+is a compare-and-set. A finalize that stalled past its lock (which lives a line lease past its
+worker's last beat) while another finished the batch puts no file in place: the files are
+written to temp paths, and put in place only once Redis confirms the lock is still this run's and
+the batch has not ended (``LockStore.held``); the working keys of an ended batch expire some
+minutes later rather than at once, so even a run that stalls right after that check writes the
+same bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 import orjson
@@ -22,7 +28,8 @@ from batchq.domain.results import CANCELLED, EXPIRED, error_line
 from batchq.domain.status import Status, is_terminal
 from batchq.domain.webhooks import EVENT_TYPES
 from batchq.runtime import Runtime, TaskQueue
-from batchq.storage import keys
+from batchq.storage import clock, keys
+from batchq.storage.locks import Lock, batch_lock
 
 log = logging.getLogger("batchq.finalize")
 CLAIM_CHUNK = 500
@@ -32,66 +39,49 @@ def derived_file_id(batch_id: str, kind: str) -> str:
     return "file-" + hashlib.blake2b(f"{batch_id}:{kind}".encode(), digest_size=16).hexdigest()
 
 
-@contextmanager
-def batch_lock(rt: Runtime, key: str) -> Iterator[bool]:
-    """One finalize (``keys.batch_lock``) or submit (``keys.batch_submitting``) of a batch at a time.
-    The lock lives a line lease past its worker's last beat (``rt.locks``, renewed by the
-    heartbeat): a killed worker's lock is soon gone, and the watchdog runs the step again."""
-    token = str(time.time_ns())
-    got = bool(rt.redis.set(key, token, nx=True, ex=rt.settings.line_lease_s))
-    if got:
-        rt.locks.add(key, token)
-    try:
-        yield got
-    finally:
-        if got:
-            rt.locks.discard(key)
-            if rt.redis.get(key) == token.encode():
-                rt.redis.delete(key)
-
-
 def finalize(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
-    with batch_lock(rt, keys.batch_lock(batch_id)) as got:
-        batch = rt.batches.get(batch_id) if got else None
-        if batch is None or is_terminal(batch.status):
+    key = keys.batch_lock(batch_id)
+    with batch_lock(rt.batch_locks, rt.locks, key, rt.settings.line_lease_s) as lock:
+        batch = rt.batches.get(batch_id) if lock else None
+        if lock is None or batch is None or is_terminal(batch.status):
             return
-        _advance(rt, queue, batch)
+        _advance(rt, queue, batch, lock)
 
 
-def _advance(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
+def _advance(rt: Runtime, queue: TaskQueue, batch: Batch, lock: Lock) -> None:
     if batch.status is Status.CANCELLING:
-        _finish_cancel(rt, queue, batch)
+        _finish_cancel(rt, queue, batch, lock)
     elif batch.expires_at is not None and time.time() >= batch.expires_at:
-        _finish_expired(rt, queue, batch)
+        _finish_expired(rt, queue, batch, lock)
     elif batch.status in (Status.IN_PROGRESS, Status.FINALIZING):
-        _finish_complete(rt, queue, batch)
+        _finish_complete(rt, queue, batch, lock)
 
 
-def _finish_complete(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
+def _finish_complete(rt: Runtime, queue: TaskQueue, batch: Batch, lock: Lock) -> None:
     counts = batch.request_counts
     if counts.completed + counts.failed < counts.total:
         return  # not done yet: the last line or the watchdog calls again
     if batch.status is Status.IN_PROGRESS and not rt.batches.move(batch.id, Status.FINALIZING):
         return
-    _write_and_move(rt, queue, batch.id, Status.COMPLETED)
+    _write_and_move(rt, queue, batch.id, Status.COMPLETED, lock)
 
 
-def _finish_cancel(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
+def _finish_cancel(rt: Runtime, queue: TaskQueue, batch: Batch, lock: Lock) -> None:
     started = batch.cancelling_at or int(time.time())
     if _live_leases(rt, batch.id) and time.time() < started + rt.settings.cancel_grace_s:
         queue.finalize_batch(batch.id, countdown=1.0)  # lines in flight may finish first
         return
     claim_missing(rt, batch, *CANCELLED)
-    _write_and_move(rt, queue, batch.id, Status.CANCELLED)
+    _write_and_move(rt, queue, batch.id, Status.CANCELLED, lock)
 
 
-def _finish_expired(rt: Runtime, queue: TaskQueue, batch: Batch) -> None:
+def _finish_expired(rt: Runtime, queue: TaskQueue, batch: Batch, lock: Lock) -> None:
     claim_missing(rt, batch, *EXPIRED)
-    _write_and_move(rt, queue, batch.id, Status.EXPIRED)
+    _write_and_move(rt, queue, batch.id, Status.EXPIRED, lock)
 
 
 def _live_leases(rt: Runtime, batch_id: str) -> bool:
-    now = time.time()
+    now = clock.now()
     return any(until > now for until in rt.batches.leases(batch_id).values())
 
 
@@ -144,17 +134,21 @@ def _bit(bitmap: bytes, index: int) -> bool:
     return byte < len(bitmap) and bool(bitmap[byte] & (0x80 >> (index & 7)))
 
 
-def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status) -> None:
+def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status, lock: Lock) -> None:
     record = rt.batches.bookkeeping(batch_id)
     owner = Owner.from_key(record.owner if record else "")
     try:
-        output_id, error_id = write_files(rt, batch_id, owner, record.output_ttl_s if record else None)
+        written = write_files(rt, batch_id, owner, record.output_ttl_s if record else None, lock)
     except OSError as exc:  # a full disk, most often: the finalize task retries; `batchq top` and /metrics show it
         rt.batches.finalize_failed(batch_id, f"{type(exc).__name__}: {exc}", time.time())
         log.warning(
             "finalize could not write the result files; retrying", extra={"batch_id": batch_id, "reason": str(exc)}
         )
         raise
+    if written is None or not rt.batch_locks.held(lock, batch_id):
+        log.warning("finalize outlived its lock; another run finishes the batch", extra={"batch_id": batch_id})
+        return
+    output_id, error_id = written
     if record is not None and record.finalize_failed_at is not None:
         rt.batches.finalize_written(batch_id)
         log.info("finalize wrote the result files after failing", extra={"batch_id": batch_id})
@@ -165,11 +159,15 @@ def _write_and_move(rt: Runtime, queue: TaskQueue, batch_id: str, target: Status
         log.info("batch finished", extra={"batch_id": batch_id, "status": target.value})
 
 
-def write_files(rt: Runtime, batch_id: str, owner: Owner, ttl_s: int | None = None) -> tuple[str, str | None]:
+def write_files(
+    rt: Runtime, batch_id: str, owner: Owner, ttl_s: int | None, lock: Lock
+) -> tuple[str, str | None] | None:
     """Stream the stored result lines into the output and error files (``ttl_s``: output_expires_after).
 
     Each file keeps the order the lines were stored in, so the results feed's cursor (counts and
     byte offsets into each kind) still points at the same place in the files once the batch ended.
+    Both are written to temp paths first, and put in place only while ``lock`` is still held and
+    the batch has not ended; None (nothing put in place) otherwise.
     """
     errors = 0
     with rt.files.writer() as (out, out_tmp), rt.files.writer() as (err, err_tmp):
@@ -178,10 +176,13 @@ def write_files(rt: Runtime, batch_id: str, owner: Owner, ttl_s: int | None = No
             (out if value[:1] == b"o" else err).write(value[1:] + b"\n")
         out.close()
         err.close()
-        output_id = derived_file_id(batch_id, "output")
-        rt.files.register(output_id, owner, f"{batch_id}_output.jsonl", "batch_output", out_tmp, ttl_s=ttl_s)
-        if not errors:
-            return output_id, None
-        error_id = derived_file_id(batch_id, "error")
-        rt.files.register(error_id, owner, f"{batch_id}_error.jsonl", "batch_output", err_tmp, ttl_s=ttl_s)
-        return output_id, error_id
+        if not rt.batch_locks.held(lock, batch_id):
+            return None
+        output_id = _place(rt, batch_id, owner, "output", out_tmp, ttl_s)
+        return output_id, _place(rt, batch_id, owner, "error", err_tmp, ttl_s) if errors else None
+
+
+def _place(rt: Runtime, batch_id: str, owner: Owner, kind: str, source: Path, ttl_s: int | None) -> str:
+    file_id = derived_file_id(batch_id, kind)
+    rt.files.register(file_id, owner, f"{batch_id}_{kind}.jsonl", "batch_output", source, ttl_s=ttl_s)
+    return file_id

@@ -26,50 +26,64 @@ the last second of writes). So:
   scheduler, not in the line queue. The last second of writes before a crash can lose a line's
   lease, or its waiting task, or the worker's record of having taken it from the queue.
 
-A line sent twice this way still runs exactly once: ``BEGIN_LINE`` refuses a line another worker
-holds a live lease on, and ``COMPLETE_LINE`` stores a line's result only once (the done bitmap).
+A line sent twice this way is stored exactly once: ``BEGIN_LINE`` refuses a line another worker
+holds a live lease on, and ``COMPLETE_LINE`` stores a line's result only once (the done bitmap). It
+may still reach the upstream twice: a worker that lost contact with Redis for longer than a lease
+(or whose host stalled that long) can still be sending it when the line is sent again.
+
+The decisions (when a lease counts as run out, how often to beat) are pure, in
+``batchq.domain.leases``; this module holds what a process keeps in memory for its heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 import redis
 
-from batchq.storage.server import ServerInfo, server_info
+from batchq.storage.server import server_info
 
 log = logging.getLogger("batchq.recovery")
-CHECK_S = 2.0  # the longest between two beats of a worker process (each asks Redis for its run_id)
-GRACE_S = 3 * CHECK_S  # how long after a restart the watchdog waits for the workers' renewals
 
 
 class HeldLines:
-    """The lines this process's threads hold a lease on; ``check`` renews every one of them."""
+    """The lines this process's threads hold a lease on; ``check`` renews every one of them.
+
+    Counted, not a set: a line run by two threads of one process at once (a redelivered message)
+    stays renewed until both let it go."""
 
     def __init__(self) -> None:
         self.run_id: str | None = None  # Redis's run_id when last checked
-        self._held: set[tuple[str, int]] = set()
+        self.beat_at: float | None = None  # monotonic: the heartbeat last reached Redis (None: no heartbeat here)
+        self._held: Counter[tuple[str, int]] = Counter()
         self._lock = threading.Lock()
 
     def add(self, batch_id: str, index: int) -> None:
         with self._lock:
-            self._held.add((batch_id, index))
+            self._held[(batch_id, index)] += 1
 
     def discard(self, batch_id: str, index: int) -> None:
         with self._lock:
-            self._held.discard((batch_id, index))
+            line = (batch_id, index)
+            self._held[line] -= 1
+            if self._held[line] <= 0:
+                del self._held[line]
 
     def check(self, client: redis.Redis, renew: Callable[[str, list[int]], object]) -> bool:
         """The heartbeat: renew (``renew(batch_id, indices)``) the lease of every line held here;
         True when Redis restarted since the last check (a new ``run_id``; never where INFO is refused)."""
         run_id = _run_id(client)
         restarted = None not in (run_id, self.run_id) and run_id != self.run_id
-        self.run_id = run_id
+        self.run_id = run_id or self.run_id
         held = self.grouped()
         for batch_id, indices in held.items():
-            renew(batch_id, indices)
+            try:  # one batch's trouble must not cost the others their renewal
+                renew(batch_id, indices)
+            except redis.RedisError:
+                log.debug("lease renewal failed", extra={"batch_id": batch_id}, exc_info=True)
         if restarted:
             lines = sum(len(i) for i in held.values())
             log.warning("redis restarted: leases of the lines held here renewed", extra={"lines": lines})
@@ -85,10 +99,11 @@ class HeldLines:
 
 
 def _run_id(client: redis.Redis) -> str | None:
-    """Redis's run_id, or None where INFO is refused (a managed Redis): the leases are renewed all the same."""
+    """Redis's run_id, or None where INFO is refused (a managed Redis) or did not answer: the leases
+    are renewed all the same."""
     try:
         return server_info(client).run_id
-    except redis.ResponseError:
+    except redis.RedisError:
         return None
 
 
@@ -110,43 +125,3 @@ class HeldLocks:
     def held(self) -> dict[str, str]:
         with self._lock:
             return dict(self._held)
-
-
-class Contact:
-    """Since when this process has reached Redis without a break. A break is a call that failed, or
-    took longer than ``CHECK_S`` (the client spent it retrying): the workers could not renew their
-    leases meanwhile either, so the watchdog judges no lease by its time until ``GRACE_S`` after it
-    (else every line in flight across a Redis outage longer than a lease would be sent twice)."""
-
-    def __init__(self) -> None:
-        self.since = float("-inf")  # no break seen yet
-
-    def note(self, ok: bool, took: float, now: float) -> None:
-        if not ok or took > CHECK_S:
-            self.since = now
-
-    def settled(self, now: float) -> bool:
-        return now - self.since >= GRACE_S
-
-
-def beat_every(lease_s: float) -> float:
-    """How often a worker process beats: at least three times per lease, at most every ``CHECK_S``."""
-    return min(CHECK_S, lease_s / 3)
-
-
-def stale_before(info: ServerInfo, now: float) -> float | None:
-    """Leases written before this time are stale (their Redis process is gone), once the grace after
-    it was first seen answering is over. A second early: its start time is rounded to the second."""
-    seen = max(info.first_seen, info.started_at)
-    return info.started_at - 1 if now >= seen + GRACE_S else None
-
-
-def run_out(until: float, now: float, lease_s: float, stale: float | None, settled: bool) -> bool:
-    """Whether the watchdog takes a lease as run out: by its time once Redis answered without a
-    break for a while (``settled``), or written before a Redis restart (``stale``, see ``stale_before``)."""
-    return (settled and until <= now) or is_stale(until, lease_s, stale)
-
-
-def is_stale(until: float, lease_s: float, before: float | None) -> bool:
-    """A lease was written (or last renewed) ``lease_s`` before it runs out."""
-    return before is not None and until - lease_s < before

@@ -11,10 +11,10 @@ from batchq.domain.routing import batch_route
 from batchq.domain.status import Status
 from batchq.domain.validation import InputValidator, Report
 from batchq.domain.webhooks import EVENT_TYPES
-from batchq.execution.finalize import batch_lock
 from batchq.runtime import Runtime, TaskQueue
 from batchq.storage import keys
 from batchq.storage.batches import pack_offsets
+from batchq.storage.locks import batch_lock
 
 log = logging.getLogger("batchq.submit")
 
@@ -39,8 +39,9 @@ def validate(rt: Runtime, batch: Batch) -> tuple[Report, list[tuple[int, int]]]:
 
 
 def submit(rt: Runtime, queue: TaskQueue, batch_id: str) -> None:
-    with batch_lock(rt, keys.batch_submitting(batch_id)) as got:  # a second (the watchdog's) leaves it to the first
-        if got:
+    key = keys.batch_submitting(batch_id)
+    with batch_lock(rt.batch_locks, rt.locks, key, rt.settings.line_lease_s) as lock:  # a second leaves it to the first
+        if lock is not None:
             _submit(rt, queue, batch_id)
 
 

@@ -37,6 +37,7 @@ from batchq.domain.retry import (
 from batchq.domain.routing import Release, Route, route_for
 from batchq.execution.aiohttp_transport import AiohttpTransport
 from batchq.observability.metrics import NULL, EngineMetrics, attempt_outcome
+from batchq.storage import clock
 from batchq.storage.limits import Keepalive
 from batchq.storage.lua import Call
 
@@ -266,7 +267,7 @@ class Upstream:
         self, route: Route, token: str | None, path: str, payload: bytes, heartbeat: Heartbeat, every: float
     ) -> tuple[Outcome, Release]:
         self.metrics.in_flight(route.name, 1)
-        sent_at, started = time.time(), time.perf_counter()
+        sent_at, started = clock.now(), time.perf_counter()  # sent_at: on the clock RELEASE's now is on
         try:
             attempt = self._attempt(route, join_url(route.url, path), payload)
             outcome, retry_after = self._ensure_loop().run(attempt, heartbeat, every)

@@ -42,14 +42,17 @@ from enum import StrEnum
 
 import redis
 
+from batchq.domain import leases
+from batchq.domain.leases import Contact
 from batchq.domain.models import Batch
 from batchq.domain.results import LOST
 from batchq.domain.status import Status, is_terminal
 from batchq.errors import NewerSchema
-from batchq.execution import dispatch, recovery
+from batchq.execution import dispatch
 from batchq.execution.finalize import claim_lines, missing_lines
 from batchq.runtime import Runtime, TaskQueue
-from batchq.storage import keys
+from batchq.storage import clock, keys
+from batchq.storage.redis_client import last_trouble
 from batchq.storage.server import ServerInfo, server_info, with_first_seen
 
 log = logging.getLogger("batchq.watchdog")
@@ -104,20 +107,26 @@ def plan(f: Facts, lease_s: float, step_s: float = STEP_S) -> Action:
 ORPHAN_SWEEP_EVERY_S = 600  # at most; sooner with a shorter BATCHQ_ORPHAN_GRACE_S
 
 
-def sweep(rt: Runtime, queue: TaskQueue, settled: bool = True) -> None:
-    """``settled``: Redis answered without a break lately (``recovery.Contact``); else no lease is
-    judged run out by its time in this sweep (the workers had no way to renew them)."""
-    if rt.deployment.check() is None:  # else Redis and the data are not one deployment: delete nothing
-        delete_expired(rt)
+def sweep(rt: Runtime, queue: TaskQueue, contact: Contact | None = None) -> None:
+    """``contact``: this process's breaks with Redis (``batchq.domain.leases.Contact``); no lease is
+    judged run out by its time within a grace after one (the workers had no way to renew them).
+    Checked again for every batch: a break in the middle of the sweep counts at once."""
+    contact = contact or Contact()
+    with rt.deployment.checked_once() as mismatch:  # once per sweep (the stores' guards reuse it)
+        if mismatch is None:  # else Redis and the data are not one deployment: delete nothing
+            delete_expired(rt)
+    now = clock.sync(rt.redis)  # Redis's TIME, once per sweep: every lease is stamped on it
     info = _server_info(rt)
-    stale = recovery.stale_before(info, time.time()) if info else None
+    stale = leases.stale_before(info, now) if info else None
     in_queue = queue.queued_lines()  # a short list: about BATCHQ_QUEUE_DEPTH tasks
     for batch_id in rt.batches.active_ids():
         try:
-            check(rt, queue, batch_id, in_queue, stale, settled)
+            check(rt, queue, batch_id, in_queue, stale, contact)
         except NewerSchema:  # a newer release's batch: this process stops (workers.tasks.watchdog_loop)
             raise
-        except Exception:  # one broken batch must not stop the sweep of the others
+        except Exception as exc:  # one broken batch must not stop the sweep of the others
+            if isinstance(exc, redis.RedisError):
+                contact.note_break(time.monotonic())
             log.exception("watchdog failed on a batch", extra={"batch_id": batch_id})
     if info is not None and stale is not None:
         reconcile_once(rt, queue, info)
@@ -161,14 +170,15 @@ def check(
     batch_id: str,
     in_queue: set[tuple[str, int]],
     stale: float | None = None,
-    settled: bool = True,
+    contact: Contact | None = None,
 ) -> None:
-    """``stale``: leases written before this time run out now (their Redis process is gone)."""
+    """``stale``: leases written before this time run out now (their Redis process is gone);
+    ``contact``: None judges leases by their time (no break known)."""
     batch = rt.batches.get(batch_id)
     if batch is None or is_terminal(batch.status):
         rt.redis.srem(keys.ACTIVE_BATCHES, batch_id)
         return
-    facts = _facts(rt, batch, in_queue, stale, settled)
+    facts = _facts(rt, batch, in_queue, stale, contact)
     if batch.status is Status.IN_PROGRESS and facts.waiting:
         dispatch.enroll(rt, batch)
     action = plan(facts, rt.settings.line_lease_s)
@@ -178,20 +188,30 @@ def check(
 
 
 def _facts(
-    rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None, settled: bool = True
+    rt: Runtime, batch: Batch, in_queue: set[tuple[str, int]], stale: float | None, contact: Contact | None
 ) -> Facts:
-    now = time.time()
-    leases = rt.batches.leases(batch.id)
+    held = rt.batches.leases(batch.id)
+    now = clock.now()  # after the leases: a lease renewed while they were read is not judged on an older now
+    lease_s = rt.settings.line_lease_s
+    settled = contact is None or settled_now(rt, contact)
     record = rt.batches.bookkeeping(batch.id)
     progress = record.progress_at if record and record.progress_at else None
     last = progress or float(batch.in_progress_at or batch.created_at)
-    lease_s = rt.settings.line_lease_s
-    expired = sorted(i for i, until in leases.items() if recovery.run_out(until, now, lease_s, stale, settled))
+    expired = sorted(i for i, until in held.items() if leases.run_out(until, now, lease_s, stale, settled))
     waiting = rt.scheduler.waiting(batch.id)
     mine = sum(1 for b, _ in in_queue if b == batch.id)
     failed_at = record.finalize_failed_at if record else None
     busy = rt.batches.busy(batch.id)
-    return Facts(batch, now, expired, len(leases) - len(expired), last, waiting, mine, failed_at, busy)
+    return Facts(batch, now, expired, len(held) - len(expired), last, waiting, mine, failed_at, busy)
+
+
+def settled_now(rt: Runtime, contact: Contact) -> bool:
+    """Leases may be judged by their time now: no break with Redis lately (a command of this
+    process failed or was retried, ``last_trouble``), and this process's own heartbeat is not late
+    (its host stalled: the leases it would judge are its own)."""
+    contact.note_break(last_trouble())
+    at = time.monotonic()
+    return contact.settled(at) and leases.beating(rt.held.beat_at, at, rt.settings.line_lease_s)
 
 
 def remove_orphans(rt: Runtime) -> None:
@@ -271,4 +291,4 @@ def requeue(rt: Runtime, queue: TaskQueue, batch: Batch, indices: list[int]) -> 
         queue.requeue_lines(batch.id, again)
     if lost:
         claim_lines(rt, batch, lost, *LOST)
-    rt.batches.touch(batch.id, time.time())
+    rt.batches.touch(batch.id, clock.now())

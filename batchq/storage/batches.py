@@ -16,7 +16,7 @@ from batchq.domain.results import ResultLine
 from batchq.domain.scheduling import Verdict
 from batchq.domain.status import STAMP, Status, is_terminal, sources_of
 from batchq.errors import NotFound
-from batchq.storage import keys, schema, scripts
+from batchq.storage import clock, keys, schema, scripts
 from batchq.storage.lua import Call, Script
 
 _OFFSET = struct.Struct("<QI")  # byte offset and length of one request line
@@ -85,7 +85,6 @@ class BatchStore:
         self._complete = Script(client, scripts.COMPLETE_LINE, grouped_calls=True)  # share round trips
         self._read_results = Script(client, scripts.READ_RESULTS)
         self._renew_held = Script(client, scripts.RENEW_HELD)
-        self._renew_lock = Script(client, scripts.RENEW_LOCK)
         self._sources: dict[str, LineSource] = {}  # per process: read once per batch, never changes
 
     # --- records -------------------------------------------------------------------------
@@ -216,7 +215,7 @@ class BatchStore:
         With ``fill`` (the scheduler's part), the same call lets the next granted line into the
         queue: every delivered task takes one out of it.
         """
-        now = time.time()
+        now = clock.now()  # Redis's time: the watchdog reads the lease on it, whatever this host's clock
         line = {"batch": keys.batch(batch_id), "done": keys.batch_done(batch_id), "leases": keys.batch_leases(batch_id)}
         parts = {"line": Call(line, {"index": index, "lease_until": now + lease_s, "now": now})}
         if slot is not None:
@@ -228,7 +227,7 @@ class BatchStore:
 
     def renew_held(self, batch_id: str, indices: list[int], lease_s: float) -> int:
         """Renew the leases of these lines that still have one (the worker's heartbeat); returns how many."""
-        call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": time.time() + lease_s})
+        call = Call({"leases": keys.batch_leases(batch_id)}, {"indices": indices, "lease_until": clock.now() + lease_s})
         return int(self._renew_held.run({"line": call}))
 
     def complete_line(self, batch_id: str, index: int, result: ResultLine, release: Call | None = None) -> Progress:
@@ -248,15 +247,6 @@ class BatchStore:
 
     def done_bitmap(self, batch_id: str) -> bytes:
         return self.r.get(keys.batch_done(batch_id)) or b""
-
-    def renew_locks(self, tokens: dict[str, str], ttl_s: float) -> None:
-        """The heartbeat's part: the batch locks held here (key -> token) live another ``ttl_s``."""
-        if not tokens:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for key, token in tokens.items():
-            self._renew_lock.run({"lock": Call({"lock": key}, {"token": token, "ttl_ms": int(ttl_s * 1000)})}, pipe)
-        pipe.execute()
 
     def busy(self, batch_id: str) -> bool:
         """A submit or a finalize of the batch runs now (its worker beats)."""
@@ -301,12 +291,18 @@ class BatchStore:
                     seen.add(index)
                     yield index, value
 
-    def drop_working_keys(self, batch_id: str) -> None:
+    def drop_working_keys(self, batch_id: str, after_s: int = keys.WORKING_KEPT_S) -> None:
+        """The batch ended: its working keys expire ``after_s`` from now, not at once, so a finalize
+        that stalled and wakes up late reads the very lines the files were written from (it puts
+        nothing in place either: ``LockStore.held``)."""
         working = (
             keys.batch_results, keys.batch_leases, keys.batch_attempts, keys.batch_offsets, keys.batch_done,
             keys.batch_pending, keys.batch_order,
         )  # fmt: skip
-        self.r.delete(*(k(batch_id) for k in working))
+        pipe = self.r.pipeline(transaction=False)
+        for key in working:
+            pipe.expire(key(batch_id), after_s)
+        pipe.execute()
 
 
 def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:
@@ -318,7 +314,7 @@ def _complete_call(batch_id: str, index: int, result: ResultLine) -> Call:
     }  # fmt: skip
     args = {
         "index": index, "ok": int(result.ok), "data": result.data, "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens, "total_tokens": u.total_tokens, "now": int(time.time()),
+        "output_tokens": u.output_tokens, "total_tokens": u.total_tokens, "now": int(clock.now()),
         "ttl": keys.RESULT_TTL_S, "ttl_every": keys.RESULT_TTL_RENEW_S,
     }  # fmt: skip
     return Call(line_keys, args)

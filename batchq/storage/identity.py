@@ -13,6 +13,9 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +28,7 @@ from batchq.storage import keys
 
 log = logging.getLogger("batchq.deployment")
 MARKER_NAME = "deployment"
+SAMPLE = 20  # files compared with Redis's records when the data has files but no marker
 
 
 class Marker(Protocol):
@@ -40,6 +44,9 @@ class Marker(Protocol):
 
     def has_data(self) -> bool:
         """Whether the storage holds any file or upload part."""
+
+    def sample(self, count: int) -> list[str]:
+        """Up to ``count`` ids of the files it holds."""
 
 
 class DirMarker:
@@ -77,6 +84,16 @@ class DirMarker:
                     return True
         return False
 
+    def sample(self, count: int) -> list[str]:
+        found: list[str] = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root / "files") as entries:
+            for entry in entries:
+                if entry.name.startswith("file-"):
+                    found.append(entry.name)
+                if len(found) >= count:
+                    break
+        return found
+
 
 class Deployment:
     def __init__(self, client: redis.Redis, marker: Marker, redis_where: str) -> None:
@@ -84,15 +101,24 @@ class Deployment:
         self.marker = marker
         self.redis_where = redis_where
         self._logged: str | None = None  # the problem last logged (one ERROR per problem per process)
+        self._held = threading.local()  # .found: the verdict of ``checked_once`` on this thread
 
     def sides(self) -> Sides:
         raw = self.r.get(keys.DEPLOYMENT)
         redis_id = raw.decode() if raw else None
         marker_id = self.marker.read()
-        if redis_id is not None or marker_id is not None:
+        if redis_id is not None and redis_id == marker_id:
             return Sides(redis_id, marker_id)
-        records_files = bool(self.r.exists(keys.FILE_EXPIRY))
-        return Sides(None, None, redis_empty=not records_files, has_files=self.marker.has_data())
+        has_files = self.marker.has_data()
+        known = marker_id is None and has_files and self._knows(self.marker.sample(SAMPLE))
+        return Sides(redis_id, marker_id, has_files=has_files, files_known=known)
+
+    def _knows(self, sample: list[str]) -> bool:
+        """Redis has a record for at least half of ``sample`` (a few orphans aside, its own files)."""
+        if not sample:
+            return False  # upload parts alone: nothing to compare by
+        found = sum(1 for file_id in sample if self.r.exists(keys.file(file_id)))
+        return 2 * found >= len(sample)
 
     def establish(self) -> str | None:
         """At a process's start: write the id where it is missing (a first start: Redis first, then
@@ -108,15 +134,24 @@ class Deployment:
             log.info("deployment id written beside the data", extra={"deployment": sides.redis_id})
         return self.check()
 
-    def adopt(self) -> str:
-        """An operator's choice (``batchq deployment --adopt``): this Redis takes over the data's id.
-        Only where Redis has none; returns the id."""
-        marker_id = self.marker.read() or secrets.token_hex(16)
-        if not self.r.set(keys.DEPLOYMENT, marker_id, nx=True):
-            raw = self.r.get(keys.DEPLOYMENT)
-            return raw.decode() if raw else marker_id
-        self.marker.create(marker_id)
-        return marker_id
+    def adopt(self, force: bool = False) -> str:
+        """An operator's choice (``batchq deployment --adopt``): this Redis and this data become one
+        deployment. Redis takes the data's id where it has none, the data takes Redis's where it
+        has none; where both have one and they differ, only ``force`` (``--force``) gives Redis the
+        data's id. Returns the id in Redis."""
+        marker_id = self.marker.read()
+        if force and marker_id is not None:
+            self.r.set(keys.DEPLOYMENT, marker_id)
+            return marker_id
+        wanted = marker_id or secrets.token_hex(16)
+        if self.r.set(keys.DEPLOYMENT, wanted, nx=True):
+            self.marker.create(wanted)
+            return wanted
+        raw = self.r.get(keys.DEPLOYMENT)
+        redis_id = raw.decode() if raw else wanted
+        if marker_id is None:
+            self.marker.create(redis_id)  # files beside no marker: the operator vouched for them
+        return redis_id
 
     def check(self) -> str | None:
         """Why nothing may be deleted now (None: the two sides match). Logged once per process."""
@@ -128,8 +163,20 @@ class Deployment:
         self._logged = found
         return found
 
+    @contextmanager
+    def checked_once(self) -> Iterator[str | None]:
+        """``check()`` once for a whole pass (the watchdog's sweep): the guards inside it on this
+        thread use that verdict, so one sweep cannot flip half-way (and Redis is asked once)."""
+        found = self.check()
+        self._held.found = (found,)
+        try:
+            yield found
+        finally:
+            self._held.found = None
+
     def guard(self) -> None:
         """Before a deletion: raises ``WrongDeployment`` unless the two sides match."""
-        found = self.check()
+        held = getattr(self._held, "found", None)
+        found = held[0] if held is not None else self.check()
         if found is not None:
             raise WrongDeployment(found)

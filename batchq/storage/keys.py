@@ -36,6 +36,7 @@ BATCH_PREFIX = f"{PREFIX}:batch:{{"  # + batch id + "}": what the scheduler's Lu
 
 RESULT_TTL_S = 7 * 86_400  # per-batch working keys outlive any sane completion window
 RESULT_TTL_RENEW_S = 60  # a running batch renews that TTL at most this often (not with every line stored)
+WORKING_KEPT_S = 600  # and once the batch ended, they are kept this long (a finalize that woke up late)
 
 
 def queue_lists(queue: str = LINE_QUEUE) -> list[str]:

@@ -24,7 +24,7 @@ import redis
 from batchq.domain import gradient, throughput
 from batchq.domain.health import BreakerPolicy, Deferred, RouteDown, RouteState, gives_up
 from batchq.domain.routing import Release, Route
-from batchq.storage import keys, scripts
+from batchq.storage import clock, keys, scripts
 from batchq.storage.lua import Call, Script
 
 FREED_WAIT_S = 0.25  # the longest a waiter blocks before it checks the cap again
@@ -74,7 +74,7 @@ class HeldSlots:
         held = self.tokens()
         if not held:
             return 0
-        until = time.time() + ttl_s
+        until = clock.now() + ttl_s
         pipe = client.pipeline(transaction=False)
         for route, tokens in held.items():
             pipe.zadd(keys.limit_inflight(route), dict.fromkeys(tokens, until), xx=True)
@@ -171,7 +171,7 @@ class RedisLimiter:
             raise Deferred(route.name)
         if reply.startswith(b"o"):  # the route is down: wait for the next probe
             left, _, since = reply[1:].partition(b":")
-            now = time.time()
+            now = clock.now()
             if gives_up(float(since), now, self.breaker, deadline):
                 raise RouteDown(route.name, now - float(since))
             time.sleep(float(left) * random.uniform(1.0, 1.2))
@@ -215,7 +215,7 @@ class RedisLimiter:
         if done.token is None and not (route.limited and done.outcome == "throttled") and not self.breaker.enabled:
             return None
         args = {
-            "token": done.token or "", "now": time.time(), "outcome": done.outcome,
+            "token": done.token or "", "now": clock.now(), "outcome": done.outcome,
             "retry_after": done.retry_after or 0, "cap": route.max_in_flight, "mode": self.mode_of(route),
             "w0": self._w0(route), "latency": done.latency_s, "tolerance": self.tolerance_of(route),
             "min_cut": gradient.BACKGROUND_CUT if route.priority == "background" else gradient.NORMAL_CUT,
@@ -231,7 +231,7 @@ class RedisLimiter:
         # upstream timeout): a dead worker's slots come back after that
         slot_ttl_s = self.slot_ttl_s or (route.timeout_s or self.default_timeout_s) + 30
         args = {
-            "now": time.time(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
+            "now": clock.now(), "token": token, "ttl": slot_ttl_s, "cap": route.max_in_flight, "rpm": route.rpm,
             "adaptive": int(self.mode_of(route) != "fixed"), "w0": self._w0(route),
             "breaker": int(self.breaker.enabled), "probe_ms": int(self.breaker.probe_s * 1000),
             "waiters": self.breaker.waiters if may_defer else 0, "waits": int(waits),

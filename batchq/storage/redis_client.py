@@ -70,6 +70,7 @@ class BoundedRetry(Retry):
                 if is_retryable is not None and not is_retryable(error):
                     raise
                 failures += 1
+                _trouble.at = time.monotonic()
                 if with_failure_count:
                     fail(error, failures)
                 else:
@@ -81,6 +82,19 @@ class BoundedRetry(Retry):
 
 
 _deadline = threading.local()  # .at: when the outermost retry on this thread gives up
+
+
+class _Trouble:
+    at: float | None = None  # monotonic: the last command of this process that failed or was retried
+
+
+_trouble = _Trouble()
+
+
+def last_trouble() -> float | None:
+    """When a Redis command of this process (any thread, any client) last failed or was retried
+    (``time.monotonic()``); None if none did. The watchdog takes it for a break in its contact."""
+    return _trouble.at
 
 
 def connect(

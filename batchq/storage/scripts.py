@@ -18,8 +18,8 @@ from batchq.storage.lua import Call, Script
 from batchq.storage.scheduler import SCHEDULER_LUA
 
 __all__ = [
-    "ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "READ_RESULTS", "RELEASE", "RENEW_HELD", "RENEW_LOCK", "TRANSITION",
-    "Call", "Script",
+    "ACQUIRE", "BEGIN_LINE", "COMPLETE_LINE", "LOCK_HELD", "READ_RESULTS", "RELEASE", "RELEASE_LOCK", "RENEW_HELD",
+    "RENEW_LOCK", "TRANSITION", "Call", "Script",
 ]  # fmt: skip
 
 
@@ -118,6 +118,29 @@ RENEW_LOCK = """
 local k, a = part('lock')
 if redis.call('GET', k.lock) == a.token then return redis.call('PEXPIRE', k.lock, a.ttl_ms) end
 return 0
+"""
+
+# lock  k: lock.  a: token.
+# Gives a batch lock back only if it is still this holder's (compare-and-delete). Returns 1 or 0.
+RELEASE_LOCK = """
+local k, a = part('lock')
+if redis.call('GET', k.lock) == a.token then return redis.call('DEL', k.lock) end
+return 0
+"""
+
+# lock  k: lock, batch.  a: token, terminal (the final statuses).
+# The fence of a finalize before it puts a file in place or moves the status: its lock is still
+# its own (it did not run out while the finalize stalled) and the batch has not ended (another
+# finalize did not finish it meanwhile). Returns 1 or 0.
+LOCK_HELD = """
+local k, a = part('lock')
+if redis.call('GET', k.lock) ~= a.token then return 0 end
+local status = redis.call('HGET', k.batch, 'status')
+if not status then return 0 end
+for _, final in ipairs(a.terminal) do
+  if status == final then return 0 end
+end
+return 1
 """
 
 # line  k: batch, done, results, order, leases, stats, tenant_lines.

@@ -4,12 +4,11 @@ since when, and whether it keeps what it is given (persistence, eviction)."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 
 import redis
 
-from batchq.storage import keys
+from batchq.storage import clock, keys
 
 log = logging.getLogger("batchq.redis")
 
@@ -23,15 +22,15 @@ class ServerInfo:
 
 def server_info(client: redis.Redis) -> ServerInfo:
     info = client.info("server")
-    return ServerInfo(str(info["run_id"]), time.time() - float(info["uptime_in_seconds"]))
+    return ServerInfo(str(info["run_id"]), clock.now() - float(info["uptime_in_seconds"]))
 
 
 def with_first_seen(client: redis.Redis, info: ServerInfo) -> ServerInfo:
     """``info`` with the time it was first seen answering: the workers renew their leases from then
     on (loading a large AOF can take longer than the grace, counted from its start)."""
     key = f"{keys.REDIS_FIRST_SEEN}:{info.run_id}"
-    client.set(key, time.time(), nx=True, ex=7 * 86_400)
-    return replace(info, first_seen=float(client.get(key) or time.time()))
+    client.set(key, clock.now(), nx=True, ex=7 * 86_400)
+    return replace(info, first_seen=float(client.get(key) or clock.now()))
 
 
 DURABILITY_CONFIG = ("appendonly", "appendfsync", "save", "maxmemory-policy", "maxmemory")

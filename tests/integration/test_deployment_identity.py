@@ -18,8 +18,12 @@ import httpx2
 import orjson
 import pytest
 
+from batchq.config import Settings
 from batchq.embedded import free_port
+from batchq.serve import embedded_redis
 from batchq.stack import Stack
+from batchq.storage import keys
+from batchq.storage.redis_client import connect
 from tests.integration.conftest import FAST, start_stack
 from tests.integration.helpers import chat_row, client, jsonl
 
@@ -87,3 +91,20 @@ def test_serve_facing_an_empty_redis_exits_saying_why(tmp_path: Path, redis_url:
     said = [line for line in ran.stderr.splitlines() if line.startswith("error: batchq serve:")]
     assert len(said) == 1 and "deployment mismatch" in said[0] and "d" * 32 in said[0], ran.stderr[-3000:]
     assert (data / "files" / ("file-" + "5" * 32)).exists()
+
+
+def test_adopt_starts_the_embedded_redis_that_serve_stopped(tmp_path: Path) -> None:
+    """``batchq serve`` refused (and stopped its Redis): the fix it names works with nothing running."""
+    data = tmp_path / "data"
+    (data / "files").mkdir(parents=True)
+    (data / "files" / ("file-" + "5" * 32)).write_bytes(b"{}\n")
+    (data / "deployment").write_text("d" * 32 + "\n")
+    port = free_port()
+    env = os.environ | {"BATCHQ_REDIS_URL": f"redis://127.0.0.1:{port}/0", "BATCHQ_DATA_DIR": str(data)}
+    adopt = [sys.executable, "-m", "batchq", "deployment", "--adopt"]
+    ran = subprocess.run(adopt, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert f"deployment id in Redis: {'d' * 32}" in ran.stdout
+    settings = Settings(_env_file=None, redis_url=env["BATCHQ_REDIS_URL"], data_dir=data)  # type: ignore[call-arg]
+    with embedded_redis(settings) as url:  # the same Redis again, from its append-only file
+        assert connect(url, max_connections=1).get(keys.DEPLOYMENT) == b"d" * 32

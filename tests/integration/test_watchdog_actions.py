@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from batchq.config import Settings
+from batchq.domain.leases import Contact
 from batchq.domain.models import Batch, Owner, RequestCounts
 from batchq.domain.results import LOST, response_line
 from batchq.domain.status import Status
 from batchq.execution import finalize, watchdog
 from batchq.observability.overview import read_overview
 from batchq.runtime import Runtime, build_runtime
-from batchq.storage import keys
+from batchq.storage import clock, keys, redis_client
 from batchq.storage.batches import pack_offsets
-from batchq.storage.server import ServerInfo
+from batchq.storage.locks import Lock
+from batchq.storage.server import ServerInfo, server_info
 
 pytestmark = pytest.mark.integration
 TOTAL, DEPTH, LEASE = 10, 3, 60
@@ -183,3 +187,115 @@ def test_a_finalize_that_cannot_write_is_recorded_then_cleared_once_it_can(
     batch = rt.batches.get(batch_id)
     assert batch is not None and batch.status is Status.COMPLETED and queue.events == ["batch.completed"]
     assert rt.redis.hget(keys.batch(batch_id), "finalize_failing_since") is None
+
+
+# --- a finalize that stalls past its lock ------------------------------------------------------
+
+
+def test_a_finalize_that_stalled_past_its_lock_leaves_the_finished_files_alone(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = stalled_batch(rt, done=TOTAL, granted=TOTAL)
+    rt.settings = rt.settings.model_copy(update={"line_lease_s": 1})  # no heartbeat here: the lock lives 1 s
+    stalled, resume = threading.Event(), threading.Event()
+    reads = rt.batches.iter_results
+
+    def stall_first(batch: str) -> Iterator[tuple[bytes, bytes]]:
+        if threading.current_thread().name == "stalled-finalize":
+            stalled.set()
+            resume.wait(30)
+        return reads(batch)
+
+    monkeypatch.setattr(rt.batches, "iter_results", stall_first)
+    late = threading.Thread(target=finalize.finalize, args=(rt, RecordingQueue(), batch_id), name="stalled-finalize")
+    late.start()
+    assert stalled.wait(30)
+    while rt.redis.exists(keys.batch_lock(batch_id)):  # its lock runs out while it stalls
+        time.sleep(0.05)
+    finalize.finalize(rt, RecordingQueue(), batch_id)  # type: ignore[arg-type]  # the watchdog's run finishes it
+    batch = rt.batches.get(batch_id)
+    assert batch is not None and batch.status is Status.COMPLETED and batch.output_file_id
+    path = rt.files.path(batch.output_file_id)
+    written = path.read_bytes()
+    assert written.count(b"\n") == TOTAL
+    resume.set()
+    late.join(30)
+    assert path.read_bytes() == written  # the late run put nothing in place
+    assert rt.files.get(batch.output_file_id, Owner("acct")).bytes == len(written)
+
+
+def test_a_lock_is_given_back_only_by_its_holder(rt: Runtime) -> None:
+    batch_id = stalled_batch(rt, done=0, granted=TOTAL)
+    key = keys.batch_lock(batch_id)
+    mine = rt.batch_locks.take(key, 5)
+    assert mine is not None and rt.batch_locks.take(key, 5) is None
+    assert rt.batch_locks.held(mine, batch_id)
+    rt.redis.set(key, "another holder's")  # mine ran out and another took it
+    stale = Lock(key, mine.token)
+    assert not rt.batch_locks.held(stale, batch_id)
+    assert not rt.batch_locks.release(stale)
+    assert rt.redis.get(key) == b"another holder's"
+
+
+# --- a break with Redis in the middle of a sweep -----------------------------------------------
+
+
+def run_out_lease(rt: Runtime, batch_id: str) -> None:
+    """Lines 2.. all run out, line 2 a lease ago (its worker could not renew it: Redis was away)."""
+    rt.redis.set(keys.RECONCILED_RUN, server_info(rt.redis).run_id)  # no once-per-Redis resend in these sweeps
+    lease(rt, batch_id, 2, clock.sync(rt.redis) - LEASE - 1)
+
+
+def test_a_retried_redis_command_anywhere_in_the_process_holds_the_sweep_back(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id, queue = stalled_batch(rt, done=2, granted=TOTAL), RecordingQueue()
+    run_out_lease(rt, batch_id)
+    monkeypatch.setattr(redis_client._trouble, "at", time.monotonic())  # a command was just retried
+    watchdog.sweep(rt, queue, Contact())  # type: ignore[arg-type]
+    assert queue.requeued == [], "nobody could renew it: it is not judged by its time"
+    monkeypatch.setattr(redis_client._trouble, "at", time.monotonic() - 60)
+    watchdog.sweep(rt, queue, Contact())  # type: ignore[arg-type]
+    assert queue.requeued == [2]
+
+
+def test_a_redis_error_on_one_batch_holds_back_the_rest_of_the_sweep(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = stalled_batch(rt, done=2, granted=TOTAL)
+    second = "batch_" + "8" * 32
+    rt.redis.copy(keys.batch(first), keys.batch(second))
+    rt.redis.copy(keys.batch_offsets(first), keys.batch_offsets(second))
+    rt.redis.sadd(keys.ACTIVE_BATCHES, second)
+    for batch_id in (first, second):
+        run_out_lease(rt, batch_id)
+    monkeypatch.setattr(redis_client._trouble, "at", None)
+    reads, failed = rt.batches.leases, []
+
+    def break_once(batch_id: str) -> dict[int, float]:
+        if not failed:
+            failed.append(batch_id)
+            raise redis.ConnectionError("Connection reset by peer")
+        return reads(batch_id)
+
+    monkeypatch.setattr(rt.batches, "leases", break_once)
+    queue = RecordingQueue({(first, 9), (second, 9)})
+    watchdog.sweep(rt, queue, Contact())  # type: ignore[arg-type]
+    assert failed and queue.requeued == [], "the break counts for the batches after it"
+
+
+def test_a_host_whose_clock_is_seconds_behind_stamps_leases_on_redis_time(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = stalled_batch(rt, done=2, granted=TOTAL)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 9.0)  # this host is 9 s behind Redis
+    try:
+        clock.sync(rt.redis)
+        assert rt.batches.begin_line(batch_id, 5, 10).verdict.value == "go"
+    finally:
+        monkeypatch.undo()
+        clock.sync(rt.redis)
+    seconds, micros = rt.redis.time()
+    until = rt.batches.leases(batch_id)[5]
+    assert abs(until - (seconds + micros / 1e6 + 10)) < 1.0, "the lease runs 10 s on Redis's clock, not 1 s"

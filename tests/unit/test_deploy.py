@@ -26,6 +26,7 @@ import yaml
 
 from batchq.config import Settings
 from batchq.observability import metrics
+from batchq.serve import REDIS_STOP_MIN_S
 from batchq.storage import keys
 from tests.unit.test_observability import StandInRedis
 
@@ -351,7 +352,8 @@ def test_systemd_serve_stops_in_order_and_lets_lines_finish() -> None:
     assert argv[1] == "serve" and argv[argv.index("--concurrency") + 1] == "${BATCHQ_WORKER_CONCURRENCY}"
     assert service["KillMode"] == "mixed", "SIGTERM to the supervisor alone: it stops its children in order"
     stop_timeout = float(argv[argv.index("--stop-timeout") + 1])
-    assert default_of("BATCHQ_UPSTREAM_TIMEOUT_S") <= stop_timeout < int(service["TimeoutStopSec"])
+    assert default_of("BATCHQ_UPSTREAM_TIMEOUT_S") <= stop_timeout
+    assert stop_timeout + REDIS_STOP_MIN_S < int(service["TimeoutStopSec"]), "Redis's own share is never cut"
 
 
 def test_systemd_worker_is_templated_and_drains() -> None:

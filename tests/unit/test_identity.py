@@ -16,11 +16,12 @@ from batchq.storage.identity import Deployment, DirMarker
     ("sides", "verdict"),
     [
         (Sides("a", "a"), Verdict.MATCH),
-        (Sides(None, None), Verdict.CREATE),
-        (Sides(None, None, redis_empty=True), Verdict.CREATE),  # a first start
-        (Sides(None, None, has_files=True), Verdict.CREATE),  # an upgrade: Redis records files
-        (Sides(None, None, redis_empty=True, has_files=True), Verdict.REFUSE),  # an empty Redis, met first
+        (Sides(None, None), Verdict.CREATE),  # a first start
+        (Sides(None, None, has_files=True, files_known=True), Verdict.CREATE),  # an upgrade: Redis records files
+        (Sides(None, None, has_files=True), Verdict.REFUSE),  # an empty or wrong Redis, met first
         (Sides("a", None), Verdict.ADOPT),  # new data storage
+        (Sides("a", None, has_files=True, files_known=True), Verdict.ADOPT),  # an upgrade, the id written already
+        (Sides("a", None, has_files=True), Verdict.REFUSE),  # another Redis, or the wrong directory
         (Sides(None, "a"), Verdict.REFUSE),  # an empty or wrong Redis
         (Sides("a", "b"), Verdict.REFUSE),  # two deployments
     ],
@@ -92,3 +93,47 @@ def test_the_marker_is_never_overwritten(tmp_path: Path) -> None:
     assert marker.create("one") == "one"
     assert marker.create("two") == "one"
     assert [p.name for p in tmp_path.iterdir()] == ["deployment"], "no temporary file left"
+
+
+def test_a_directory_with_files_but_no_marker_is_not_adopted_by_a_redis_that_does_not_know_them(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / ("file-" + "1" * 32)).write_bytes(b"x")
+    r = FakeRedis()
+    r.data[keys.DEPLOYMENT] = b"r1"  # another deployment's Redis
+    found = Deployment(r, DirMarker(tmp_path), "redis://r")  # type: ignore[arg-type]
+    said = found.establish()
+    assert said is not None and "no record of them" in said and "batchq deployment --adopt" in said
+    assert not (tmp_path / "deployment").exists(), "the directory is not given the other Redis's id"
+    r.data[keys.file("file-" + "1" * 32)] = b"1"  # this Redis does record them: an upgrade
+    assert found.establish() is None
+    assert (tmp_path / "deployment").read_text().strip() == "r1"
+
+
+def test_a_forced_adopt_gives_redis_the_datas_id_where_both_differ(tmp_path: Path) -> None:
+    (tmp_path / "deployment").write_text("d1\n")
+    r = FakeRedis()
+    r.data[keys.DEPLOYMENT] = b"r1"
+    found = Deployment(r, DirMarker(tmp_path), "redis://r")  # type: ignore[arg-type]
+    assert found.check() is not None
+    assert found.adopt() == "r1" and found.check() is not None, "not without --force"
+    assert found.adopt(force=True) == "d1"
+    assert found.check() is None
+
+
+def test_a_sweep_checks_the_deployment_once_and_its_guards_keep_that_verdict(tmp_path: Path) -> None:
+    r = FakeRedis()
+    found = Deployment(r, DirMarker(tmp_path), "redis://r")  # type: ignore[arg-type]
+    assert found.establish() is None
+    reads = []
+    real_get = r.get
+    r.get = lambda key: reads.append(key) or real_get(key)  # type: ignore[method-assign]
+    with found.checked_once() as mismatch:
+        assert mismatch is None
+        del r.data[keys.DEPLOYMENT]  # flips half-way through the sweep
+        for _ in range(4):
+            found.guard()  # the file and upload sweeps of this pass
+    assert reads.count(keys.DEPLOYMENT) == 1
+    with pytest.raises(WrongDeployment):
+        found.guard()  # the next pass (or the API) sees the flip

@@ -6,16 +6,18 @@ from typing import Any
 
 import redis
 
-from batchq.execution.recovery import (
+from batchq.domain.leases import (
     CHECK_S,
     GRACE_S,
     Contact,
-    HeldLines,
     beat_every,
+    beating,
     is_stale,
     run_out,
     stale_before,
+    woke_late,
 )
+from batchq.execution.recovery import HeldLines
 from batchq.storage.server import ServerInfo
 
 
@@ -93,3 +95,47 @@ def test_a_redis_that_refuses_info_still_gets_every_lease_renewed() -> None:
     for _ in range(2):
         assert held.check(Refusing(), lambda b, lines: renewed.append((b, lines))) is False  # type: ignore[arg-type]
     assert renewed == [("b1", [3]), ("b1", [3])]
+
+
+def test_a_line_run_twice_in_one_process_stays_renewed_until_both_let_go() -> None:
+    held, renewed = HeldLines(), []
+    held.add("b1", 4)
+    held.add("b1", 4)  # a redelivered message, run by a second thread of the same process
+    held.discard("b1", 4)  # the first run ends
+    held.check(FakeRedis(), lambda b, lines: renewed.append((b, lines)))  # type: ignore[arg-type]
+    assert renewed == [("b1", [4])]
+    held.discard("b1", 4)
+    assert held.grouped() == {}
+
+
+def test_one_batch_that_fails_its_renewal_does_not_cost_the_others_theirs() -> None:
+    class TimingOut(FakeRedis):
+        def info(self, section: str) -> dict[str, Any]:
+            raise redis.TimeoutError("Timeout reading from socket")
+
+    held, renewed = HeldLines(), []
+    held.add("b1", 1)
+    held.add("b2", 2)
+
+    def renew(batch_id: str, lines: list[int]) -> None:
+        if batch_id == "b1":
+            raise redis.ConnectionError("reset")
+        renewed.append(batch_id)
+
+    assert held.check(TimingOut(), renew) is False  # type: ignore[arg-type]
+    assert renewed == ["b2"]
+
+
+def test_a_watchdog_that_woke_late_or_whose_own_heartbeat_is_late_judges_no_lease_by_time() -> None:
+    assert not woke_late(scheduled=100.0, woke=101.0, interval=5.0)
+    assert woke_late(scheduled=100.0, woke=112.0, interval=5.0), "the host stalled for 12 s"
+    contact = Contact()
+    contact.note_break(112.0)
+    assert not contact.settled(112.0 + GRACE_S - 0.1) and contact.settled(112.0 + GRACE_S)
+    contact.note_break(None)  # no trouble recorded: nothing changes
+    contact.note_break(50.0)  # an older break does not move it back
+    assert contact.since == 112.0
+    lease_s = 10.0
+    assert beating(None, 1000.0, lease_s), "a process without a heartbeat (a scheduler) is not held up"
+    assert beating(999.0, 1000.0, lease_s)
+    assert not beating(1000.0 - 3 * beat_every(lease_s) - CHECK_S, 1000.0, lease_s)

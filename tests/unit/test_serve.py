@@ -267,3 +267,32 @@ def test_a_malformed_setting_is_one_line_not_a_traceback(monkeypatch: pytest.Mon
         "error: BATCHQ_REDIS_URL: Value error, name the master after the Sentinels:"
         " sentinel://host:26379,host:26379/<master-name>"
     ]
+
+
+@dataclass
+class FlushingRedis(StandInChild):
+    """Ends a few polls after its SIGTERM (it writes its append-only file first)."""
+
+    polls_left: int = 3
+    termed: bool = False
+
+    def poll(self) -> int | None:
+        if self.termed and self.returncode is None:
+            self.polls_left -= 1
+            if self.polls_left <= 0:
+                self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.log.append((self.name, sig))
+        self.termed = True
+
+
+def test_even_a_stop_timeout_of_zero_leaves_redis_time_to_flush() -> None:
+    log: list[tuple[str, int]] = []
+    running = supervisor(stop_timeout=0)
+    redis_child = FlushingRedis("redis", log)
+    running.children = {"worker": StandInChild("worker", log, stubborn=True), "redis": redis_child}  # type: ignore[dict-item]
+    running.stop()
+    assert ("worker", signal.SIGKILL) in log, "the worker is killed at once"
+    assert log[-1] == ("redis", signal.SIGTERM) and redis_child.returncode == 0, "redis was not killed"
