@@ -118,7 +118,7 @@ def serve(
     """Everything on one machine: Redis (embedded, with an append-only file under BATCHQ_DATA_DIR,
     unless BATCHQ_REDIS_URL answers), the API and one worker with the watchdog. Ctrl-C or SIGTERM
     stops them all; started again after a crash or a reboot, it resumes every unfinished batch."""
-    from batchq.serve import Supervisor, run_serve
+    from batchq.local.serve import Supervisor, run_serve
 
     supervisor = Supervisor(_settings(), host=host, port=port, concurrency=concurrency, stop_timeout=stop_timeout)
     raise typer.Exit(run_serve(supervisor))
@@ -150,8 +150,8 @@ def deployment(
     while they differ). --adopt: this Redis takes over the data (it lost its own, or it is new);
     where no Redis answers, the embedded one of BATCHQ_DATA_DIR/redis is started for it."""
     from batchq.config import get_settings
-    from batchq.embedded import reachable
-    from batchq.serve import ServeError, embedded_redis
+    from batchq.local.embedded import reachable
+    from batchq.local.serve import ServeError, embedded_redis
 
     settings = get_settings()
     if adopt and not reachable(settings.redis_url):
@@ -201,8 +201,8 @@ def doctor() -> None:
 
 @app.command("mock-upstream", context_settings=PASSTHROUGH)
 def mock_upstream(ctx: typer.Context) -> None:
-    """Serve a mock OpenAI-compatible upstream (see --help of python -m batchq.mock_upstream)."""
-    from batchq import mock_upstream as mock
+    """Serve a mock OpenAI-compatible upstream (see --help of python -m batchq.local.mock_upstream)."""
+    from batchq.local import mock_upstream as mock
 
     mock.main(ctx.args)
 
@@ -213,7 +213,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where logs, data and results go.")] = Path("batchq-demo"),
 ) -> None:
     """Run a real batch end to end on this machine (starts Redis if none answers) and print where the results are."""
-    from batchq.demo import run_demo
+    from batchq.local.demo import run_demo
 
     raise typer.Exit(run_demo(lines, workdir))
 

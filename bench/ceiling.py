@@ -34,7 +34,7 @@ from batchq.config import Settings
 from batchq.domain.results import response_line
 from batchq.domain.routing import Release, Route
 from batchq.domain.scheduling import Verdict
-from batchq.embedded import free_port, start_redis
+from batchq.local.embedded import free_port, start_redis
 from batchq.runtime import Runtime, build_runtime
 from batchq.storage import keys
 from workers.publish import line_messages

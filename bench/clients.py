@@ -2,7 +2,7 @@
 
 Run: ``python -m bench.clients [--quick] [--no-uvloop]``.
 
-Starts the mock upstream (``batchq.mock_upstream``) as a subprocess, then, for each mode,
+Starts the mock upstream (``batchq.local.mock_upstream``) as a subprocess, then, for each mode,
 sends R requests with concurrency C the way Celery's ``threads`` pool runs line tasks: C
 threads, each calling a synchronous ``send()`` in a loop. It measures, in this process
 only (the mock's CPU is not counted): requests/s, CPU-ms per request
@@ -373,7 +373,7 @@ class Mock:
     """The mock upstream subprocess, and its control endpoints."""
 
     def __init__(self, latency_ms: float) -> None:
-        cmd = [sys.executable, "-m", "batchq.mock_upstream", "--port", "0", "--latency-ms", str(latency_ms)]
+        cmd = [sys.executable, "-m", "batchq.local.mock_upstream", "--port", "0", "--latency-ms", str(latency_ms)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             self.base = self._wait_ready()

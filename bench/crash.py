@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx2
 import orjson
 
-from batchq.embedded import free_port, wait_for
-from batchq.stack import Stack
+from batchq.local.embedded import free_port, wait_for
+from batchq.local.stack import Stack
 from bench.results import exactly_once
 
 CHAT = "/v1/chat/completions"

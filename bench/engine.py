@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from batchq.storage import keys
 from bench.run import Case, Result, rows, run_batchq, timed_baseline
 

@@ -28,7 +28,7 @@ import httpx2
 import orjson
 import redis
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from batchq.storage import keys
 from batchq.storage.apikeys import ApiKeyStore
 

@@ -28,8 +28,8 @@ import httpx2
 import redis
 
 from batchq.config import Settings
+from batchq.local.stack import Stack
 from batchq.runtime import build_runtime
-from batchq.stack import Stack
 from bench.run import CHAT, POLL_S, cpu_seconds, rows, timed_baseline
 
 

@@ -28,8 +28,8 @@ import httpx2
 import orjson
 import redis
 
-from batchq.embedded import free_port
-from batchq.stack import Stack
+from batchq.local.embedded import free_port
+from batchq.local.stack import Stack
 from batchq.storage import keys
 
 CHAT = "/v1/chat/completions"

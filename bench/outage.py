@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx2
 import orjson
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from bench.results import exactly_once
 
 CHAT = "/v1/chat/completions"

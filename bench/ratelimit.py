@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx2
 
-from batchq.embedded import free_port
-from batchq.stack import Stack
+from batchq.local.embedded import free_port
+from batchq.local.stack import Stack
 from bench.run import rows
 
 CHAT = "/v1/chat/completions"

@@ -24,7 +24,7 @@ import orjson
 import redis
 
 from batchq.client import Client
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from batchq.storage import keys
 
 CHAT = "/v1/chat/completions"

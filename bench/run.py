@@ -25,7 +25,7 @@ import httpx2
 import orjson
 import redis
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 
 TICKS = os.sysconf("SC_CLK_TCK")
 CHAT = "/v1/chat/completions"

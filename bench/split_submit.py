@@ -26,7 +26,7 @@ import orjson
 
 from batchq.client import Client
 from batchq.client.manifest import ChunkState, load, manifest_path
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 
 CHAT = "/v1/chat/completions"
 

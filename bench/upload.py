@@ -24,7 +24,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 
 MIB = 1 << 20
 LINE_BYTES = 1024

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from batchq.embedded import free_port, start_redis
-from batchq.stack import Stack
+from batchq.local.embedded import free_port, start_redis
+from batchq.local.stack import Stack
 
 FAST = {
     "BATCHQ_UPSTREAM_BACKOFF_BASE_S": "0.01",

@@ -9,7 +9,7 @@ import orjson
 from openai import OpenAI
 from openai.types import Batch
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 CHAT = "/v1/chat/completions"

@@ -9,7 +9,7 @@ import openai
 import pytest
 import redis
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.helpers import (
     CHAT,
     assert_exactly_once,

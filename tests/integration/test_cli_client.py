@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from batchq.client import APIError, AsyncClient, Client, ClientError
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.helpers import CHAT, chat_row, jsonl
 
 pytestmark = pytest.mark.integration

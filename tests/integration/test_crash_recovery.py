@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from batchq.storage import keys
 from batchq.storage.scheduler import Scheduler
 from tests.integration.conftest import FAST, start_stack

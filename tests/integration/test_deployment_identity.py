@@ -19,9 +19,9 @@ import orjson
 import pytest
 
 from batchq.config import Settings
-from batchq.embedded import free_port
-from batchq.serve import embedded_redis
-from batchq.stack import Stack
+from batchq.local.embedded import free_port
+from batchq.local.serve import embedded_redis
+from batchq.local.stack import Stack
 from batchq.storage import keys
 from batchq.storage.redis_client import connect
 from tests.integration.conftest import FAST, start_stack

@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from batchq import __version__
-from batchq.embedded import free_port
-from batchq.stack import Stack
+from batchq.local.embedded import free_port
+from batchq.local.stack import Stack
 from batchq.storage import schema
 from batchq.storage.procs import FORGET_S, LIVE_S, Proc, Registry, this_process
 from tests.integration.conftest import FAST

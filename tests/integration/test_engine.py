@@ -13,9 +13,9 @@ from celery import Celery
 from openai import OpenAI
 
 from batchq.config import Settings
-from batchq.embedded import free_port, wait_for
+from batchq.local.embedded import free_port, wait_for
+from batchq.local.stack import Stack, _http_ok
 from batchq.runtime import build_runtime
-from batchq.stack import Stack, _http_ok
 from tests.integration.conftest import FAST
 from tests.integration.helpers import assert_exactly_once, chat_row, client, results, submit, wait
 
@@ -70,7 +70,7 @@ def test_a_task_delivered_twice_is_run_once(stack: Stack) -> None:
 def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
     workdir = tmp_path_factory.mktemp("routed")
     main_port, embed_port = free_port(), free_port()
-    second = subprocess.Popen([sys.executable, "-m", "batchq.mock_upstream", "--port", str(embed_port)])
+    second = subprocess.Popen([sys.executable, "-m", "batchq.local.mock_upstream", "--port", str(embed_port)])
     embed_url = f"http://127.0.0.1:{embed_port}"
     wait_for(_http_ok(embed_url + "/_stats"), 20, "second upstream")
     routes = [

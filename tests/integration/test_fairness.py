@@ -13,7 +13,7 @@ import pytest
 import redis
 from openai import OpenAI
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from batchq.storage.apikeys import ApiKeyStore
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait

@@ -29,8 +29,8 @@ from batchq.api.app import create_app
 from batchq.config import Settings
 from batchq.domain.models import Owner
 from batchq.execution import watchdog
+from batchq.local.stack import Stack
 from batchq.runtime import TaskQueue, build_runtime
-from batchq.stack import Stack
 from tests.integration.conftest import FAST, _dump_logs
 from tests.integration.helpers import chat_row, client, jsonl, submit, wait
 

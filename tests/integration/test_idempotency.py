@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from batchq.storage.apikeys import ApiKeyStore
 from batchq.storage.redis_client import connect
 from tests.integration.helpers import CHAT, chat_row, jsonl

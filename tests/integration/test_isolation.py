@@ -22,7 +22,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import CHAT, TERMINAL, chat_row, jsonl
 

@@ -12,8 +12,8 @@ from batchq.domain.ids import new_batch_id, new_file_id
 from batchq.domain.models import Batch, Owner, RequestCounts
 from batchq.domain.results import response_line
 from batchq.domain.status import Status
+from batchq.local.stack import Stack
 from batchq.runtime import build_runtime
-from batchq.stack import Stack
 from tests.integration.helpers import CHAT, assert_exactly_once, chat_row, client, jsonl, results, submit, wait
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from batchq.mock_upstream import MockConfig, build_app
+from batchq.local.mock_upstream import MockConfig, build_app
 
 pytestmark = pytest.mark.integration
 
@@ -240,7 +240,7 @@ def test_injected_failure_rates() -> None:
 
 
 def test_run_prints_bound_address_and_stops_on_sigterm() -> None:
-    cmd = [sys.executable, "-m", "batchq.mock_upstream", "--port", "0"]
+    cmd = [sys.executable, "-m", "batchq.local.mock_upstream", "--port", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

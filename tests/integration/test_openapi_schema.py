@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.helpers import CHAT, TERMINAL, chat_row, jsonl
 
 pytestmark = [pytest.mark.integration]

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from batchq import __version__
 from batchq.api.app import create_app
 from batchq.config import Settings
-from batchq.embedded import free_port
+from batchq.local.embedded import free_port
+from batchq.local.stack import Stack
 from batchq.runtime import TaskQueue, build_runtime
-from batchq.stack import Stack
 from tests.integration.helpers import chat_row, client, submit, wait
 
 pytestmark = pytest.mark.integration

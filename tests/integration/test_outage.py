@@ -19,8 +19,8 @@ import orjson
 import pytest
 import redis
 
-from batchq.embedded import free_port
-from batchq.stack import Stack
+from batchq.local.embedded import free_port
+from batchq.local.stack import Stack
 from batchq.storage import keys
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx2
 import pytest
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.conftest import FAST
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait
 

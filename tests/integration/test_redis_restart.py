@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.conftest import FAST, _dump_logs
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from batchq.client import APIError, AsyncClient, Client
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.helpers import CHAT, TERMINAL, chat_row
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ import httpx2
 import pytest
 
 from batchq import __version__
-from batchq.embedded import free_port, wait_for
-from batchq.stack import Stack
+from batchq.local.embedded import free_port, wait_for
+from batchq.local.stack import Stack
 from tests import previous_release
 from tests.integration.conftest import FAST
 from tests.integration.helpers import assert_exactly_once, chat_row, client, submit, wait

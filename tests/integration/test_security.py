@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from batchq.config import Settings
+from batchq.local.stack import Stack
 from batchq.runtime import build_runtime
-from batchq.stack import Stack
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import chat_row, client, jsonl, submit, wait
 

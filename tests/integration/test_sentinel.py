@@ -21,8 +21,8 @@ import pytest
 import redis
 from openai.types import Batch
 
-from batchq.embedded import free_port, redis_binary, start_redis, wait_for
-from batchq.stack import Stack
+from batchq.local.embedded import free_port, redis_binary, start_redis, wait_for
+from batchq.local.stack import Stack
 from tests.integration.conftest import FAST, _dump_logs
 from tests.integration.helpers import TERMINAL, assert_exactly_once, chat_row, client, submit
 

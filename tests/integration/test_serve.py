@@ -21,11 +21,11 @@ import pytest
 import redis
 from openai import APIError, OpenAI
 
-from batchq import serve as serve_module
 from batchq.config import Settings
-from batchq.embedded import free_port, redis_args, wait_for
-from batchq.serve import Supervisor
-from batchq.stack import Stack
+from batchq.local import serve as serve_module
+from batchq.local.embedded import free_port, redis_args, wait_for
+from batchq.local.serve import Supervisor
+from batchq.local.stack import Stack
 from tests.integration.conftest import FAST
 from tests.integration.helpers import assert_exactly_once, chat_row, submit, wait
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from batchq.embedded import free_port, wait_for
-from batchq.stack import Stack
+from batchq.local.embedded import free_port, wait_for
+from batchq.local.stack import Stack
 from tests.integration.conftest import FAST
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 
 from batchq.client import Client
 from batchq.client.manifest import ChunkState, load, manifest_path
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import CHAT, chat_row, jsonl
 

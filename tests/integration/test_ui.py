@@ -24,8 +24,8 @@ from batchq.api.deps import account_of
 from batchq.config import Settings
 from batchq.domain.models import Batch, Owner, RequestCounts
 from batchq.domain.status import Status
+from batchq.local.stack import Stack
 from batchq.runtime import build_runtime
-from batchq.stack import Stack
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import chat_row, client, jsonl, submit, wait
 

@@ -20,7 +20,7 @@ from openai import OpenAI
 from openai.types import Upload
 from openai.types.uploads import UploadPart
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from batchq.storage import keys
 from batchq.storage.redis_client import connect
 from tests.integration.conftest import FAST

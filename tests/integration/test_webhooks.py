@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from batchq.stack import Stack
+from batchq.local.stack import Stack
 from tests.integration.conftest import WEBHOOK_SECRET, Receiver
 from tests.integration.helpers import chat_row, client, jsonl, submit, wait
 

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from batchq.config import Settings
+from batchq.local.serve import REDIS_STOP_MIN_S
 from batchq.observability import metrics
-from batchq.serve import REDIS_STOP_MIN_S
 from batchq.storage import keys
 from tests.unit.test_observability import StandInRedis
 

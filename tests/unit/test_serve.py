@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from batchq import cli, serve
+from batchq import cli
 from batchq.config import Settings, get_settings
-from batchq.embedded import conf_string
-from batchq.serve import ServeError, Supervisor, persistence_note, wait_for_redis
+from batchq.local import serve
+from batchq.local.embedded import conf_string
+from batchq.local.serve import ServeError, Supervisor, persistence_note, wait_for_redis
 
 
 @dataclass

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from batchq.config import get_settings
-from batchq.embedded import ensure_redis, ui_secret
-from batchq.stack import Stack
+from batchq.local.embedded import ensure_redis, ui_secret
+from batchq.local.stack import Stack
 
 console = Console()
 TERMINAL = {"completed", "failed", "expired", "cancelled"}

@@ -41,10 +41,10 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import httpx2
 import redis
 
-from batchq import embedded
 from batchq.config import Settings
 from batchq.domain.redis_url import is_sentinel, redact
-from batchq.embedded import knock, loaded_percent, private_file, redis_args, redis_conf, redis_password, wait_for
+from batchq.local import embedded
+from batchq.local.embedded import knock, loaded_percent, private_file, redis_args, redis_conf, redis_password, wait_for
 from batchq.storage.redis_client import connect
 
 PR_SET_PDEATHSIG = 1

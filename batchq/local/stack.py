@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx2
 
-from batchq.embedded import free_port, reachable, start_redis, wait_for
+from batchq.local.embedded import free_port, reachable, start_redis, wait_for
 
 
 def _http_ok(url: str) -> Callable[[], bool]:
@@ -89,7 +89,7 @@ class Stack:
 
     def start_upstream(self) -> None:
         self.upstream_port = self.upstream_port or free_port()
-        args = [sys.executable, "-m", "batchq.mock_upstream", "--port", str(self.upstream_port), *self.mock_args]
+        args = [sys.executable, "-m", "batchq.local.mock_upstream", "--port", str(self.upstream_port), *self.mock_args]
         self._spawn("upstream", args)
         wait_for(_http_ok(self.upstream_url + "/_stats"), 20, "mock upstream")
 

@@ -18,7 +18,7 @@ batch gets slower as it grows, yet serves more) and a gateway's fixed-window rat
 that had already succeeded: the double-execution detector) and ``POST /_reset``
 clears them.
 
-Run standalone: ``python -m batchq.mock_upstream --port 9000 --latency-ms 50``.
+Run standalone: ``python -m batchq.local.mock_upstream --port 9000 --latency-ms 50``.
 """
 
 from __future__ import annotations
