@@ -404,6 +404,14 @@ local function seek_held(s, a, rate, latency)
   s.fast = s.fast and s.base < a.cap
   seek_round(s)
 end
+-- a kept probe: its window becomes the base, and its round the reference the next probe is judged by
+local function seek_accept(s, rate, latency)
+  s.base = s.w
+  s.ref_x = rate
+  s.ref_l = latency
+  s.ref_top = s.top
+  s.held_l = latency
+end
 local function seek_probed_up(s, a, rate, latency)
   local n1, n0 = math.min(s.w, s.top), math.min(s.base, s.ref_top)
   local gain = 0
@@ -414,11 +422,7 @@ local function seek_probed_up(s, a, rate, latency)
     s.lower = true
     return seek_hold(s, s.base)
   end
-  s.base = s.w
-  s.ref_x = rate
-  s.ref_l = latency
-  s.ref_top = s.top
-  s.held_l = latency
+  seek_accept(s, rate, latency)
   s.lower = false
   if s.base >= a.cap then
     s.fast = false
@@ -438,11 +442,7 @@ local function seek_probed_down(s, rate, latency)
     s.fast = false
     return seek_hold(s, s.base)
   end
-  s.base = s.w
-  s.ref_x = rate
-  s.ref_l = latency
-  s.ref_top = s.top
-  s.held_l = latency
+  seek_accept(s, rate, latency)
   if s.base > 1 then return seek_down(s) end
   seek_hold(s, s.base)
 end
