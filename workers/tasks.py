@@ -128,10 +128,7 @@ def webhook_task(self: Task, batch_id: str, event_type: str, created_at: int) ->
 def watchdog_loop(stop: threading.Event) -> None:
     rt = runtime()
     interval = rt.settings.watchdog_interval_s
-    try:
-        rt.deployment.establish()  # a mismatch is logged once; then every sweep deletes nothing
-    except redis.RedisError:
-        log.exception("deployment id not checked at start (each sweep checks it)")
+    rt.deployment.establish_at_start()  # a mismatch is logged once; then every sweep deletes nothing
     contact = leases.Contact()  # leases are not judged by time right after a break with Redis
     due = time.monotonic() + interval
     while not stop.wait(max(0.0, due - time.monotonic())):

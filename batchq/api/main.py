@@ -16,6 +16,6 @@ settings = get_settings()
 configure_logging(settings.log_level, json=settings.log_json)
 runtime = build_runtime(settings, pool_size=64, api=True)
 warn_if_not_durable(runtime.redis)
-runtime.deployment.establish()  # a mismatch is logged (one ERROR) and reported by /health
+runtime.deployment.establish_at_start()  # a mismatch is logged (one ERROR) and reported by /health
 keep_registered(runtime.redis, "api", threading.Event())  # its release, for batchq doctor
 app = create_app(runtime, queue)

@@ -134,6 +134,14 @@ class Deployment:
             log.info("deployment id written beside the data", extra={"deployment": sides.redis_id})
         return self.check()
 
+    def establish_at_start(self) -> None:
+        """``establish``, for a process starting while Redis may be away: it starts all the same
+        (the API's /health and every watchdog sweep check the deployment again)."""
+        try:
+            self.establish()
+        except redis.RedisError:
+            log.warning("deployment id not checked at start: Redis did not answer", exc_info=True)
+
     def adopt(self, force: bool = False) -> str:
         """An operator's choice (``batchq deployment --adopt``): this Redis and this data become one
         deployment. Redis takes the data's id where it has none, the data takes Redis's where it
